@@ -1,0 +1,369 @@
+//! `POST /enqueue`: validate, build the run, hand it to the group-commit enqueuer.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{ApiError, AppState};
+use crate::run::{Class, RunId};
+use crate::store::{Enqueued, NewRun};
+
+/// Longest accepted value for the short string fields (names, keys, tenant, batch).
+const MAX_NAME_LEN: usize = 256;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnqueueBody {
+    provider: String,
+    #[serde(default)]
+    model: Option<String>,
+    request: Box<RawValue>,
+    #[serde(default)]
+    class: Option<Class>,
+    #[serde(default)]
+    priority: Option<i64>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    concurrency_key: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    max_attempts: Option<i64>,
+    #[serde(default)]
+    timeout_ms: Option<i64>,
+    #[serde(default)]
+    queue_timeout_ms: Option<i64>,
+    #[serde(default)]
+    run_at: Option<String>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    batch: Option<String>,
+    #[serde(default)]
+    metadata: Option<Box<RawValue>>,
+}
+
+/// What the server checks of the OpenAI chat shape; everything else passes through.
+#[derive(Deserialize)]
+struct ChatShape {
+    messages: Vec<MessageShape>,
+}
+
+#[derive(Deserialize)]
+struct MessageShape {
+    #[allow(dead_code)]
+    role: String,
+}
+
+#[derive(Serialize)]
+pub(super) struct EnqueueReply {
+    id: RunId,
+    status: &'static str,
+    links: Links,
+}
+
+#[derive(Serialize)]
+struct Links {
+    #[serde(rename = "self")]
+    this: String,
+    events: String,
+}
+
+pub(super) async fn enqueue(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    require_json(&headers)?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge {
+                limit: state.config.http.body_limit,
+            }
+        } else {
+            ApiError::InvalidRequest {
+                message: format!("cannot read the request body: {rejection}"),
+                field: None,
+            }
+        }
+    })?;
+    let parsed = parse_body(&body)?;
+    let run = build_run(&state, parsed)?;
+    let enqueued = state.enqueuer.enqueue(run).await?;
+    let id = enqueued.id();
+    let (code, status) = match enqueued {
+        Enqueued::Created(_) => (StatusCode::ACCEPTED, "queued"),
+        Enqueued::Existing(_) => {
+            // A repeat answers with the first run as it stands now.
+            let current = state.store.get_run(id).await?;
+            let status = current.map(|r| r.status.as_str()).unwrap_or("queued");
+            (StatusCode::OK, status)
+        }
+    };
+    let reply = EnqueueReply {
+        id,
+        status,
+        links: Links {
+            this: format!("/runs/{id}"),
+            events: format!("/runs/{id}/events"),
+        },
+    };
+    let mut response = (code, Json(reply)).into_response();
+    if let Ok(location) = format!("/runs/{id}").parse() {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType(format!(
+            "expected Content-Type: application/json, got {:?}",
+            content_type
+        )))
+    }
+}
+
+fn parse_body(body: &[u8]) -> Result<EnqueueBody, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let parsed: EnqueueBody = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        let field = field_of(&path, &message);
+        ApiError::InvalidRequest {
+            message: format!("invalid JSON body: {message}"),
+            field,
+        }
+    })?;
+    de.end().map_err(|e| ApiError::InvalidRequest {
+        message: format!("invalid JSON body: {e}"),
+        field: None,
+    })?;
+    Ok(parsed)
+}
+
+/// The field an error is about: the path serde reached, or the name in a
+/// "missing field `x`" / "unknown field `x`" message.
+fn field_of(path: &str, message: &str) -> Option<String> {
+    for prefix in ["missing field `", "unknown field `"] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some(end) = rest.find('`') {
+                let name = &rest[..end];
+                return Some(if path == "." || path.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{path}.{name}")
+                });
+            }
+        }
+    }
+    (path != "." && !path.is_empty()).then(|| path.to_string())
+}
+
+fn check_name(field: &str, value: &Option<String>) -> Result<(), ApiError> {
+    if let Some(v) = value {
+        if v.is_empty() {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must not be empty"),
+            ));
+        }
+        if v.len() > MAX_NAME_LEN {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} is longer than {MAX_NAME_LEN} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
+    let config = &state.config;
+    let Some(provider) = state.providers.get(&b.provider) else {
+        let mut known: Vec<&str> = state.providers.names().collect();
+        known.sort_unstable();
+        return Err(ApiError::invalid(
+            "provider",
+            format!(
+                "unknown provider {:?}; configured providers: {}",
+                b.provider,
+                known.join(", ")
+            ),
+        ));
+    };
+    let model = b
+        .model
+        .clone()
+        .unwrap_or_else(|| provider.default_model.clone());
+    for (field, value) in [
+        ("model", &b.model),
+        ("tenant", &b.tenant),
+        ("concurrency_key", &b.concurrency_key),
+        ("session", &b.session),
+        ("idempotency_key", &b.idempotency_key),
+        ("batch", &b.batch),
+    ] {
+        check_name(field, value)?;
+    }
+    match serde_json::from_str::<ChatShape>(b.request.get()) {
+        Ok(chat) if chat.messages.is_empty() => {
+            return Err(ApiError::invalid(
+                "request.messages",
+                "request.messages must hold at least one message",
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            return Err(ApiError::invalid(
+                "request",
+                format!(
+                    "request must be an OpenAI chat request {{\"messages\":[{{\"role\":…,\"content\":…}}]}}: {e}"
+                ),
+            ));
+        }
+    }
+    if let Some(m) = &b.metadata {
+        if !m.get().trim_start().starts_with('{') {
+            return Err(ApiError::invalid(
+                "metadata",
+                "metadata must be a JSON object",
+            ));
+        }
+    }
+    let class = b.class.unwrap_or_default();
+    let priority = b.priority.unwrap_or(5);
+    if !(1..=10).contains(&priority) {
+        return Err(ApiError::invalid(
+            "priority",
+            "priority must be between 1 (most urgent) and 10",
+        ));
+    }
+    let max_attempts = b.max_attempts.unwrap_or(config.retry.max_attempts as i64);
+    if !(1..=50).contains(&max_attempts) {
+        return Err(ApiError::invalid(
+            "max_attempts",
+            "max_attempts must be between 1 and 50",
+        ));
+    }
+    let cap = match class {
+        Class::Live => config.queue.live_attempt_timeout_cap,
+        Class::Background => config.queue.background_attempt_timeout_cap,
+    };
+    if let Some(t) = b.timeout_ms {
+        if t < 1 || t as u128 > cap.as_millis() {
+            return Err(ApiError::invalid(
+                "timeout_ms",
+                format!(
+                    "timeout_ms must be between 1 and {} for {} runs",
+                    cap.as_millis(),
+                    class.as_str()
+                ),
+            ));
+        }
+    }
+    let now = state.clock.now();
+    let due_at = match &b.run_at {
+        None => now,
+        Some(text) => DateTime::parse_from_rfc3339(text)
+            .map_err(|e| {
+                ApiError::invalid(
+                    "run_at",
+                    format!("run_at must be an RFC 3339 time like 2030-01-01T12:00:00Z: {e}"),
+                )
+            })?
+            .with_timezone(&Utc)
+            .max(now),
+    };
+    let queue_timeout = match b.queue_timeout_ms {
+        Some(ms) if ms < 1 => {
+            return Err(ApiError::invalid(
+                "queue_timeout_ms",
+                "queue_timeout_ms must be at least 1",
+            ));
+        }
+        Some(ms) => chrono::Duration::milliseconds(ms),
+        None => chrono::Duration::from_std(match class {
+            Class::Live => config.queue.live_queue_timeout,
+            Class::Background => config.queue.background_queue_timeout,
+        })
+        .unwrap_or(chrono::Duration::MAX),
+    };
+    Ok(NewRun {
+        id: RunId::new(),
+        provider: b.provider,
+        model: Some(model),
+        request: b.request,
+        class,
+        priority: priority as i16,
+        tenant: b.tenant,
+        concurrency_key: b.concurrency_key,
+        session: b.session,
+        batch: b.batch,
+        idempotency_key: b.idempotency_key,
+        metadata: b.metadata,
+        stream: b.stream.unwrap_or(false),
+        max_attempts: max_attempts as i16,
+        timeout_ms: b.timeout_ms.map(|t| t as i32),
+        // The deadline counts from when the run becomes due, so a scheduled run is not
+        // dropped for waiting until its own start time.
+        queue_deadline_at: due_at.checked_add_signed(queue_timeout),
+        due_at,
+        created_at: now,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_payloads_survive_path_tracking() {
+        let body = br#"{"provider":"sim","request":{"messages":[{"role":"user","content":"hi"}]},"metadata":{"a":1}}"#;
+        let parsed = parse_body(body).unwrap();
+        assert_eq!(
+            parsed.request.get(),
+            r#"{"messages":[{"role":"user","content":"hi"}]}"#
+        );
+        assert_eq!(parsed.metadata.unwrap().get(), r#"{"a":1}"#);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let missing = parse_body(br#"{"request":{"messages":[]}}"#).unwrap_err();
+        assert!(
+            matches!(missing, ApiError::InvalidRequest { field: Some(ref f), .. } if f == "provider"),
+            "{missing:?}"
+        );
+        let unknown = parse_body(br#"{"provider":"sim","request":{},"colour":1}"#).unwrap_err();
+        assert!(
+            matches!(unknown, ApiError::InvalidRequest { field: Some(ref f), .. } if f == "colour"),
+            "{unknown:?}"
+        );
+        let wrong =
+            parse_body(br#"{"provider":"sim","request":{},"priority":"high"}"#).unwrap_err();
+        assert!(
+            matches!(wrong, ApiError::InvalidRequest { field: Some(ref f), .. } if f == "priority"),
+            "{wrong:?}"
+        );
+        let trailing = parse_body(br#"{"provider":"sim","request":{}} x"#).unwrap_err();
+        assert!(matches!(trailing, ApiError::InvalidRequest { .. }));
+    }
+}

@@ -1,0 +1,80 @@
+//! The HTTP API (axum). Handlers validate input, call the store, the enqueuer and the
+//! dispatcher, and render JSON; they never write SQL.
+//!
+//! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
+//! (`GET /runs/{id}`, cancel), `health` (`GET /health`).
+
+mod enqueue;
+mod error;
+mod health;
+mod runs;
+
+pub use error::ApiError;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Enqueuer};
+use crate::providers::Providers;
+use crate::store::Store;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub enqueuer: Enqueuer,
+    pub dispatcher: Dispatcher,
+    pub providers: Providers,
+    pub clock: Arc<dyn Clock>,
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.http.body_limit;
+    Router::new()
+        .route("/enqueue", post(enqueue::enqueue).fallback(method_not_allowed))
+        .route("/runs/{id}", get(runs::get_run).fallback(method_not_allowed))
+        .route(
+            "/runs/{id}/cancel",
+            post(runs::cancel_run).fallback(method_not_allowed),
+        )
+        .route("/health", get(health::health).fallback(method_not_allowed))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("method not allowed on this route".into())
+}
+
+/// RFC 3339, UTC, millisecond precision: the one time format of the API.
+pub(crate) fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

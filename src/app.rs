@@ -1,0 +1,118 @@
+//! Wiring: opens the store, starts the worker pool and the enqueuer, serves HTTP until the
+//! shutdown future resolves, then drains in order: HTTP first (no new work), then the
+//! worker pool (in-flight attempts finish or are released), then the database.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{AppState, router};
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::dispatch::{Dispatcher, Enqueuer, Settings};
+use crate::providers::Providers;
+use crate::store::{OpenOptions, Store};
+
+/// Opens the configured store and applies migrations.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let options = OpenOptions {
+        max_connections: config.database.max_connections,
+        acquire_timeout: config.database.acquire_timeout,
+    };
+    let url = config.database.url.as_deref();
+    let store = Store::open(url, &config.database.sqlite_path, &options)
+        .await
+        .with_context(|| match url {
+            Some(_) => "cannot open the PostgreSQL database named by DATABASE_URL".to_string(),
+            None => format!(
+                "cannot open the SQLite database {}",
+                config.database.sqlite_path.display()
+            ),
+        })?;
+    Ok(store)
+}
+
+/// Runs the server until `shutdown` resolves. `on_listening` learns the bound address
+/// (useful with port 0).
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let providers = Providers::from_config(&config)?;
+    let store = open_store(&config).await?;
+    tracing::info!(backend = store.backend(), "store ready");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let dispatcher = Dispatcher::start(
+        store.clone(),
+        providers.clone(),
+        Settings::from_config(&config),
+        clock.clone(),
+    );
+    let tasks = TaskTracker::new();
+    let waker = dispatcher.clone();
+    let enqueuer = Enqueuer::start(
+        store.clone(),
+        config.dispatch.enqueue_batch,
+        &tasks,
+        move || waker.wake(),
+    );
+    let state = AppState {
+        config: config.clone(),
+        store: store.clone(),
+        enqueuer,
+        dispatcher: dispatcher.clone(),
+        providers,
+        clock,
+    };
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "listening");
+    on_listening(local);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("HTTP server stopped; draining the worker pool");
+    dispatcher.shutdown().await;
+    tasks.close();
+    tasks.wait().await;
+    store.close().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received: shutting down"),
+        _ = term => tracing::info!("SIGTERM received: shutting down"),
+    }
+}

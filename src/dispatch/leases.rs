@@ -1,0 +1,79 @@
+//! Leases: the heartbeater keeps this process's claims alive while their attempts run, and
+//! the rescuer returns the claims of a process that stopped heartbeating (crashed, killed,
+//! cut off from the database) to the queue.
+
+use std::sync::Arc;
+
+use super::Shared;
+use crate::run::{RunId, Status};
+
+/// Most expired leases rescued by one statement.
+const RESCUE_BATCH: usize = 1000;
+
+pub(super) async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.heartbeat_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stop_services.cancelled() => break,
+        }
+        let ids: Vec<RunId> = shared
+            .held
+            .lock()
+            .expect("held lock")
+            .keys()
+            .copied()
+            .collect();
+        if ids.is_empty() {
+            continue;
+        }
+        let now = shared.clock.now();
+        match shared
+            .store
+            .extend_leases(shared.worker, &ids, now, shared.settings.lease)
+            .await
+        {
+            Ok(n) if (n as usize) < ids.len() => tracing::debug!(
+                held = ids.len(),
+                renewed = n,
+                "some leases were not renewed (finished, cancelled or rescued meanwhile)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, held = ids.len(), "could not renew leases"),
+        }
+    }
+    tracing::debug!("heartbeater stopped");
+}
+
+pub(super) async fn rescue(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(shared.settings.rescue_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shared.stop_claiming.cancelled() => break,
+        }
+        match shared
+            .store
+            .rescue_expired(shared.clock.now(), RESCUE_BATCH)
+            .await
+        {
+            Ok(rescued) if !rescued.is_empty() => {
+                let requeued = rescued.iter().filter(|(_, s)| *s == Status::Queued).count();
+                let failed = rescued.len() - requeued;
+                tracing::warn!(requeued, failed, "rescued runs whose lease expired");
+                for (id, status) in &rescued {
+                    tracing::info!(run_id = %id, status = status.as_str(), "rescued");
+                }
+                if requeued > 0 {
+                    shared.wake.notify_one();
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "rescue pass failed"),
+        }
+    }
+    tracing::debug!("rescuer stopped");
+}

@@ -1,0 +1,250 @@
+//! The worker pool: everything between a queued row and a finished one.
+//!
+//! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
+//! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
+//!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
+//! - `worker`: runs one attempt under its timeout and abort signal.
+//! - `completer`: writes finished attempts in batches and lets go of their leases.
+//! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
+//!   (requeues the runs of a process that died).
+//! - `wake`: the PostgreSQL LISTEN side of cross-process wake-ups.
+//!
+//! A run waiting for its next attempt sits in the database, not in a slot.
+
+mod completer;
+mod enqueuer;
+mod leases;
+mod producer;
+mod wake;
+mod worker;
+
+pub use enqueuer::{EnqueueError, Enqueuer};
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::providers::Providers;
+use crate::run::{Backoff, RunId, WorkerId};
+use crate::store::Store;
+
+/// The dispatch settings, taken from [`Config`] once.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub slots: usize,
+    pub claim_batch: usize,
+    pub lease: Duration,
+    pub heartbeat_interval: Duration,
+    pub rescue_interval: Duration,
+    pub idle_poll: Duration,
+    pub shutdown_grace: Duration,
+    pub complete_batch: usize,
+    pub enqueue_batch: usize,
+    pub backoff: Backoff,
+    pub attempt_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_config(config: &Config) -> Settings {
+        let d = &config.dispatch;
+        Settings {
+            slots: d.slots,
+            claim_batch: d.claim_batch,
+            lease: d.lease,
+            heartbeat_interval: d.heartbeat_interval,
+            rescue_interval: d.rescue_interval,
+            idle_poll: d.idle_poll,
+            shutdown_grace: d.shutdown_grace,
+            complete_batch: d.complete_batch,
+            enqueue_batch: d.enqueue_batch,
+            backoff: Backoff {
+                base: config.retry.backoff_base,
+                cap: config.retry.backoff_cap,
+            },
+            attempt_timeout: config.queue.attempt_timeout,
+        }
+    }
+}
+
+/// Why an in-flight attempt is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AbortReason {
+    /// A client cancelled the run; the store already says `cancelled`.
+    Cancelled,
+    /// The process is shutting down and the grace period is over: give the run back.
+    Shutdown,
+}
+
+/// A lease this process holds: from claim until the completer has written the result.
+struct Held {
+    abort: CancellationToken,
+    reason: Arc<Mutex<Option<AbortReason>>>,
+}
+
+/// State shared by the dispatch tasks.
+struct Shared {
+    store: Store,
+    providers: Providers,
+    clock: Arc<dyn Clock>,
+    worker: WorkerId,
+    settings: Settings,
+    /// One permit per worker slot; a running attempt holds one.
+    slots: Arc<Semaphore>,
+    held: Mutex<HashMap<RunId, Held>>,
+    /// Wakes the producer: something may be due.
+    wake: Notify,
+    /// Wakes the producer: a slot came free.
+    slot_freed: Notify,
+    /// Wakes a shutdown waiting for `held` to empty.
+    released: Notify,
+    /// Stops claiming (shutdown has begun).
+    stop_claiming: CancellationToken,
+    /// Stops the background services once nothing is held any more.
+    stop_services: CancellationToken,
+    finished: mpsc::Sender<worker::Finished>,
+}
+
+/// Handle to the running worker pool.
+#[derive(Clone)]
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    tasks: TaskTracker,
+}
+
+/// A point-in-time view of the pool for `/health`.
+#[derive(Clone, Debug)]
+pub struct PoolStatus {
+    pub slots_total: usize,
+    pub slots_busy: usize,
+    pub held: usize,
+    pub worker_id: WorkerId,
+}
+
+impl Dispatcher {
+    /// Starts the producer, completer, heartbeater, rescuer and (on PostgreSQL) the
+    /// listener. Nothing is spawned outside the returned handle's task tracker.
+    pub fn start(
+        store: Store,
+        providers: Providers,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Dispatcher {
+        let (finished_tx, finished_rx) = mpsc::channel(settings.slots.max(16) * 2);
+        let shared = Arc::new(Shared {
+            store,
+            providers,
+            clock,
+            worker: WorkerId::new(),
+            slots: Arc::new(Semaphore::new(settings.slots)),
+            settings,
+            held: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
+            slot_freed: Notify::new(),
+            released: Notify::new(),
+            stop_claiming: CancellationToken::new(),
+            stop_services: CancellationToken::new(),
+            finished: finished_tx,
+        });
+        let tasks = TaskTracker::new();
+        let dispatcher = Dispatcher {
+            shared: shared.clone(),
+            tasks: tasks.clone(),
+        };
+        tasks.spawn(producer::run(shared.clone(), tasks.clone()));
+        tasks.spawn(completer::run(shared.clone(), finished_rx));
+        tasks.spawn(leases::heartbeat(shared.clone()));
+        tasks.spawn(leases::rescue(shared.clone()));
+        if let Store::Postgres(pg) = &shared.store {
+            tasks.spawn(wake::listen(shared.clone(), pg.pool().clone()));
+        }
+        tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
+        dispatcher
+    }
+
+    /// Tells the producer that runs may be due now (after an enqueue in this process).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+
+    /// Stops an in-flight attempt of a run that was just cancelled in the store. Returns
+    /// whether this process was running it.
+    pub fn abort_cancelled(&self, id: RunId) -> bool {
+        abort(&self.shared, id, AbortReason::Cancelled)
+    }
+
+    pub fn status(&self) -> PoolStatus {
+        let s = &self.shared;
+        PoolStatus {
+            slots_total: s.settings.slots,
+            slots_busy: s.settings.slots - s.slots.available_permits(),
+            held: s.held.lock().expect("held lock").len(),
+            worker_id: s.worker,
+        }
+    }
+
+    /// Graceful shutdown: stop claiming; let in-flight attempts finish within the grace
+    /// period; give the rest back to the queue; write every result; stop the services.
+    pub async fn shutdown(self) {
+        let s = &self.shared;
+        s.stop_claiming.cancel();
+        let in_flight = s.held.lock().expect("held lock").len();
+        tracing::info!(
+            in_flight,
+            grace = ?s.settings.shutdown_grace,
+            "draining: no new claims, waiting for in-flight attempts"
+        );
+        if !wait_until_released(s, s.settings.shutdown_grace).await {
+            let ids: Vec<RunId> = s.held.lock().expect("held lock").keys().copied().collect();
+            tracing::warn!(
+                remaining = ids.len(),
+                "grace period over: releasing unfinished attempts back to the queue"
+            );
+            for id in ids {
+                abort(s, id, AbortReason::Shutdown);
+            }
+            // Aborted attempts end at once; this bound only matters if the database is
+            // unreachable, in which case the leases expire and another process rescues them.
+            if !wait_until_released(s, s.settings.lease).await {
+                tracing::error!(
+                    "could not record every released attempt; their leases will expire and be rescued"
+                );
+            }
+        }
+        s.stop_services.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        tracing::info!("worker pool stopped");
+    }
+}
+
+fn abort(shared: &Shared, id: RunId, why: AbortReason) -> bool {
+    let held = shared.held.lock().expect("held lock");
+    match held.get(&id) {
+        Some(h) => {
+            h.reason.lock().expect("reason lock").get_or_insert(why);
+            h.abort.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Waits until this process holds no lease, or `limit` passes. True when empty.
+async fn wait_until_released(shared: &Shared, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let notified = shared.released.notified();
+        if shared.held.lock().expect("held lock").is_empty() {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return shared.held.lock().expect("held lock").is_empty();
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! One attempt: call the provider under the attempt timeout and the abort signal, classify
+//! the result, and hand it to the completer.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{AbortReason, Held, Shared};
+use crate::providers::{AttemptRequest, ProviderError};
+use crate::run::{AfterFailure, ErrorKind, RunId, after_failure};
+use crate::store::{ClaimedRun, Completion, Failure, FailureNext, RunError};
+
+/// A finished attempt on its way to the database.
+#[derive(Debug)]
+pub(super) enum Finished {
+    Completed(Completion),
+    Failed(Failure),
+    /// Given back unfinished (shutdown).
+    Released {
+        id: RunId,
+        attempt: u32,
+    },
+    /// Nothing to write (cancelled: the store already has the final word).
+    Forget {
+        id: RunId,
+    },
+}
+
+impl Finished {
+    pub(super) fn id(&self) -> RunId {
+        match self {
+            Finished::Completed(c) => c.id,
+            Finished::Failed(f) => f.id,
+            Finished::Released { id, .. } | Finished::Forget { id } => *id,
+        }
+    }
+}
+
+/// Records the lease of a just-claimed run and returns its abort handles.
+pub(super) fn hold(
+    shared: &Shared,
+    run: &ClaimedRun,
+) -> (CancellationToken, Arc<Mutex<Option<AbortReason>>>) {
+    let abort = CancellationToken::new();
+    let reason = Arc::new(Mutex::new(None));
+    shared.held.lock().expect("held lock").insert(
+        run.id,
+        Held {
+            abort: abort.clone(),
+            reason: reason.clone(),
+        },
+    );
+    (abort, reason)
+}
+
+enum Outcome {
+    Output(crate::providers::ProviderOutput),
+    Error(ProviderError),
+    Aborted(AbortReason),
+}
+
+pub(super) async fn execute(
+    shared: Arc<Shared>,
+    run: ClaimedRun,
+    permit: OwnedSemaphorePermit,
+    abort: CancellationToken,
+    reason: Arc<Mutex<Option<AbortReason>>>,
+) {
+    let span = tracing::info_span!(
+        "attempt",
+        run_id = %run.id,
+        class = run.class.as_str(),
+        provider = %run.provider,
+        attempt = run.attempt,
+    );
+    let finished = attempt(&shared, &run, &abort, &reason)
+        .instrument(span)
+        .await;
+    drop(permit);
+    shared.slot_freed.notify_one();
+    if shared.finished.send(finished).await.is_err() {
+        tracing::error!(run_id = %run.id, "completer is gone; the lease will expire and the run be rescued");
+    }
+}
+
+async fn attempt(
+    shared: &Shared,
+    run: &ClaimedRun,
+    abort: &CancellationToken,
+    reason: &Mutex<Option<AbortReason>>,
+) -> Finished {
+    let started = std::time::Instant::now();
+    let outcome = match shared.providers.get(&run.provider) {
+        None => Outcome::Error(ProviderError::new(
+            ErrorKind::Client,
+            format!(
+                "provider {:?} is not configured on this server",
+                run.provider
+            ),
+        )),
+        Some(entry) => {
+            let model = run.model.as_deref().unwrap_or(&entry.default_model);
+            let timeout = run
+                .timeout_ms
+                .map(|ms| Duration::from_millis(ms.max(1) as u64))
+                .unwrap_or(shared.settings.attempt_timeout);
+            let call = entry.imp.call(AttemptRequest {
+                run_id: run.id,
+                attempt: run.attempt,
+                model,
+                request: &run.request,
+                stream: run.stream,
+            });
+            tokio::select! {
+                biased;
+                _ = abort.cancelled() => {
+                    let why = reason.lock().expect("reason lock").unwrap_or(AbortReason::Shutdown);
+                    Outcome::Aborted(why)
+                }
+                result = tokio::time::timeout(timeout, call) => match result {
+                    Ok(Ok(output)) => Outcome::Output(output),
+                    Ok(Err(e)) => Outcome::Error(e),
+                    Err(_) => Outcome::Error(ProviderError::new(
+                        ErrorKind::Timeout,
+                        format!("attempt exceeded its {} ms timeout", timeout.as_millis()),
+                    )),
+                },
+            }
+        }
+    };
+    let now = shared.clock.now();
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match outcome {
+        Outcome::Output(out) => {
+            tracing::info!(elapsed_ms, "attempt completed");
+            Finished::Completed(Completion {
+                id: run.id,
+                attempt: run.attempt,
+                finished_at: now,
+                content: out.content,
+                finish_reason: out.finish_reason,
+                prompt_tokens: out.prompt_tokens.map(|t| t.min(i32::MAX as u32) as i32),
+                completion_tokens: out.completion_tokens.map(|t| t.min(i32::MAX as u32) as i32),
+            })
+        }
+        Outcome::Aborted(AbortReason::Cancelled) => {
+            tracing::info!(elapsed_ms, "attempt aborted: run cancelled");
+            Finished::Forget { id: run.id }
+        }
+        Outcome::Aborted(AbortReason::Shutdown) => {
+            tracing::info!(elapsed_ms, "attempt aborted: shutting down, run released");
+            Finished::Released {
+                id: run.id,
+                attempt: run.attempt,
+            }
+        }
+        Outcome::Error(e) => {
+            let next = after_failure(
+                run.attempt,
+                run.max_attempts,
+                e.kind,
+                e.retry_after,
+                &shared.settings.backoff,
+                rand::random::<f64>(),
+            );
+            let next = match next {
+                AfterFailure::Retry { delay } => {
+                    let at =
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                    tracing::warn!(
+                        elapsed_ms,
+                        kind = e.kind.as_str(),
+                        status = e.status,
+                        retry_in_ms = delay.as_millis() as u64,
+                        error = %e.message,
+                        "attempt failed; retry scheduled"
+                    );
+                    FailureNext::RetryAt(at)
+                }
+                AfterFailure::Finish {
+                    status,
+                    timeout_origin,
+                } => {
+                    tracing::warn!(
+                        elapsed_ms,
+                        kind = e.kind.as_str(),
+                        status = e.status,
+                        final_status = status.as_str(),
+                        error = %e.message,
+                        "attempt failed; run finished"
+                    );
+                    FailureNext::Finish {
+                        status,
+                        timeout_origin,
+                    }
+                }
+            };
+            Finished::Failed(Failure {
+                id: run.id,
+                attempt: run.attempt,
+                finished_at: now,
+                retry_after_ms: e
+                    .retry_after
+                    .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+                error: RunError {
+                    kind: e.kind,
+                    message: e.message,
+                    status: e.status.map(i32::from),
+                },
+                next,
+            })
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Providers: the executor interface every LLM backend implements, and the registry the
+//! dispatcher looks them up in. A provider turns one attempt into an output or a classified
+//! failure; it never retries by itself (retrying is the dispatcher's job, so that every
+//! retry is visible, bounded and durable).
+
+mod sim;
+
+pub use sim::SimProvider;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::value::RawValue;
+
+use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::run::{ErrorKind, RunId};
+
+/// One attempt as a provider sees it.
+#[derive(Debug)]
+pub struct AttemptRequest<'a> {
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub model: &'a str,
+    /// The client's request body (OpenAI chat shape), exactly as it was enqueued.
+    pub request: &'a RawValue,
+    pub stream: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderOutput {
+    pub content: String,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<u32>,
+    pub completion_tokens: Option<u32>,
+}
+
+/// A failed attempt, classified so the dispatcher knows whether and when to retry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The provider's HTTP status, when it answered.
+    pub status: Option<u16>,
+    /// How long the provider asked us to wait (retry-after and friends).
+    pub retry_after: Option<Duration>,
+}
+
+impl ProviderError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ProviderError {
+            kind,
+            message: message.into(),
+            status: None,
+            retry_after: None,
+        }
+    }
+}
+
+/// What every provider implements. The returned future is dropped to abort the call
+/// (cancellation, attempt timeout, shutdown), so implementations hold no state that a
+/// drop would corrupt.
+pub trait Provider: Send + Sync + 'static {
+    fn call<'a>(
+        &'a self,
+        attempt: AttemptRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProviderOutput, ProviderError>>;
+}
+
+/// A configured provider: the implementation and the settings the dispatcher needs.
+#[derive(Clone)]
+pub struct ProviderEntry {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub default_model: String,
+    pub imp: Arc<dyn Provider>,
+}
+
+/// All configured providers by name.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_name: HashMap<String, ProviderEntry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderSetupError {
+    #[error(
+        "provider {name:?}: kind {kind:?} is not available in this build; configure kind \"sim\" or remove the provider"
+    )]
+    Unsupported { name: String, kind: ProviderKind },
+}
+
+impl Providers {
+    pub fn from_config(config: &Config) -> Result<Providers, ProviderSetupError> {
+        let mut providers = Providers::default();
+        for p in &config.providers {
+            providers.insert(build(p)?, p);
+        }
+        Ok(providers)
+    }
+
+    /// Registers an implementation under a config entry (tests plug in their own).
+    pub fn insert(&mut self, imp: Arc<dyn Provider>, config: &ProviderConfig) {
+        self.by_name.insert(
+            config.name.clone(),
+            ProviderEntry {
+                name: config.name.clone(),
+                kind: config.kind,
+                default_model: config
+                    .default_model
+                    .clone()
+                    .unwrap_or_else(|| "default".to_string()),
+                imp,
+            },
+        );
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ProviderEntry> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+}
+
+fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderSetupError> {
+    match config.kind {
+        ProviderKind::Sim => Ok(Arc::new(SimProvider::new(config.sim.clone()))),
+        kind @ (ProviderKind::Openai | ProviderKind::Anthropic) => {
+            Err(ProviderSetupError::Unsupported {
+                name: config.name.clone(),
+                kind,
+            })
+        }
+    }
+}

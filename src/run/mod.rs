@@ -1,0 +1,293 @@
+//! The pure domain of a run: identifiers, classes, statuses, the legal transitions between
+//! them and the retry/backoff arithmetic. Nothing here does I/O or reads a clock; every
+//! other module builds on these types.
+
+mod backoff;
+mod status;
+
+pub use backoff::{Backoff, retry_delay};
+pub use status::{Status, Transition, TransitionError};
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A run's identity: a UUIDv7, so ids sort by creation time and index well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RunId(pub Uuid);
+
+impl RunId {
+    pub fn new() -> Self {
+        RunId(Uuid::now_v7())
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for RunId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(RunId)
+    }
+}
+
+/// Identity of one worker process's claims: leases name their owner so that a stale
+/// process can never finish a run that was rescued and handed to someone else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkerId(pub Uuid);
+
+impl WorkerId {
+    pub fn new() -> Self {
+        WorkerId(Uuid::now_v7())
+    }
+}
+
+impl Default for WorkerId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Whether a person is waiting (`live`) or the work is opportunistic (`background`).
+/// The numeric rank is the dispatch order: lower ranks go first.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    #[default]
+    Live,
+    Background,
+}
+
+impl Class {
+    pub const ALL: [Class; 2] = [Class::Live, Class::Background];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Class::Live => "live",
+            Class::Background => "background",
+        }
+    }
+
+    /// Rank stored in the database so that `ORDER BY class` puts live work first.
+    pub fn rank(self) -> i16 {
+        match self {
+            Class::Live => 0,
+            Class::Background => 1,
+        }
+    }
+
+    pub fn from_rank(rank: i16) -> Option<Class> {
+        match rank {
+            0 => Some(Class::Live),
+            1 => Some(Class::Background),
+            _ => None,
+        }
+    }
+}
+
+/// Why a run timed out: it never started in time, or its last attempt ran too long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutOrigin {
+    QueueWait,
+    Generation,
+}
+
+impl TimeoutOrigin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeoutOrigin::QueueWait => "queue_wait",
+            TimeoutOrigin::Generation => "generation",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "queue_wait" => Some(TimeoutOrigin::QueueWait),
+            "generation" => Some(TimeoutOrigin::Generation),
+            _ => None,
+        }
+    }
+}
+
+/// How an attempt failed. The kind decides whether the run is retried and which
+/// protection (limiter or breaker) the failure feeds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    RateLimited,
+    Server,
+    Client,
+    Timeout,
+    Connection,
+    BreakerOpen,
+    Cancelled,
+    InvalidOutput,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 8] = [
+        ErrorKind::RateLimited,
+        ErrorKind::Server,
+        ErrorKind::Client,
+        ErrorKind::Timeout,
+        ErrorKind::Connection,
+        ErrorKind::BreakerOpen,
+        ErrorKind::Cancelled,
+        ErrorKind::InvalidOutput,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Server => "server",
+            ErrorKind::Client => "client",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Connection => "connection",
+            ErrorKind::BreakerOpen => "breaker_open",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::InvalidOutput => "invalid_output",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Whether another attempt may succeed. Client errors (a malformed request) and a
+    /// cancellation never improve by trying again.
+    pub fn is_retryable(self) -> bool {
+        !matches!(self, ErrorKind::Client | ErrorKind::Cancelled)
+    }
+}
+
+/// What the dispatcher does with a run after a failed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterFailure {
+    /// Back to `queued`, due again after this delay.
+    Retry { delay: std::time::Duration },
+    /// No attempt left (or no point in another): the run ends with this status.
+    Finish {
+        status: Status,
+        timeout_origin: Option<TimeoutOrigin>,
+    },
+}
+
+/// Decides the fate of a run whose attempt number `attempt` (1-based) failed with `kind`.
+/// `provider_delay` is what the provider asked for (retry-after); it wins when longer
+/// than our own backoff.
+pub fn after_failure(
+    attempt: u32,
+    max_attempts: u32,
+    kind: ErrorKind,
+    provider_delay: Option<std::time::Duration>,
+    backoff: &Backoff,
+    unit_random: f64,
+) -> AfterFailure {
+    if kind.is_retryable() && attempt < max_attempts {
+        return AfterFailure::Retry {
+            delay: retry_delay(backoff, attempt, provider_delay, unit_random),
+        };
+    }
+    match kind {
+        ErrorKind::Cancelled => AfterFailure::Finish {
+            status: Status::Cancelled,
+            timeout_origin: None,
+        },
+        ErrorKind::Timeout => AfterFailure::Finish {
+            status: Status::TimedOut,
+            timeout_origin: Some(TimeoutOrigin::Generation),
+        },
+        _ => AfterFailure::Finish {
+            status: Status::Failed,
+            timeout_origin: None,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn backoff() -> Backoff {
+        Backoff {
+            base: Duration::from_millis(300),
+            cap: Duration::from_secs(30),
+        }
+    }
+
+    #[test]
+    fn client_errors_finish_at_once() {
+        let next = after_failure(1, 5, ErrorKind::Client, None, &backoff(), 0.5);
+        assert_eq!(
+            next,
+            AfterFailure::Finish {
+                status: Status::Failed,
+                timeout_origin: None
+            }
+        );
+    }
+
+    #[test]
+    fn last_timeout_is_a_generation_timeout() {
+        let next = after_failure(5, 5, ErrorKind::Timeout, None, &backoff(), 0.5);
+        assert_eq!(
+            next,
+            AfterFailure::Finish {
+                status: Status::TimedOut,
+                timeout_origin: Some(TimeoutOrigin::Generation)
+            }
+        );
+    }
+
+    #[test]
+    fn retryable_failures_retry_until_the_last_attempt() {
+        for attempt in 1..5 {
+            let next = after_failure(attempt, 5, ErrorKind::Server, None, &backoff(), 0.5);
+            assert!(
+                matches!(next, AfterFailure::Retry { .. }),
+                "attempt {attempt}: {next:?}"
+            );
+        }
+        let last = after_failure(5, 5, ErrorKind::Server, None, &backoff(), 0.5);
+        assert!(matches!(
+            last,
+            AfterFailure::Finish {
+                status: Status::Failed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for kind in ErrorKind::ALL {
+            assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
+        }
+        for class in Class::ALL {
+            assert_eq!(Class::from_rank(class.rank()), Some(class));
+        }
+    }
+}

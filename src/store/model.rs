@@ -1,0 +1,180 @@
+//! The values that cross the store boundary.
+
+use chrono::{DateTime, Utc};
+use serde_json::value::RawValue;
+
+use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin};
+
+/// A run to insert. Payloads stay raw JSON: the server stores and forwards them without
+/// re-encoding.
+#[derive(Clone, Debug)]
+pub struct NewRun {
+    pub id: RunId,
+    pub provider: String,
+    pub model: Option<String>,
+    pub request: Box<RawValue>,
+    pub class: Class,
+    pub priority: i16,
+    pub tenant: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub session: Option<String>,
+    pub batch: Option<String>,
+    pub idempotency_key: Option<String>,
+    pub metadata: Option<Box<RawValue>>,
+    pub stream: bool,
+    pub max_attempts: i16,
+    pub timeout_ms: Option<i32>,
+    pub queue_deadline_at: Option<DateTime<Utc>>,
+    /// Not started before this time (`run_at`, or now).
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl NewRun {
+    /// Idempotency keys are scoped to a tenant: two tenants may use the same key.
+    pub fn idem_key(&self) -> Option<String> {
+        self.idempotency_key
+            .as_ref()
+            .map(|k| format!("{}\u{1f}{}", self.tenant.as_deref().unwrap_or(""), k))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    Created(RunId),
+    /// The idempotency key was taken: this is the run that took it.
+    Existing(RunId),
+}
+
+impl Enqueued {
+    pub fn id(self) -> RunId {
+        match self {
+            Enqueued::Created(id) | Enqueued::Existing(id) => id,
+        }
+    }
+}
+
+/// A run handed to a worker for one attempt.
+#[derive(Clone, Debug)]
+pub struct ClaimedRun {
+    pub id: RunId,
+    /// 1-based number of the attempt just opened.
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub provider: String,
+    pub model: Option<String>,
+    pub request: Box<RawValue>,
+    pub class: Class,
+    pub priority: i16,
+    pub tenant: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub stream: bool,
+    pub timeout_ms: Option<i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub id: RunId,
+    pub attempt: u32,
+    pub finished_at: DateTime<Utc>,
+    pub content: String,
+    pub finish_reason: Option<String>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The provider's HTTP status, when there was one.
+    pub status: Option<i32>,
+}
+
+/// What follows a failed attempt (decided by `run::after_failure`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureNext {
+    RetryAt(DateTime<Utc>),
+    Finish {
+        status: Status,
+        timeout_origin: Option<TimeoutOrigin>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Failure {
+    pub id: RunId,
+    pub attempt: u32,
+    pub finished_at: DateTime<Utc>,
+    pub error: RunError,
+    pub retry_after_ms: Option<i64>,
+    pub next: FailureNext,
+}
+
+#[derive(Clone, Debug)]
+pub enum CancelOutcome {
+    /// It was queued or running and is now `cancelled`.
+    Cancelled {
+        was: Status,
+    },
+    AlreadyTerminal(Status),
+    NotFound,
+}
+
+/// Everything known about a run, as `GET /runs/{id}` shows it.
+#[derive(Clone, Debug)]
+pub struct RunView {
+    pub id: RunId,
+    pub status: Status,
+    pub provider: String,
+    pub model: Option<String>,
+    pub class: Class,
+    pub priority: i16,
+    pub tenant: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub session: Option<String>,
+    pub batch: Option<String>,
+    pub metadata: Option<Box<RawValue>>,
+    pub stream: bool,
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i32>,
+    pub queue_deadline_at: Option<DateTime<Utc>>,
+    pub due_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub timeout_origin: Option<TimeoutOrigin>,
+    pub drop_reason: Option<String>,
+    pub output: Option<Output>,
+    pub prompt_tokens: Option<i32>,
+    pub completion_tokens: Option<i32>,
+    pub error: Option<RunError>,
+    pub attempt_log: Vec<AttemptView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Output {
+    pub content: String,
+    pub finish_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptView {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// `completed`, an error kind, `released` (shutdown) or `abandoned` (lease expired);
+    /// none while the attempt runs.
+    pub outcome: Option<String>,
+    pub status: Option<i32>,
+    pub retry_after_ms: Option<i64>,
+    pub error_message: Option<String>,
+}
+
+/// Attempt outcome recorded when a graceful shutdown gives the attempt back.
+pub const OUTCOME_RELEASED: &str = "released";
+/// Attempt outcome recorded when the worker's lease expired (the process died).
+pub const OUTCOME_ABANDONED: &str = "abandoned";
+pub const OUTCOME_COMPLETED: &str = "completed";
