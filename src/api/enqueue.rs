@@ -17,7 +17,7 @@ use crate::store::{Enqueued, NewRun};
 /// Longest accepted value for the short string fields (names, keys, tenant, batch).
 const MAX_NAME_LEN: usize = 256;
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnqueueBody {
     provider: String,
@@ -159,22 +159,22 @@ fn parse_body(body: &[u8]) -> Result<EnqueueBody, ApiError> {
     Ok(parsed)
 }
 
-/// The field an error is about: the path serde reached, or the name in a
-/// "missing field `x`" / "unknown field `x`" message.
+/// The field an error is about: the path serde reached (which for an unknown field already
+/// ends with its name), or, for a missing field, the parent path plus the name in the
+/// "missing field `x`" message.
 fn field_of(path: &str, message: &str) -> Option<String> {
-    for prefix in ["missing field `", "unknown field `"] {
-        if let Some(rest) = message.strip_prefix(prefix) {
-            if let Some(end) = rest.find('`') {
-                let name = &rest[..end];
-                return Some(if path == "." || path.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{path}.{name}")
-                });
-            }
-        }
+    let at_root = path == "." || path.is_empty();
+    if let Some(rest) = message.strip_prefix("missing field `")
+        && let Some(end) = rest.find('`')
+    {
+        let name = &rest[..end];
+        return Some(if at_root {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        });
     }
-    (path != "." && !path.is_empty()).then(|| path.to_string())
+    (!at_root).then(|| path.to_string())
 }
 
 fn check_name(field: &str, value: &Option<String>) -> Result<(), ApiError> {
@@ -240,13 +240,13 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
             ));
         }
     }
-    if let Some(m) = &b.metadata {
-        if !m.get().trim_start().starts_with('{') {
-            return Err(ApiError::invalid(
-                "metadata",
-                "metadata must be a JSON object",
-            ));
-        }
+    if let Some(m) = &b.metadata
+        && !m.get().trim_start().starts_with('{')
+    {
+        return Err(ApiError::invalid(
+            "metadata",
+            "metadata must be a JSON object",
+        ));
     }
     let class = b.class.unwrap_or_default();
     let priority = b.priority.unwrap_or(5);
@@ -267,17 +267,17 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
         Class::Live => config.queue.live_attempt_timeout_cap,
         Class::Background => config.queue.background_attempt_timeout_cap,
     };
-    if let Some(t) = b.timeout_ms {
-        if t < 1 || t as u128 > cap.as_millis() {
-            return Err(ApiError::invalid(
-                "timeout_ms",
-                format!(
-                    "timeout_ms must be between 1 and {} for {} runs",
-                    cap.as_millis(),
-                    class.as_str()
-                ),
-            ));
-        }
+    if let Some(t) = b.timeout_ms
+        && (t < 1 || t as u128 > cap.as_millis())
+    {
+        return Err(ApiError::invalid(
+            "timeout_ms",
+            format!(
+                "timeout_ms must be between 1 and {} for {} runs",
+                cap.as_millis(),
+                class.as_str()
+            ),
+        ));
     }
     let now = state.clock.now();
     let due_at = match &b.run_at {
