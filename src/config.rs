@@ -245,9 +245,87 @@ pub struct ProviderConfig {
     /// Most attempts in flight against this provider from one process.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Longest wait for the TCP/TLS connection to the provider.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response (between stream chunks, too).
+    #[serde(default = "default_read_timeout", with = "duration")]
+    pub read_timeout: Duration,
+    /// `anthropic-version` header sent to `anthropic` providers.
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
+    #[serde(default)]
+    pub limiter: LimiterConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
     /// Built-in simulator settings (kind `sim` only).
     #[serde(default)]
     pub sim: SimConfig,
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".to_string()
+}
+
+/// How the adaptive rate limiter moves between its floor and the configured ceiling.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimiterConfig {
+    /// A 429 multiplies the current rate by this factor (0 < f < 1).
+    pub decrease_factor: f64,
+    /// Each success adds this share of the configured rate back (additive increase).
+    pub increase_step: f64,
+    /// The rate never adapts below this share of the configured rate.
+    pub min_share: f64,
+    /// `x-ratelimit-remaining-*` below this share of the limit tightens the rate early.
+    pub remaining_threshold: f64,
+    /// Pause after a 429 that names no reset time.
+    #[serde(with = "duration")]
+    pub default_pause: Duration,
+}
+
+impl Default for LimiterConfig {
+    fn default() -> Self {
+        LimiterConfig {
+            decrease_factor: 0.5,
+            increase_step: 0.02,
+            min_share: 0.05,
+            remaining_threshold: 0.1,
+            default_pause: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The per-provider circuit breaker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    /// Consecutive failures (5xx, timeouts, connection errors) that open the breaker.
+    pub failure_threshold: u32,
+    /// How long the breaker stays open before one probe is let through.
+    #[serde(with = "duration")]
+    pub open_interval: Duration,
+    /// Random extra share of `open_interval` (0.2 = up to 20% longer), so replicas do
+    /// not probe in lockstep.
+    pub open_jitter: f64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_interval: Duration::from_secs(15),
+            open_jitter: 0.2,
+        }
+    }
 }
 
 impl ProviderConfig {
@@ -261,6 +339,11 @@ impl ProviderConfig {
             rpm: None,
             tpm: None,
             max_concurrency: None,
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            anthropic_version: default_anthropic_version(),
+            limiter: LimiterConfig::default(),
+            breaker: BreakerConfig::default(),
             sim: SimConfig::default(),
         }
     }
@@ -456,6 +539,45 @@ impl Config {
                 return Err(invalid(
                     format!("{at}.sim"),
                     "error_rate + rate_limit_rate + hang_rate must not exceed 1",
+                ));
+            }
+            let l = &p.limiter;
+            if !(l.decrease_factor > 0.0 && l.decrease_factor < 1.0) {
+                return Err(invalid(
+                    format!("{at}.limiter.decrease_factor"),
+                    "must be between 0 and 1 (exclusive)",
+                ));
+            }
+            for (field, v) in [
+                ("increase_step", l.increase_step),
+                ("min_share", l.min_share),
+                ("remaining_threshold", l.remaining_threshold),
+            ] {
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(invalid(
+                        format!("{at}.limiter.{field}"),
+                        "must be above 0 and at most 1",
+                    ));
+                }
+            }
+            if p.breaker.failure_threshold == 0 {
+                return Err(invalid(
+                    format!("{at}.breaker.failure_threshold"),
+                    "must be at least 1",
+                ));
+            }
+            if !(0.0..=1.0).contains(&p.breaker.open_jitter) {
+                return Err(invalid(
+                    format!("{at}.breaker.open_jitter"),
+                    "must be between 0 and 1",
+                ));
+            }
+            if matches!(p.kind, ProviderKind::Openai | ProviderKind::Anthropic)
+                && p.api_key_env.as_deref().is_some_and(str::is_empty)
+            {
+                return Err(invalid(
+                    format!("{at}.api_key_env"),
+                    "must name an environment variable",
                 ));
             }
             if let Some(0) = p.max_concurrency {

@@ -112,7 +112,7 @@ async fn attempt(
                 attempt: run.attempt,
                 model,
                 request: &run.request,
-                stream: run.stream,
+                deltas: None,
             });
             tokio::select! {
                 biased;

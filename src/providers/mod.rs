@@ -17,15 +17,43 @@ use serde_json::value::RawValue;
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::run::{ErrorKind, RunId};
 
+/// Receives the content deltas of a streaming attempt as they arrive.
+pub type DeltaSink = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// One attempt as a provider sees it.
-#[derive(Debug)]
 pub struct AttemptRequest<'a> {
     pub run_id: RunId,
     pub attempt: u32,
     pub model: &'a str,
     /// The client's request body (OpenAI chat shape), exactly as it was enqueued.
     pub request: &'a RawValue,
-    pub stream: bool,
+    /// Present when the client asked for `stream`: the provider streams and reports each
+    /// content delta here; the assembled content is still returned in the output.
+    pub deltas: Option<DeltaSink>,
+}
+
+impl std::fmt::Debug for AttemptRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttemptRequest")
+            .field("run_id", &self.run_id)
+            .field("attempt", &self.attempt)
+            .field("model", &self.model)
+            .field("stream", &self.deltas.is_some())
+            .finish()
+    }
+}
+
+/// What a provider said about its rate limits on one response (from
+/// `x-ratelimit-*` or `anthropic-ratelimit-*` headers). Resets are durations from the
+/// moment the response was received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +62,8 @@ pub struct ProviderOutput {
     pub finish_reason: Option<String>,
     pub prompt_tokens: Option<u32>,
     pub completion_tokens: Option<u32>,
+    /// Rate-limit headers of the response, when the provider sent any.
+    pub rate_limits: Option<RateLimitInfo>,
 }
 
 /// A failed attempt, classified so the dispatcher knows whether and when to retry.
@@ -46,6 +76,8 @@ pub struct ProviderError {
     pub status: Option<u16>,
     /// How long the provider asked us to wait (retry-after and friends).
     pub retry_after: Option<Duration>,
+    /// Rate-limit headers of the response, when the provider sent any.
+    pub rate_limits: Option<RateLimitInfo>,
 }
 
 impl ProviderError {
@@ -55,6 +87,7 @@ impl ProviderError {
             message: message.into(),
             status: None,
             retry_after: None,
+            rate_limits: None,
         }
     }
 }

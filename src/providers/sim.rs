@@ -143,7 +143,14 @@ impl Provider for SimProvider {
                     finish_reason = "length";
                 }
             }
+            if let Some(sink) = &attempt.deltas {
+                // Stream word by word, as a real provider streams tokens.
+                for piece in content.split_inclusive(' ') {
+                    sink(piece);
+                }
+            }
             Ok(ProviderOutput {
+                rate_limits: None,
                 completion_tokens: Some(approx_tokens(content.len())),
                 prompt_tokens: Some(approx_tokens(prompt_chars)),
                 content,
@@ -174,7 +181,7 @@ mod tests {
             attempt: 1,
             model: "sim-1",
             request: &raw,
-            stream: false,
+            deltas: None,
         })
         .await
     }
