@@ -58,3 +58,30 @@ CREATE TABLE run_attempts (
     error_message  TEXT
 );
 CREATE INDEX run_attempts_run ON run_attempts (run_id, attempt);
+
+-- The lifecycle event log, written in the same statement as each state change. Ids grow
+-- in commit order within one run (its row lock serialises its changes); across runs the
+-- event pump tolerates ids that commit out of order (see src/store/postgres/events.rs).
+CREATE TABLE run_events (
+    id      BIGSERIAL PRIMARY KEY,
+    run_id  UUID        NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    kind    TEXT        NOT NULL,
+    at      TIMESTAMPTZ NOT NULL,
+    attempt SMALLINT,
+    data    JSON,        -- kind-specific fields (error kind, status, retry_at, …)
+    class   SMALLINT    NOT NULL,
+    tenant  TEXT,        -- copied from the run so dashboards filter without a join
+    batch   TEXT
+);
+CREATE INDEX run_events_run ON run_events (run_id, id);
+
+-- One notification per statement that wrote events: the event pumps of every process
+-- read what is new.
+CREATE FUNCTION sluice_events_written() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('sluice_events', '');
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER run_events_notify AFTER INSERT ON run_events
+    FOR EACH STATEMENT EXECUTE FUNCTION sluice_events_written();

@@ -55,3 +55,16 @@ CREATE TABLE run_attempts (
     error_message  TEXT
 );
 CREATE INDEX run_attempts_run ON run_attempts (run_id, attempt);
+
+CREATE TABLE run_events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id  BLOB    NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    kind    TEXT    NOT NULL,
+    at      INTEGER NOT NULL,
+    attempt INTEGER,
+    data    TEXT,
+    class   INTEGER NOT NULL,
+    tenant  TEXT,
+    batch   TEXT
+);
+CREATE INDEX run_events_run ON run_events (run_id, id);

@@ -160,8 +160,8 @@ impl Dispatcher {
         tasks.spawn(completer::run(shared.clone(), finished_rx));
         tasks.spawn(leases::heartbeat(shared.clone()));
         tasks.spawn(leases::rescue(shared.clone()));
-        if let Store::Postgres(pg) = &shared.store {
-            tasks.spawn(wake::listen(shared.clone(), pg.pool().clone()));
+        if let Some(pool) = shared.store.pg_pool() {
+            tasks.spawn(wake::listen(shared.clone(), pool.clone()));
         }
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher

@@ -5,12 +5,19 @@
 //! slice, and a single-run call is a batch of one. Every state change is one transaction.
 //! Time is passed in (`now`), never read here, so tests drive it.
 //!
-//! Layout: `model` (the rows that cross this boundary), `postgres`, `sqlite`.
+//! Every state change also appends its lifecycle events to the event log in the same
+//! transaction; committed events reach live subscribers through the [`EventHub`] (directly
+//! on SQLite, through the event pump on PostgreSQL so that other processes' events arrive
+//! too).
+//!
+//! Layout: `model` (the values that cross this boundary), `hub`, `postgres`, `sqlite`.
 
+mod hub;
 mod model;
 mod postgres;
 mod sqlite;
 
+pub use hub::EventHub;
 pub use model::*;
 pub use postgres::{PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;
@@ -59,19 +66,29 @@ impl StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The store, one of the two backends. An enum rather than a trait object: both backends
-/// are known, calls are static, and the conformance suite runs every method on both.
+/// One of the two backends. An enum rather than a trait object: both backends are known,
+/// calls are static, and the conformance suite runs every method on both.
 #[derive(Clone)]
-pub enum Store {
+enum Backend {
     Postgres(PgStore),
     Sqlite(SqliteStore),
 }
 
+/// The store: a backend and the hub its committed events are published on.
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+    hub: EventHub,
+}
+
+/// Live-event buffer per subscriber; one that falls further behind resumes from the log.
+const HUB_CAPACITY: usize = 4096;
+
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
-        match $self {
-            Store::Postgres($store) => $call,
-            Store::Sqlite($store) => $call,
+        match &$self.backend {
+            Backend::Postgres($store) => $call,
+            Backend::Sqlite($store) => $call,
         }
     };
 }
@@ -84,19 +101,74 @@ impl Store {
         sqlite_path: &std::path::Path,
         options: &OpenOptions,
     ) -> Result<Store> {
-        let store = match url {
-            Some(url) => Store::Postgres(PgStore::connect(url, options).await?),
-            None => Store::Sqlite(SqliteStore::open(sqlite_path, options).await?),
+        let backend = match url {
+            Some(url) => Backend::Postgres(PgStore::connect(url, options).await?),
+            None => Backend::Sqlite(SqliteStore::open(sqlite_path, options).await?),
+        };
+        let store = Store {
+            backend,
+            hub: EventHub::new(HUB_CAPACITY),
         };
         store.migrate().await?;
         Ok(store)
     }
 
     pub fn backend(&self) -> &'static str {
-        match self {
-            Store::Postgres(_) => "postgres",
-            Store::Sqlite(_) => "sqlite",
+        match self.backend {
+            Backend::Postgres(_) => "postgres",
+            Backend::Sqlite(_) => "sqlite",
         }
+    }
+
+    /// The PostgreSQL pool, for the LISTEN side of wake-ups.
+    pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg.pool()),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    /// Live lifecycle events committed by this store (and, on PostgreSQL once
+    /// [`Store::pump_events`] runs, by every process sharing the database).
+    pub fn hub(&self) -> &EventHub {
+        &self.hub
+    }
+
+    /// On SQLite a commit publishes its events directly; on PostgreSQL the event pump does,
+    /// for this process's commits and everyone else's alike.
+    fn published<T>(&self, (value, events): (T, Vec<RunEvent>)) -> T {
+        if let Backend::Sqlite(_) = self.backend {
+            self.hub.publish(events);
+        }
+        value
+    }
+
+    /// Feeds the hub from the PostgreSQL event log until `stop` fires; returns at once on
+    /// SQLite, where commits publish directly.
+    pub async fn pump_events(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Backend::Postgres(pg) = &self.backend {
+            pg.pump_events(self.hub.clone(), stop).await;
+        }
+    }
+
+    /// The events of one run after `after` (an event id; 0 for all), in order.
+    pub async fn events_for_run(&self, run: RunId, after: i64) -> Result<Vec<RunEvent>> {
+        delegate!(self, s => s.events_for_run(run, after).await)
+    }
+
+    /// Events of all runs after `after`, matching `filter`, oldest first, at most `limit`.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>> {
+        delegate!(self, s => s.events_after(after, filter, limit).await)
+    }
+
+    /// The newest event id (0 when the log is empty).
+    pub async fn last_event_id(&self) -> Result<i64> {
+        delegate!(self, s => s.last_event_id().await)
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -109,7 +181,8 @@ impl Store {
         if runs.is_empty() {
             return Ok(Vec::new());
         }
-        delegate!(self, s => s.enqueue(runs).await)
+        let written = delegate!(self, s => s.enqueue(runs).await)?;
+        Ok(self.published(written))
     }
 
     /// Claims up to `limit` due runs in dispatch order (live first, then priority, then due
@@ -124,7 +197,9 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        delegate!(self, s => s.claim_due(worker, limit, now, lease_until(now, lease)).await)
+        let written =
+            delegate!(self, s => s.claim_due(worker, limit, now, lease_until(now, lease)).await)?;
+        Ok(self.published(written))
     }
 
     /// Extends the leases `worker` holds on these runs; returns how many were still held.
@@ -151,7 +226,8 @@ impl Store {
         if done.is_empty() {
             return Ok(Vec::new());
         }
-        delegate!(self, s => s.mark_completed(worker, done).await)
+        let events = delegate!(self, s => s.mark_completed(worker, done).await)?;
+        Ok(self.published((applied_runs(&events), events)))
     }
 
     /// Records failed attempts: each run goes back to `queued` at its retry time or ends
@@ -160,7 +236,8 @@ impl Store {
         if failed.is_empty() {
             return Ok(Vec::new());
         }
-        delegate!(self, s => s.mark_failed(worker, failed).await)
+        let events = delegate!(self, s => s.mark_failed(worker, failed).await)?;
+        Ok(self.published((applied_runs(&events), events)))
     }
 
     /// Gives unfinished attempts back (graceful shutdown): the runs return to `queued`,
@@ -174,12 +251,14 @@ impl Store {
         if runs.is_empty() {
             return Ok(0);
         }
-        delegate!(self, s => s.release(worker, runs, now).await)
+        let written = delegate!(self, s => s.release(worker, runs, now).await)?;
+        Ok(self.published(written))
     }
 
     /// Cancels a queued or running run.
     pub async fn cancel(&self, id: RunId, now: DateTime<Utc>) -> Result<CancelOutcome> {
-        delegate!(self, s => s.cancel(id, now).await)
+        let written = delegate!(self, s => s.cancel(id, now).await)?;
+        Ok(self.published(written))
     }
 
     /// Runs whose lease expired (their worker died) go back to `queued`, or end `failed`
@@ -189,7 +268,8 @@ impl Store {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<(RunId, Status)>> {
-        delegate!(self, s => s.rescue_expired(now, limit).await)
+        let written = delegate!(self, s => s.rescue_expired(now, limit).await)?;
+        Ok(self.published(written))
     }
 
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
@@ -216,6 +296,16 @@ impl Store {
     pub async fn close(&self) {
         delegate!(self, s => s.close().await)
     }
+}
+
+/// The runs a batch of events is about, once each, in order of first appearance.
+fn applied_runs(events: &[RunEvent]) -> Vec<RunId> {
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    events
+        .iter()
+        .filter(|e| seen.insert(e.run_id))
+        .map(|e| e.run_id)
+        .collect()
 }
 
 fn lease_until(now: DateTime<Utc>, lease: Duration) -> DateTime<Utc> {

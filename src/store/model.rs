@@ -178,3 +178,153 @@ pub const OUTCOME_RELEASED: &str = "released";
 /// Attempt outcome recorded when the worker's lease expired (the process died).
 pub const OUTCOME_ABANDONED: &str = "abandoned";
 pub const OUTCOME_COMPLETED: &str = "completed";
+
+/// A lifecycle event, as written in the same transaction as the state change it reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Queued,
+    Started,
+    AttemptFailed,
+    Completed,
+    Failed,
+    TimedOut,
+    Cancelled,
+    Dropped,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Queued,
+        EventKind::Started,
+        EventKind::AttemptFailed,
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::TimedOut,
+        EventKind::Cancelled,
+        EventKind::Dropped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Queued => "queued",
+            EventKind::Started => "started",
+            EventKind::AttemptFailed => "attempt_failed",
+            EventKind::Completed => "completed",
+            EventKind::Failed => "failed",
+            EventKind::TimedOut => "timed_out",
+            EventKind::Cancelled => "cancelled",
+            EventKind::Dropped => "dropped",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// The event that ends a run's stream.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            EventKind::Completed
+                | EventKind::Failed
+                | EventKind::TimedOut
+                | EventKind::Cancelled
+                | EventKind::Dropped
+        )
+    }
+
+    /// The terminal event reporting a run that ended with `status`.
+    pub fn terminal_for(status: Status) -> Option<EventKind> {
+        match status {
+            Status::Completed => Some(EventKind::Completed),
+            Status::Failed => Some(EventKind::Failed),
+            Status::TimedOut => Some(EventKind::TimedOut),
+            Status::Cancelled => Some(EventKind::Cancelled),
+            Status::Dropped => Some(EventKind::Dropped),
+            Status::Queued | Status::Running => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RunEvent {
+    /// Position in the event log: increasing in commit order within one run.
+    pub id: i64,
+    pub run_id: RunId,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    pub attempt: Option<u32>,
+    /// Kind-specific fields, a JSON object (error kind, HTTP status, retry time, …).
+    pub data: Option<Box<RawValue>>,
+    pub class: Class,
+    pub tenant: Option<String>,
+    pub batch: Option<String>,
+}
+
+/// Which events a dashboard stream wants.
+#[derive(Clone, Debug, Default)]
+pub struct EventFilter {
+    pub tenant: Option<String>,
+    pub batch: Option<String>,
+    pub class: Option<Class>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &RunEvent) -> bool {
+        self.class.is_none_or(|c| c == e.class)
+            && self
+                .tenant
+                .as_deref()
+                .is_none_or(|t| e.tenant.as_deref() == Some(t))
+            && self
+                .batch
+                .as_deref()
+                .is_none_or(|b| e.batch.as_deref() == Some(b))
+    }
+}
+
+/// The JSON of an event's `data` for a failed attempt.
+pub fn attempt_failed_data(error: &RunError, retry_at: Option<DateTime<Utc>>) -> Box<RawValue> {
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        kind: &'static str,
+        status: Option<i32>,
+        retry_at: Option<String>,
+        message: &'a str,
+    }
+    json(&Data {
+        kind: error.kind.as_str(),
+        status: error.status,
+        retry_at: retry_at.map(rfc3339),
+        message: &error.message,
+    })
+}
+
+/// The JSON of a terminal event's `data` for a run that ended without output.
+pub fn final_failure_data(
+    error: &RunError,
+    timeout_origin: Option<TimeoutOrigin>,
+) -> Box<RawValue> {
+    #[derive(serde::Serialize)]
+    struct Data<'a> {
+        kind: &'static str,
+        status: Option<i32>,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        timeout_origin: Option<&'static str>,
+    }
+    json(&Data {
+        kind: error.kind.as_str(),
+        status: error.status,
+        message: &error.message,
+        timeout_origin: timeout_origin.map(TimeoutOrigin::as_str),
+    })
+}
+
+pub fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn json(value: &impl serde::Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("event data serialises")
+}

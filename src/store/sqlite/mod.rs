@@ -2,23 +2,32 @@
 //! writes go through a one-connection pool (no lock upgrades, no `SQLITE_BUSY` between our
 //! own statements) and reads through a separate pool; WAL mode lets them run side by side.
 //! Times are stored as integer milliseconds since the Unix epoch.
+//!
+//! Layout: this file (state changes), `rows` (row mapping and event log).
+
+mod rows;
+
+use rows::{EventScope, claimed_from_row, event_from_row, insert_event, view_from_row};
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
+use serde_json::value::RawValue;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Row, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::model::*;
-use super::postgres::{ABANDONED_MESSAGE, cancel_outcome, parse_class, parse_status, raw_json};
+use super::postgres::{
+    ABANDONED_MESSAGE, abandoned_data, abandoned_final_data, cancel_outcome, parse_class,
+    parse_status,
+};
 use super::{OpenOptions, Result, StoreError};
-use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
+use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -28,21 +37,21 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
+pub(super) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-fn from_ms(v: i64) -> Result<DateTime<Utc>> {
+pub(super) fn from_ms(v: i64) -> Result<DateTime<Utc>> {
     Utc.timestamp_millis_opt(v)
         .single()
         .ok_or_else(|| StoreError::Corrupt(format!("time {v} is out of range")))
 }
 
-fn from_ms_opt(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
+pub(super) fn from_ms_opt(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
     v.map(from_ms).transpose()
 }
 
@@ -84,7 +93,7 @@ impl SqliteStore {
         Ok(SqliteStore { writer, reader })
     }
 
-    pub(super) async fn migrate(&self) -> Result<()> {
+    pub(in crate::store) async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.writer).await?;
         Ok(())
     }
@@ -93,9 +102,13 @@ impl SqliteStore {
         self.writer.begin().await.map_err(db)
     }
 
-    pub(super) async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
+    pub(in crate::store) async fn enqueue(
+        &self,
+        runs: &[NewRun],
+    ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(runs.len());
+        let mut events = Vec::with_capacity(runs.len());
         for r in runs {
             let idem = r.idem_key();
             let inserted = sqlx::query(
@@ -128,6 +141,22 @@ impl SqliteStore {
             .map_err(db)?
             .rows_affected();
             if inserted == 1 {
+                let scope = EventScope {
+                    class: r.class,
+                    tenant: r.tenant.clone(),
+                    batch: r.batch.clone(),
+                };
+                let e = insert_event(
+                    &mut tx,
+                    r.id,
+                    EventKind::Queued,
+                    r.created_at,
+                    None,
+                    None,
+                    &scope,
+                )
+                .await?;
+                events.push(e);
                 out.push(Enqueued::Created(r.id));
                 continue;
             }
@@ -145,16 +174,16 @@ impl SqliteStore {
             out.push(Enqueued::Existing(RunId(holder)));
         }
         tx.commit().await.map_err(db)?;
-        Ok(out)
+        Ok((out, events))
     }
 
-    pub(super) async fn claim_due(
+    pub(in crate::store) async fn claim_due(
         &self,
         worker: WorkerId,
         limit: usize,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedRun>> {
+    ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
             "UPDATE runs
@@ -166,7 +195,7 @@ impl SqliteStore {
                 ORDER BY class, priority, due_at
                 LIMIT ?4)
              RETURNING id, attempts, max_attempts, provider, model, request, class, priority,
-                tenant, concurrency_key, stream, timeout_ms, created_at, due_at",
+                tenant, batch, concurrency_key, stream, timeout_ms, created_at, due_at",
         )
         .bind(worker.0)
         .bind(ms(lease_until))
@@ -176,7 +205,6 @@ impl SqliteStore {
         .await
         .map_err(db)?;
         let mut claimed = Vec::with_capacity(rows.len());
-        let mut order = Vec::with_capacity(rows.len());
         for row in &rows {
             let run = claimed_from_row(row)?;
             sqlx::query(
@@ -189,20 +217,33 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            order.push((
+            let order = (
                 run.class,
                 run.priority,
                 row.try_get::<i64, _>("due_at").map_err(db)?,
-            ));
-            claimed.push(run);
+            );
+            claimed.push((order, EventScope::from_row(row)?, run));
+        }
+        claimed.sort_by_key(|(order, _, _)| *order);
+        let mut events = Vec::with_capacity(claimed.len());
+        for (_, scope, run) in &claimed {
+            let e = insert_event(
+                &mut tx,
+                run.id,
+                EventKind::Started,
+                now,
+                Some(run.attempt),
+                None,
+                scope,
+            )
+            .await?;
+            events.push(e);
         }
         tx.commit().await.map_err(db)?;
-        let mut paired: Vec<_> = order.into_iter().zip(claimed).collect();
-        paired.sort_by_key(|(key, _)| *key);
-        Ok(paired.into_iter().map(|(_, run)| run).collect())
+        Ok((claimed.into_iter().map(|(_, _, run)| run).collect(), events))
     }
 
-    pub(super) async fn extend_leases(
+    pub(in crate::store) async fn extend_leases(
         &self,
         worker: WorkerId,
         runs: &[RunId],
@@ -227,13 +268,13 @@ impl SqliteStore {
         Ok(n)
     }
 
-    pub(super) async fn mark_completed(
+    pub(in crate::store) async fn mark_completed(
         &self,
         worker: WorkerId,
         done: &[Completion],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<RunEvent>> {
         let mut tx = self.begin().await?;
-        let mut applied = Vec::with_capacity(done.len());
+        let mut events = Vec::with_capacity(done.len());
         for c in done {
             let hit = sqlx::query(
                 "UPDATE runs
@@ -241,7 +282,8 @@ impl SqliteStore {
                      prompt_tokens = ?, completion_tokens = ?, lease_owner = NULL,
                      lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
                      error_status = NULL
-                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?",
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
             )
             .bind(ms(c.finished_at))
             .bind(&c.content)
@@ -251,13 +293,12 @@ impl SqliteStore {
             .bind(c.id.0)
             .bind(worker.0)
             .bind(c.attempt as i64)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?
-            .rows_affected();
-            if hit == 0 {
+            .map_err(db)?;
+            let Some(row) = hit else {
                 continue;
-            }
+            };
             close_attempt(
                 &mut tx,
                 c.id,
@@ -267,56 +308,62 @@ impl SqliteStore {
                 None,
             )
             .await?;
-            applied.push(c.id);
+            let scope = EventScope::from_row(&row)?;
+            let e = insert_event(
+                &mut tx,
+                c.id,
+                EventKind::Completed,
+                c.finished_at,
+                Some(c.attempt),
+                None,
+                &scope,
+            )
+            .await?;
+            events.push(e);
         }
         tx.commit().await.map_err(db)?;
-        Ok(applied)
+        Ok(events)
     }
 
-    pub(super) async fn mark_failed(
+    pub(in crate::store) async fn mark_failed(
         &self,
         worker: WorkerId,
         failed: &[Failure],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<RunEvent>> {
         let mut tx = self.begin().await?;
-        let mut applied = Vec::with_capacity(failed.len());
+        let mut events = Vec::with_capacity(failed.len());
         for f in failed {
             let (status, due, finished, origin) = match f.next {
                 FailureNext::RetryAt(at) => (Status::Queued, Some(ms(at)), None, None),
                 FailureNext::Finish {
                     status,
                     timeout_origin,
-                } => (
-                    status,
-                    None,
-                    Some(ms(f.finished_at)),
-                    timeout_origin.map(TimeoutOrigin::as_str),
-                ),
+                } => (status, None, Some(ms(f.finished_at)), timeout_origin),
             };
             let hit = sqlx::query(
                 "UPDATE runs
                  SET status = ?, due_at = COALESCE(?, due_at), finished_at = ?, timeout_origin = ?,
                      error_kind = ?, error_message = ?, error_status = ?, lease_owner = NULL,
                      lease_expires_at = NULL
-                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?",
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
             )
             .bind(status.as_str())
             .bind(due)
             .bind(finished)
-            .bind(origin)
+            .bind(origin.map(TimeoutOrigin::as_str))
             .bind(f.error.kind.as_str())
             .bind(&f.error.message)
             .bind(f.error.status)
             .bind(f.id.0)
             .bind(worker.0)
             .bind(f.attempt as i64)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?
-            .rows_affected();
-            if hit == 0 {
+            .map_err(db)?;
+            let Some(row) = hit else {
                 continue;
-            }
+            };
             sqlx::query(
                 "UPDATE run_attempts
                  SET finished_at = ?, outcome = ?, status = ?, retry_after_ms = ?, error_message = ?
@@ -332,45 +379,91 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-            applied.push(f.id);
+            let scope = EventScope::from_row(&row)?;
+            let retry_at = match f.next {
+                FailureNext::RetryAt(at) => Some(at),
+                FailureNext::Finish { .. } => None,
+            };
+            let e = insert_event(
+                &mut tx,
+                f.id,
+                EventKind::AttemptFailed,
+                f.finished_at,
+                Some(f.attempt),
+                Some(attempt_failed_data(&f.error, retry_at)),
+                &scope,
+            )
+            .await?;
+            events.push(e);
+            if let Some(kind) = EventKind::terminal_for(status) {
+                let e = insert_event(
+                    &mut tx,
+                    f.id,
+                    kind,
+                    f.finished_at,
+                    Some(f.attempt),
+                    Some(final_failure_data(&f.error, origin)),
+                    &scope,
+                )
+                .await?;
+                events.push(e);
+            }
         }
         tx.commit().await.map_err(db)?;
-        Ok(applied)
+        Ok(events)
     }
 
-    pub(super) async fn release(
+    pub(in crate::store) async fn release(
         &self,
         worker: WorkerId,
         runs: &[(RunId, u32)],
         now: DateTime<Utc>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
-        let mut n = 0;
+        let mut events = Vec::with_capacity(runs.len());
         for (id, attempt) in runs {
             let hit = sqlx::query(
                 "UPDATE runs
                  SET status = 'queued', attempts = attempts - 1, due_at = ?, lease_owner = NULL,
                      lease_expires_at = NULL
-                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?",
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
             )
             .bind(ms(now))
             .bind(id.0)
             .bind(worker.0)
             .bind(*attempt as i64)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
-            .map_err(db)?
-            .rows_affected();
-            if hit == 1 {
-                close_attempt(&mut tx, *id, *attempt, now, OUTCOME_RELEASED, None).await?;
-                n += 1;
-            }
+            .map_err(db)?;
+            let Some(row) = hit else {
+                continue;
+            };
+            close_attempt(&mut tx, *id, *attempt, now, OUTCOME_RELEASED, None).await?;
+            let data = RawValue::from_string(r#"{"reason":"released"}"#.to_string())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let scope = EventScope::from_row(&row)?;
+            let e = insert_event(
+                &mut tx,
+                *id,
+                EventKind::Queued,
+                now,
+                Some(*attempt),
+                Some(data),
+                &scope,
+            )
+            .await?;
+            events.push(e);
         }
         tx.commit().await.map_err(db)?;
-        Ok(n)
+        Ok((events.len() as u64, events))
     }
 
-    pub(super) async fn cancel(&self, id: RunId, now: DateTime<Utc>) -> Result<CancelOutcome> {
+    pub(in crate::store) async fn cancel(
+        &self,
+        id: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(CancelOutcome, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?")
             .bind(id.0)
@@ -378,22 +471,23 @@ impl SqliteStore {
             .await
             .map_err(db)?;
         let Some(status) = status else {
-            return cancel_outcome(None);
+            return Ok((cancel_outcome(None)?, Vec::new()));
         };
         let hit = sqlx::query(
             "UPDATE runs
              SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,
                  error_kind = 'cancelled', error_message = 'cancelled by request',
                  error_status = NULL
-             WHERE id = ? AND status IN ('queued', 'running')",
+             WHERE id = ? AND status IN ('queued', 'running')
+             RETURNING attempts, class, tenant, batch",
         )
         .bind(ms(now))
         .bind(id.0)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(db)?
-        .rows_affected();
-        if hit == 1 {
+        .map_err(db)?;
+        let mut events = Vec::new();
+        if let Some(row) = hit {
             sqlx::query(
                 "UPDATE run_attempts SET finished_at = ?, outcome = 'cancelled'
                  WHERE run_id = ? AND finished_at IS NULL",
@@ -403,18 +497,38 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+            let attempts: i64 = row.try_get("attempts").map_err(db)?;
+            let data = RawValue::from_string(
+                r#"{"kind":"cancelled","message":"cancelled by request"}"#.to_string(),
+            )
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let scope = EventScope::from_row(&row)?;
+            let attempt = (attempts > 0).then_some(attempts as u32);
+            events.push(
+                insert_event(
+                    &mut tx,
+                    id,
+                    EventKind::Cancelled,
+                    now,
+                    attempt,
+                    Some(data),
+                    &scope,
+                )
+                .await?,
+            );
         }
         tx.commit().await.map_err(db)?;
-        cancel_outcome(Some((status, hit as i64)))
+        let applied = events.len() as i64;
+        Ok((cancel_outcome(Some((status, applied)))?, events))
     }
 
-    pub(super) async fn rescue_expired(
+    pub(in crate::store) async fn rescue_expired(
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<(RunId, Status)>> {
+    ) -> Result<(Vec<(RunId, Status)>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
-        let rows: Vec<(Uuid, i64, String)> = sqlx::query_as(
+        let rows = sqlx::query(
             "UPDATE runs
              SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
                  finished_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END,
@@ -423,7 +537,7 @@ impl SqliteStore {
              WHERE id IN (
                 SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < ?1
                 ORDER BY lease_expires_at LIMIT ?3)
-             RETURNING id, attempts, status",
+             RETURNING id, attempts, status, class, tenant, batch",
         )
         .bind(ms(now))
         .bind(ABANDONED_MESSAGE)
@@ -432,23 +546,104 @@ impl SqliteStore {
         .await
         .map_err(db)?;
         let mut out = Vec::with_capacity(rows.len());
-        for (id, attempt, status) in rows {
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = RunId(row.try_get("id").map_err(db)?);
+            let attempt = row.try_get::<i64, _>("attempts").map_err(db)? as u32;
+            let status = parse_status(&row.try_get::<String, _>("status").map_err(db)?)?;
             close_attempt(
                 &mut tx,
-                RunId(id),
-                attempt as u32,
+                id,
+                attempt,
                 now,
                 OUTCOME_ABANDONED,
                 Some(ABANDONED_MESSAGE),
             )
             .await?;
-            out.push((RunId(id), parse_status(&status)?));
+            let scope = EventScope::from_row(row)?;
+            let requeued = status == Status::Queued;
+            events.push(
+                insert_event(
+                    &mut tx,
+                    id,
+                    EventKind::AttemptFailed,
+                    now,
+                    Some(attempt),
+                    Some(abandoned_data(requeued.then_some(now))),
+                    &scope,
+                )
+                .await?,
+            );
+            if !requeued {
+                events.push(
+                    insert_event(
+                        &mut tx,
+                        id,
+                        EventKind::Failed,
+                        now,
+                        Some(attempt),
+                        Some(abandoned_final_data()),
+                        &scope,
+                    )
+                    .await?,
+                );
+            }
+            out.push((id, status));
         }
         tx.commit().await.map_err(db)?;
-        Ok(out)
+        Ok((out, events))
     }
 
-    pub(super) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
+    pub(in crate::store) async fn events_for_run(
+        &self,
+        run: RunId,
+        after: i64,
+    ) -> Result<Vec<RunEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, run_id, kind, at, attempt, data, class, tenant, batch
+             FROM run_events WHERE run_id = ? AND id > ? ORDER BY id",
+        )
+        .bind(run.0)
+        .bind(after)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(in crate::store) async fn events_after(
+        &self,
+        after: i64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<RunEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, run_id, kind, at, attempt, data, class, tenant, batch
+             FROM run_events
+             WHERE id > ?1 AND (?2 IS NULL OR class = ?2) AND (?3 IS NULL OR tenant = ?3)
+               AND (?4 IS NULL OR batch = ?4)
+             ORDER BY id LIMIT ?5",
+        )
+        .bind(after)
+        .bind(filter.class.map(|c| c.rank()))
+        .bind(filter.tenant.as_deref())
+        .bind(filter.batch.as_deref())
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(db)?;
+        Ok(id.unwrap_or(0))
+    }
+
+    pub(in crate::store) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
@@ -481,7 +676,7 @@ impl SqliteStore {
         Ok(Some(view))
     }
 
-    pub(super) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
+    pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
         let rows: Vec<(i16, String, i64)> = sqlx::query_as(
             "SELECT class, status, count(*) FROM runs
              WHERE status IN ('queued', 'running') GROUP BY class, status",
@@ -494,7 +689,7 @@ impl SqliteStore {
             .collect()
     }
 
-    pub(super) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+    pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
                 .fetch_one(&self.reader)
@@ -503,7 +698,7 @@ impl SqliteStore {
         from_ms_opt(v)
     }
 
-    pub(super) async fn ping(&self) -> Result<()> {
+    pub(in crate::store) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
             .await
@@ -511,7 +706,7 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn close(&self) {
+    pub(in crate::store) async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
     }
@@ -538,78 +733,4 @@ async fn close_attempt(
     .await
     .map_err(db)?;
     Ok(())
-}
-
-fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedRun> {
-    let g = db;
-    Ok(ClaimedRun {
-        id: RunId(row.try_get("id").map_err(g)?),
-        attempt: row.try_get::<i64, _>("attempts").map_err(g)? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(g)? as u32,
-        provider: row.try_get("provider").map_err(g)?,
-        model: row.try_get("model").map_err(g)?,
-        request: raw_json(row.try_get("request").map_err(g)?)?,
-        class: parse_class(row.try_get("class").map_err(g)?)?,
-        priority: row.try_get("priority").map_err(g)?,
-        tenant: row.try_get("tenant").map_err(g)?,
-        concurrency_key: row.try_get("concurrency_key").map_err(g)?,
-        stream: row.try_get("stream").map_err(g)?,
-        timeout_ms: row.try_get("timeout_ms").map_err(g)?,
-        created_at: from_ms(row.try_get("created_at").map_err(g)?)?,
-    })
-}
-
-fn view_from_row(row: &SqliteRow) -> Result<RunView> {
-    let g = db;
-    let status = parse_status(&row.try_get::<String, _>("status").map_err(g)?)?;
-    let metadata: Option<String> = row.try_get("metadata").map_err(g)?;
-    let error_kind: Option<String> = row.try_get("error_kind").map_err(g)?;
-    let timeout_origin: Option<String> = row.try_get("timeout_origin").map_err(g)?;
-    let output_content: Option<String> = row.try_get("output_content").map_err(g)?;
-    let finish_reason: Option<String> = row.try_get("finish_reason").map_err(g)?;
-    Ok(RunView {
-        id: RunId(row.try_get("id").map_err(g)?),
-        status,
-        provider: row.try_get("provider").map_err(g)?,
-        model: row.try_get("model").map_err(g)?,
-        class: parse_class(row.try_get("class").map_err(g)?)?,
-        priority: row.try_get("priority").map_err(g)?,
-        tenant: row.try_get("tenant").map_err(g)?,
-        concurrency_key: row.try_get("concurrency_key").map_err(g)?,
-        session: row.try_get("session").map_err(g)?,
-        batch: row.try_get("batch").map_err(g)?,
-        metadata: metadata.map(raw_json).transpose()?,
-        stream: row.try_get("stream").map_err(g)?,
-        attempts: row.try_get::<i64, _>("attempts").map_err(g)? as u32,
-        max_attempts: row.try_get::<i64, _>("max_attempts").map_err(g)? as u32,
-        timeout_ms: row.try_get("timeout_ms").map_err(g)?,
-        queue_deadline_at: from_ms_opt(row.try_get("queue_deadline_at").map_err(g)?)?,
-        due_at: from_ms(row.try_get("due_at").map_err(g)?)?,
-        created_at: from_ms(row.try_get("created_at").map_err(g)?)?,
-        started_at: from_ms_opt(row.try_get("started_at").map_err(g)?)?,
-        finished_at: from_ms_opt(row.try_get("finished_at").map_err(g)?)?,
-        timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
-        drop_reason: row.try_get("drop_reason").map_err(g)?,
-        output: match (status, output_content) {
-            (Status::Completed, Some(content)) => Some(Output {
-                content,
-                finish_reason,
-            }),
-            _ => None,
-        },
-        prompt_tokens: row.try_get("prompt_tokens").map_err(g)?,
-        completion_tokens: row.try_get("completion_tokens").map_err(g)?,
-        error: match error_kind.as_deref().and_then(ErrorKind::parse) {
-            Some(kind) => Some(RunError {
-                kind,
-                message: row
-                    .try_get::<Option<String>, _>("error_message")
-                    .map_err(g)?
-                    .unwrap_or_default(),
-                status: row.try_get("error_status").map_err(g)?,
-            }),
-            None => None,
-        },
-        attempt_log: Vec::new(),
-    })
 }

@@ -1,15 +1,28 @@
 //! The PostgreSQL backend: claims with `FOR UPDATE SKIP LOCKED`, batches through
-//! `unnest` arrays, and wakes other processes' producers with `NOTIFY`.
+//! `unnest` arrays, writes each state change and its events in one statement, and wakes
+//! other processes' producers with `NOTIFY`.
+//!
+//! Layout: this file (state changes), `rows` (row mapping), `events` (event log reads and
+//! the event pump).
+
+mod events;
+mod rows;
+
+pub(super) use rows::{
+    ABANDONED_MESSAGE, abandoned_data, abandoned_final_data, cancel_outcome, parse_class,
+    parse_status, raw_json,
+};
+use rows::{claimed_from_row, event_from_row, view_from_row};
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Row, postgres::PgConnectOptions};
 use std::str::FromStr;
 use uuid::Uuid;
 
 use super::model::*;
 use super::{OpenOptions, Result, StoreError};
-use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
+use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// The channel a commit that makes runs due is announced on.
 pub const WAKE_CHANNEL: &str = "sluice_runs_due";
@@ -21,7 +34,7 @@ pub struct PgStore {
     pool: PgPool,
 }
 
-fn db(e: sqlx::Error) -> StoreError {
+pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
 }
 
@@ -49,12 +62,15 @@ impl PgStore {
         &self.pool
     }
 
-    pub(super) async fn migrate(&self) -> Result<()> {
+    pub(in crate::store) async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
-    pub(super) async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
+    pub(in crate::store) async fn enqueue(
+        &self,
+        runs: &[NewRun],
+    ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let n = runs.len();
         let mut ids = Vec::with_capacity(n);
         let mut providers = Vec::with_capacity(n);
@@ -95,8 +111,9 @@ impl PgStore {
             created.push(r.created_at);
         }
         let mut tx = self.pool.begin().await.map_err(db)?;
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO runs (id, provider, model, request, class, priority, tenant, \
+        let event_rows = sqlx::query(
+            "WITH ins AS (
+             INSERT INTO runs (id, provider, model, request, class, priority, tenant, \
                 concurrency_key, session, batch, idem_key, metadata, stream, max_attempts, \
                 timeout_ms, queue_deadline_at, due_at, created_at, status, attempts)
              SELECT t.id, t.provider, t.model, t.request::json, t.class, t.priority, t.tenant,
@@ -111,7 +128,13 @@ impl PgStore {
                     session, batch, idem_key, metadata, stream, max_attempts, timeout_ms,
                     queue_deadline_at, due_at, created_at)
              ON CONFLICT DO NOTHING
-             RETURNING id",
+             RETURNING id, class, tenant, batch, created_at
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, class, tenant, batch)
+                SELECT id, 'queued', created_at, class, tenant, batch FROM ins
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
+             )
+             SELECT * FROM ev ORDER BY id",
         )
         .bind(&ids)
         .bind(&providers)
@@ -134,6 +157,11 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db)?;
+        let events: Vec<RunEvent> = event_rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<_>>()?;
+        let inserted: Vec<Uuid> = events.iter().map(|e| e.run_id.0).collect();
 
         let mut out = Vec::with_capacity(n);
         if inserted.len() == n {
@@ -181,16 +209,16 @@ impl PgStore {
                 .map_err(db)?;
         }
         tx.commit().await.map_err(db)?;
-        Ok(out)
+        Ok((out, events))
     }
 
-    pub(super) async fn claim_due(
+    pub(in crate::store) async fn claim_due(
         &self,
         worker: WorkerId,
         limit: usize,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
-    ) -> Result<Vec<ClaimedRun>> {
+    ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
         let rows = sqlx::query(
             "WITH picked AS (
                 SELECT id FROM runs
@@ -204,13 +232,18 @@ impl PgStore {
                     lease_expires_at = $4, started_at = COALESCE(r.started_at, $1)
                 FROM picked WHERE r.id = picked.id
                 RETURNING r.id, r.attempts, r.max_attempts, r.provider, r.model,
-                    r.request::text AS request, r.class, r.priority, r.tenant,
+                    r.request::text AS request, r.class, r.priority, r.tenant, r.batch,
                     r.concurrency_key, r.stream, r.timeout_ms, r.created_at, r.due_at
              ), opened AS (
                 INSERT INTO run_attempts (run_id, attempt, worker, started_at)
                 SELECT id, attempts, $3, $1 FROM claimed
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
+                SELECT id, 'started', $1, attempts, class, tenant, batch FROM claimed
+                RETURNING id AS event_id, run_id
              )
-             SELECT * FROM claimed ORDER BY class, priority, due_at",
+             SELECT claimed.*, ev.event_id FROM claimed JOIN ev ON ev.run_id = claimed.id
+             ORDER BY class, priority, due_at",
         )
         .bind(now)
         .bind(limit as i64)
@@ -219,10 +252,27 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.iter().map(claimed_from_row).collect()
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let run = claimed_from_row(row)?;
+            events.push(RunEvent {
+                id: row.try_get("event_id").map_err(db)?,
+                run_id: run.id,
+                kind: EventKind::Started,
+                at: now,
+                attempt: Some(run.attempt),
+                data: None,
+                class: run.class,
+                tenant: run.tenant.clone(),
+                batch: row.try_get("batch").map_err(db)?,
+            });
+            claimed.push(run);
+        }
+        Ok((claimed, events))
     }
 
-    pub(super) async fn extend_leases(
+    pub(in crate::store) async fn extend_leases(
         &self,
         worker: WorkerId,
         runs: &[RunId],
@@ -242,11 +292,11 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
-    pub(super) async fn mark_completed(
+    pub(in crate::store) async fn mark_completed(
         &self,
         worker: WorkerId,
         done: &[Completion],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<RunEvent>> {
         let ids: Vec<Uuid> = done.iter().map(|c| c.id.0).collect();
         let attempts: Vec<i16> = done.iter().map(|c| c.attempt as i16).collect();
         let finished: Vec<DateTime<Utc>> = done.iter().map(|c| c.finished_at).collect();
@@ -254,7 +304,7 @@ impl PgStore {
         let reasons: Vec<Option<&str>> = done.iter().map(|c| c.finish_reason.as_deref()).collect();
         let prompt: Vec<Option<i32>> = done.iter().map(|c| c.prompt_tokens).collect();
         let completion: Vec<Option<i32>> = done.iter().map(|c| c.completion_tokens).collect();
-        let applied: Vec<Uuid> = sqlx::query_scalar(
+        let rows = sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($2::uuid[], $3::int2[], $4::timestamptz[], $5::text[],
                     $6::text[], $7::int4[], $8::int4[])
@@ -270,13 +320,17 @@ impl PgStore {
                 FROM input i
                 WHERE r.id = i.id AND r.status = 'running' AND r.lease_owner = $1
                   AND r.attempts = i.attempt
-                RETURNING r.id, r.attempts, i.finished_at
+                RETURNING r.id, r.attempts, i.finished_at, r.class, r.tenant, r.batch
              ), closed AS (
                 UPDATE run_attempts a SET finished_at = d.finished_at, outcome = 'completed'
                 FROM done d
                 WHERE a.run_id = d.id AND a.attempt = d.attempts AND a.finished_at IS NULL
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
+                SELECT id, 'completed', finished_at, attempts, class, tenant, batch FROM done
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT id FROM done",
+             SELECT * FROM ev ORDER BY id",
         )
         .bind(worker.0)
         .bind(&ids)
@@ -289,14 +343,14 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(applied.into_iter().map(RunId).collect())
+        rows.iter().map(event_from_row).collect()
     }
 
-    pub(super) async fn mark_failed(
+    pub(in crate::store) async fn mark_failed(
         &self,
         worker: WorkerId,
         failed: &[Failure],
-    ) -> Result<Vec<RunId>> {
+    ) -> Result<Vec<RunEvent>> {
         let n = failed.len();
         let mut ids = Vec::with_capacity(n);
         let mut attempts = Vec::with_capacity(n);
@@ -308,6 +362,9 @@ impl PgStore {
         let mut next_status = Vec::with_capacity(n);
         let mut due = Vec::with_capacity(n);
         let mut origins = Vec::with_capacity(n);
+        let mut failed_data = Vec::with_capacity(n);
+        let mut final_kinds = Vec::with_capacity(n);
+        let mut final_data = Vec::with_capacity(n);
         for f in failed {
             ids.push(f.id.0);
             attempts.push(f.attempt as i16);
@@ -321,6 +378,9 @@ impl PgStore {
                     next_status.push(Status::Queued.as_str());
                     due.push(Some(at));
                     origins.push(None);
+                    failed_data.push(attempt_failed_data(&f.error, Some(at)).get().to_string());
+                    final_kinds.push(None);
+                    final_data.push(None);
                 }
                 FailureNext::Finish {
                     status,
@@ -329,16 +389,24 @@ impl PgStore {
                     next_status.push(status.as_str());
                     due.push(None);
                     origins.push(timeout_origin.map(TimeoutOrigin::as_str));
+                    failed_data.push(attempt_failed_data(&f.error, None).get().to_string());
+                    final_kinds.push(EventKind::terminal_for(status).map(EventKind::as_str));
+                    final_data.push(Some(
+                        final_failure_data(&f.error, timeout_origin)
+                            .get()
+                            .to_string(),
+                    ));
                 }
             }
         }
-        let applied: Vec<Uuid> = sqlx::query_scalar(
+        let rows = sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($2::uuid[], $3::int2[], $4::timestamptz[], $5::text[],
                     $6::text[], $7::int4[], $8::int8[], $9::text[], $10::timestamptz[],
-                    $11::text[])
+                    $11::text[], $13::text[], $14::text[], $15::text[])
                   AS t(id, attempt, finished_at, kind, message, http_status, retry_after_ms,
-                       next_status, due_at, timeout_origin)
+                       next_status, due_at, timeout_origin, failed_data, final_kind,
+                       final_data)
              ), moved AS (
                 UPDATE runs r
                 SET status = i.next_status,
@@ -351,7 +419,8 @@ impl PgStore {
                 FROM input i
                 WHERE r.id = i.id AND r.status = 'running' AND r.lease_owner = $1
                   AND r.attempts = i.attempt
-                RETURNING r.id, r.attempts, (r.status = 'queued') AS retried
+                RETURNING r.id, r.attempts, (r.status = 'queued') AS retried, r.class,
+                    r.tenant, r.batch
              ), closed AS (
                 UPDATE run_attempts a
                 SET finished_at = i.finished_at, outcome = i.kind, status = i.http_status,
@@ -360,8 +429,18 @@ impl PgStore {
                 WHERE a.run_id = m.id AND a.attempt = m.attempts AND a.finished_at IS NULL
              ), woken AS (
                 SELECT pg_notify($12, '') FROM moved WHERE retried LIMIT 1
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+                SELECT m.id, e.kind, i.finished_at, m.attempts, e.data::json, m.class,
+                    m.tenant, m.batch
+                FROM moved m JOIN input i ON i.id = m.id
+                CROSS JOIN LATERAL (VALUES (1, 'attempt_failed', i.failed_data),
+                                           (2, i.final_kind, i.final_data)) AS e(ord, kind, data)
+                WHERE e.kind IS NOT NULL
+                ORDER BY m.id, e.ord
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT id FROM moved LEFT JOIN woken ON TRUE",
+             SELECT ev.* FROM ev LEFT JOIN woken ON TRUE ORDER BY ev.id",
         )
         .bind(worker.0)
         .bind(&ids)
@@ -375,21 +454,24 @@ impl PgStore {
         .bind(&due)
         .bind(&origins)
         .bind(WAKE_CHANNEL)
+        .bind(&failed_data)
+        .bind(&final_kinds)
+        .bind(&final_data)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(applied.into_iter().map(RunId).collect())
+        rows.iter().map(event_from_row).collect()
     }
 
-    pub(super) async fn release(
+    pub(in crate::store) async fn release(
         &self,
         worker: WorkerId,
         runs: &[(RunId, u32)],
         now: DateTime<Utc>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, Vec<RunEvent>)> {
         let ids: Vec<Uuid> = runs.iter().map(|(id, _)| id.0).collect();
         let attempts: Vec<i16> = runs.iter().map(|(_, a)| *a as i16).collect();
-        let released: i64 = sqlx::query_scalar(
+        let rows = sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($2::uuid[], $3::int2[]) AS t(id, attempt)
              ), back AS (
@@ -399,29 +481,40 @@ impl PgStore {
                 FROM input i
                 WHERE r.id = i.id AND r.status = 'running' AND r.lease_owner = $1
                   AND r.attempts = i.attempt
-                RETURNING r.id, i.attempt
+                RETURNING r.id, i.attempt, r.class, r.tenant, r.batch
              ), closed AS (
                 UPDATE run_attempts a SET finished_at = $4, outcome = 'released'
                 FROM back b
                 WHERE a.run_id = b.id AND a.attempt = b.attempt AND a.finished_at IS NULL
              ), woken AS (
                 SELECT pg_notify($5, '') FROM back LIMIT 1
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+                SELECT id, 'queued', $4, attempt, '{\"reason\":\"released\"}'::json, class,
+                    tenant, batch
+                FROM back
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT count(*) FROM back LEFT JOIN woken ON TRUE",
+             SELECT ev.* FROM ev LEFT JOIN woken ON TRUE ORDER BY ev.id",
         )
         .bind(worker.0)
         .bind(&ids)
         .bind(&attempts)
         .bind(now)
         .bind(WAKE_CHANNEL)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        Ok(released as u64)
+        let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
+        Ok((events.len() as u64, events))
     }
 
-    pub(super) async fn cancel(&self, id: RunId, now: DateTime<Utc>) -> Result<CancelOutcome> {
-        let row: Option<(String, i64)> = sqlx::query_as(
+    pub(in crate::store) async fn cancel(
+        &self,
+        id: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(CancelOutcome, Vec<RunEvent>)> {
+        let row = sqlx::query(
             "WITH target AS (
                 SELECT id, status FROM runs WHERE id = $1 FOR UPDATE
              ), cancelled AS (
@@ -431,27 +524,46 @@ impl PgStore {
                     error_message = 'cancelled by request', error_status = NULL
                 FROM target t
                 WHERE r.id = t.id AND t.status IN ('queued', 'running')
-                RETURNING r.id
+                RETURNING r.id, r.attempts, r.class, r.tenant, r.batch
              ), closed AS (
                 UPDATE run_attempts a SET finished_at = $2, outcome = 'cancelled'
                 FROM cancelled c WHERE a.run_id = c.id AND a.finished_at IS NULL
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+                SELECT id, 'cancelled', $2, NULLIF(attempts, 0),
+                    '{\"kind\":\"cancelled\",\"message\":\"cancelled by request\"}'::json,
+                    class, tenant, batch
+                FROM cancelled
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT t.status, (SELECT count(*) FROM cancelled) FROM target t",
+             SELECT t.status AS previous, ev.* FROM target t LEFT JOIN ev ON TRUE",
         )
         .bind(id.0)
         .bind(now)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
-        cancel_outcome(row)
+        let Some(row) = row else {
+            return Ok((cancel_outcome(None)?, Vec::new()));
+        };
+        let previous: String = row.try_get("previous").map_err(db)?;
+        let event_id: Option<i64> = row.try_get("id").map_err(db)?;
+        let events = match event_id {
+            Some(_) => vec![event_from_row(&row)?],
+            None => Vec::new(),
+        };
+        Ok((
+            cancel_outcome(Some((previous, events.len() as i64)))?,
+            events,
+        ))
     }
 
-    pub(super) async fn rescue_expired(
+    pub(in crate::store) async fn rescue_expired(
         &self,
         now: DateTime<Utc>,
         limit: usize,
-    ) -> Result<Vec<(RunId, Status)>> {
-        let rows: Vec<(Uuid, String)> = sqlx::query_as(
+    ) -> Result<(Vec<(RunId, Status)>, Vec<RunEvent>)> {
+        let rows = sqlx::query(
             "WITH expired AS (
                 SELECT id FROM runs
                 WHERE status = 'running' AND lease_expires_at < $1
@@ -465,7 +577,7 @@ impl PgStore {
                     due_at = $1, lease_owner = NULL, lease_expires_at = NULL,
                     error_kind = 'timeout', error_message = $3, error_status = NULL
                 FROM expired e WHERE r.id = e.id
-                RETURNING r.id, r.attempts, r.status
+                RETURNING r.id, r.attempts, r.status, r.class, r.tenant, r.batch
              ), closed AS (
                 UPDATE run_attempts a SET finished_at = $1, outcome = 'abandoned',
                     error_message = $3
@@ -473,22 +585,46 @@ impl PgStore {
                 WHERE a.run_id = x.id AND a.attempt = x.attempts AND a.finished_at IS NULL
              ), woken AS (
                 SELECT pg_notify($4, '') FROM rescued WHERE status = 'queued' LIMIT 1
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+                SELECT x.id, e.kind, $1, x.attempts, e.data::json, x.class, x.tenant, x.batch
+                FROM rescued x
+                CROSS JOIN LATERAL (VALUES
+                    (1, 'attempt_failed', CASE WHEN x.status = 'queued' THEN $5 ELSE $6 END),
+                    (2, CASE WHEN x.status = 'failed' THEN 'failed' END, $7)
+                ) AS e(ord, kind, data)
+                WHERE e.kind IS NOT NULL
+                ORDER BY x.id, e.ord
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT id, status FROM rescued LEFT JOIN woken ON TRUE",
+             SELECT ev.*, x.status AS run_status
+             FROM ev JOIN rescued x ON x.id = ev.run_id LEFT JOIN woken ON TRUE
+             ORDER BY ev.id",
         )
         .bind(now)
         .bind(limit as i64)
         .bind(ABANDONED_MESSAGE)
         .bind(WAKE_CHANNEL)
+        .bind(abandoned_data(Some(now)).get())
+        .bind(abandoned_data(None).get())
+        .bind(abandoned_final_data().get())
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;
-        rows.into_iter()
-            .map(|(id, status)| Ok((RunId(id), parse_status(&status)?)))
-            .collect()
+        let mut outcome = Vec::new();
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let event = event_from_row(row)?;
+            if event.kind == EventKind::AttemptFailed {
+                let status: String = row.try_get("run_status").map_err(db)?;
+                outcome.push((event.run_id, parse_status(&status)?));
+            }
+            events.push(event);
+        }
+        Ok((outcome, events))
     }
 
-    pub(super) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
+    pub(in crate::store) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
@@ -525,7 +661,7 @@ impl PgStore {
         Ok(Some(view))
     }
 
-    pub(super) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
+    pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
         let rows: Vec<(i16, String, i64)> = sqlx::query_as(
             "SELECT class, status, count(*) FROM runs
              WHERE status IN ('queued', 'running') GROUP BY class, status",
@@ -538,14 +674,14 @@ impl PgStore {
             .collect()
     }
 
-    pub(super) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+    pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
             .fetch_one(&self.pool)
             .await
             .map_err(db)
     }
 
-    pub(super) async fn ping(&self) -> Result<()> {
+    pub(in crate::store) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
             .await
@@ -553,116 +689,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn close(&self) {
+    pub(in crate::store) async fn close(&self) {
         self.pool.close().await
     }
-}
-
-/// The error recorded on a run whose worker stopped renewing its lease.
-pub(super) const ABANDONED_MESSAGE: &str = "the worker running this attempt stopped renewing its lease (process stopped or lost the database)";
-
-pub(super) fn cancel_outcome(row: Option<(String, i64)>) -> Result<CancelOutcome> {
-    Ok(match row {
-        None => CancelOutcome::NotFound,
-        Some((status, n)) => {
-            let was = parse_status(&status)?;
-            if n > 0 {
-                CancelOutcome::Cancelled { was }
-            } else {
-                CancelOutcome::AlreadyTerminal(was)
-            }
-        }
-    })
-}
-
-pub(super) fn parse_status(s: &str) -> Result<Status> {
-    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
-}
-
-pub(super) fn parse_class(rank: i16) -> Result<Class> {
-    Class::from_rank(rank).ok_or_else(|| StoreError::Corrupt(format!("unknown class {rank}")))
-}
-
-pub(super) fn raw_json(text: String) -> Result<Box<serde_json::value::RawValue>> {
-    serde_json::value::RawValue::from_string(text)
-        .map_err(|e| StoreError::Corrupt(format!("stored JSON does not parse: {e}")))
-}
-
-fn claimed_from_row(row: &PgRow) -> Result<ClaimedRun> {
-    let get = || -> std::result::Result<ClaimedRun, sqlx::Error> {
-        Ok(ClaimedRun {
-            id: RunId(row.try_get("id")?),
-            attempt: row.try_get::<i16, _>("attempts")? as u32,
-            max_attempts: row.try_get::<i16, _>("max_attempts")? as u32,
-            provider: row.try_get("provider")?,
-            model: row.try_get("model")?,
-            request: Default::default(),
-            class: Class::Live,
-            priority: row.try_get("priority")?,
-            tenant: row.try_get("tenant")?,
-            concurrency_key: row.try_get("concurrency_key")?,
-            stream: row.try_get("stream")?,
-            timeout_ms: row.try_get("timeout_ms")?,
-            created_at: row.try_get("created_at")?,
-        })
-    };
-    let mut claimed = get().map_err(db)?;
-    claimed.class = parse_class(row.try_get("class").map_err(db)?)?;
-    claimed.request = raw_json(row.try_get("request").map_err(db)?)?;
-    Ok(claimed)
-}
-
-fn view_from_row(row: &PgRow) -> Result<RunView> {
-    let g = |e: sqlx::Error| db(e);
-    let status = parse_status(&row.try_get::<String, _>("status").map_err(g)?)?;
-    let metadata: Option<String> = row.try_get("metadata").map_err(g)?;
-    let error_kind: Option<String> = row.try_get("error_kind").map_err(g)?;
-    let timeout_origin: Option<String> = row.try_get("timeout_origin").map_err(g)?;
-    let output_content: Option<String> = row.try_get("output_content").map_err(g)?;
-    Ok(RunView {
-        id: RunId(row.try_get("id").map_err(g)?),
-        status,
-        provider: row.try_get("provider").map_err(g)?,
-        model: row.try_get("model").map_err(g)?,
-        class: parse_class(row.try_get("class").map_err(g)?)?,
-        priority: row.try_get("priority").map_err(g)?,
-        tenant: row.try_get("tenant").map_err(g)?,
-        concurrency_key: row.try_get("concurrency_key").map_err(g)?,
-        session: row.try_get("session").map_err(g)?,
-        batch: row.try_get("batch").map_err(g)?,
-        metadata: metadata.map(raw_json).transpose()?,
-        stream: row.try_get("stream").map_err(g)?,
-        attempts: row.try_get::<i16, _>("attempts").map_err(g)? as u32,
-        max_attempts: row.try_get::<i16, _>("max_attempts").map_err(g)? as u32,
-        timeout_ms: row.try_get("timeout_ms").map_err(g)?,
-        queue_deadline_at: row.try_get("queue_deadline_at").map_err(g)?,
-        due_at: row.try_get("due_at").map_err(g)?,
-        created_at: row.try_get("created_at").map_err(g)?,
-        started_at: row.try_get("started_at").map_err(g)?,
-        finished_at: row.try_get("finished_at").map_err(g)?,
-        timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
-        drop_reason: row.try_get("drop_reason").map_err(g)?,
-        output: if status == Status::Completed {
-            output_content.map(|content| Output {
-                content,
-                finish_reason: row.try_get("finish_reason").unwrap_or(None),
-            })
-        } else {
-            None
-        },
-        prompt_tokens: row.try_get("prompt_tokens").map_err(g)?,
-        completion_tokens: row.try_get("completion_tokens").map_err(g)?,
-        error: match error_kind.as_deref().and_then(ErrorKind::parse) {
-            Some(kind) => Some(RunError {
-                kind,
-                message: row
-                    .try_get::<Option<String>, _>("error_message")
-                    .map_err(g)?
-                    .unwrap_or_default(),
-                status: row.try_get("error_status").map_err(g)?,
-            }),
-            None => None,
-        },
-        attempt_log: Vec::new(),
-    })
 }

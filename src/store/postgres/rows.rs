@@ -1,0 +1,157 @@
+//! Mapping PostgreSQL rows to the store's values.
+
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+
+use super::db;
+use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin};
+use crate::store::model::*;
+use crate::store::{Result, StoreError};
+
+/// The error recorded on a run whose worker stopped renewing its lease.
+pub(crate) const ABANDONED_MESSAGE: &str = "the worker running this attempt stopped renewing its lease (process stopped or lost the database)";
+
+pub(crate) fn cancel_outcome(row: Option<(String, i64)>) -> Result<CancelOutcome> {
+    Ok(match row {
+        None => CancelOutcome::NotFound,
+        Some((status, n)) => {
+            let was = parse_status(&status)?;
+            if n > 0 {
+                CancelOutcome::Cancelled { was }
+            } else {
+                CancelOutcome::AlreadyTerminal(was)
+            }
+        }
+    })
+}
+
+pub(crate) fn parse_status(s: &str) -> Result<Status> {
+    Status::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
+}
+
+pub(crate) fn parse_class(rank: i16) -> Result<Class> {
+    Class::from_rank(rank).ok_or_else(|| StoreError::Corrupt(format!("unknown class {rank}")))
+}
+
+pub(crate) fn raw_json(text: String) -> Result<Box<serde_json::value::RawValue>> {
+    serde_json::value::RawValue::from_string(text)
+        .map_err(|e| StoreError::Corrupt(format!("stored JSON does not parse: {e}")))
+}
+
+pub(super) fn claimed_from_row(row: &PgRow) -> Result<ClaimedRun> {
+    let get = || -> std::result::Result<ClaimedRun, sqlx::Error> {
+        Ok(ClaimedRun {
+            id: RunId(row.try_get("id")?),
+            attempt: row.try_get::<i16, _>("attempts")? as u32,
+            max_attempts: row.try_get::<i16, _>("max_attempts")? as u32,
+            provider: row.try_get("provider")?,
+            model: row.try_get("model")?,
+            request: Default::default(),
+            class: Class::Live,
+            priority: row.try_get("priority")?,
+            tenant: row.try_get("tenant")?,
+            concurrency_key: row.try_get("concurrency_key")?,
+            stream: row.try_get("stream")?,
+            timeout_ms: row.try_get("timeout_ms")?,
+            created_at: row.try_get("created_at")?,
+        })
+    };
+    let mut claimed = get().map_err(db)?;
+    claimed.class = parse_class(row.try_get("class").map_err(db)?)?;
+    claimed.request = raw_json(row.try_get("request").map_err(db)?)?;
+    Ok(claimed)
+}
+
+pub(super) fn view_from_row(row: &PgRow) -> Result<RunView> {
+    let g = |e: sqlx::Error| db(e);
+    let status = parse_status(&row.try_get::<String, _>("status").map_err(g)?)?;
+    let metadata: Option<String> = row.try_get("metadata").map_err(g)?;
+    let error_kind: Option<String> = row.try_get("error_kind").map_err(g)?;
+    let timeout_origin: Option<String> = row.try_get("timeout_origin").map_err(g)?;
+    let output_content: Option<String> = row.try_get("output_content").map_err(g)?;
+    Ok(RunView {
+        id: RunId(row.try_get("id").map_err(g)?),
+        status,
+        provider: row.try_get("provider").map_err(g)?,
+        model: row.try_get("model").map_err(g)?,
+        class: parse_class(row.try_get("class").map_err(g)?)?,
+        priority: row.try_get("priority").map_err(g)?,
+        tenant: row.try_get("tenant").map_err(g)?,
+        concurrency_key: row.try_get("concurrency_key").map_err(g)?,
+        session: row.try_get("session").map_err(g)?,
+        batch: row.try_get("batch").map_err(g)?,
+        metadata: metadata.map(raw_json).transpose()?,
+        stream: row.try_get("stream").map_err(g)?,
+        attempts: row.try_get::<i16, _>("attempts").map_err(g)? as u32,
+        max_attempts: row.try_get::<i16, _>("max_attempts").map_err(g)? as u32,
+        timeout_ms: row.try_get("timeout_ms").map_err(g)?,
+        queue_deadline_at: row.try_get("queue_deadline_at").map_err(g)?,
+        due_at: row.try_get("due_at").map_err(g)?,
+        created_at: row.try_get("created_at").map_err(g)?,
+        started_at: row.try_get("started_at").map_err(g)?,
+        finished_at: row.try_get("finished_at").map_err(g)?,
+        timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
+        drop_reason: row.try_get("drop_reason").map_err(g)?,
+        output: if status == Status::Completed {
+            output_content.map(|content| Output {
+                content,
+                finish_reason: row.try_get("finish_reason").unwrap_or(None),
+            })
+        } else {
+            None
+        },
+        prompt_tokens: row.try_get("prompt_tokens").map_err(g)?,
+        completion_tokens: row.try_get("completion_tokens").map_err(g)?,
+        error: match error_kind.as_deref().and_then(ErrorKind::parse) {
+            Some(kind) => Some(RunError {
+                kind,
+                message: row
+                    .try_get::<Option<String>, _>("error_message")
+                    .map_err(g)?
+                    .unwrap_or_default(),
+                status: row.try_get("error_status").map_err(g)?,
+            }),
+            None => None,
+        },
+        attempt_log: Vec::new(),
+    })
+}
+
+pub(super) fn event_from_row(row: &PgRow) -> Result<RunEvent> {
+    let kind: String = row.try_get("kind").map_err(db)?;
+    let data: Option<String> = row.try_get("data").map_err(db)?;
+    Ok(RunEvent {
+        id: row.try_get("id").map_err(db)?,
+        run_id: RunId(row.try_get("run_id").map_err(db)?),
+        kind: EventKind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {kind:?}")))?,
+        at: row.try_get("at").map_err(db)?,
+        attempt: row
+            .try_get::<Option<i16>, _>("attempt")
+            .map_err(db)?
+            .map(|a| a as u32),
+        data: data.map(raw_json).transpose()?,
+        class: parse_class(row.try_get("class").map_err(db)?)?,
+        tenant: row.try_get("tenant").map_err(db)?,
+        batch: row.try_get("batch").map_err(db)?,
+    })
+}
+
+/// Event data for an attempt whose worker vanished (`retry_at` when it will run again).
+pub(crate) fn abandoned_data(
+    retry_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Box<serde_json::value::RawValue> {
+    attempt_failed_data(&abandoned_error(), retry_at)
+}
+
+pub(crate) fn abandoned_final_data() -> Box<serde_json::value::RawValue> {
+    final_failure_data(&abandoned_error(), None)
+}
+
+fn abandoned_error() -> RunError {
+    RunError {
+        kind: ErrorKind::Timeout,
+        message: ABANDONED_MESSAGE.to_string(),
+        status: None,
+    }
+}
