@@ -62,6 +62,10 @@ pub async fn serve(
         &tasks,
         move || waker.wake(),
     );
+    let stopping = tokio_util::sync::CancellationToken::new();
+    let pump_stop = stopping.clone();
+    let pump_store = store.clone();
+    tasks.spawn(async move { pump_store.pump_events(pump_stop).await });
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
@@ -69,6 +73,7 @@ pub async fn serve(
         dispatcher: dispatcher.clone(),
         providers,
         clock,
+        stopping: stopping.clone(),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -77,7 +82,11 @@ pub async fn serve(
     tracing::info!(addr = %local, "listening");
     on_listening(local);
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // End event streams so open connections do not hold the drain up.
+            stopping.cancel();
+        })
         .await
         .context("HTTP server failed")?;
     tracing::info!("HTTP server stopped; draining the worker pool");

@@ -2,10 +2,11 @@
 //! dispatcher, and render JSON; they never write SQL.
 //!
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
-//! (`GET /runs/{id}`, cancel), `health` (`GET /health`).
+//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`).
 
 mod enqueue;
 mod error;
+mod events;
 mod health;
 mod runs;
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub providers: Providers,
     pub clock: Arc<dyn Clock>,
+    /// Fires when the server begins to shut down: open event streams end.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -48,6 +51,11 @@ pub fn router(state: AppState) -> Router {
             "/runs/{id}/cancel",
             post(runs::cancel_run).fallback(method_not_allowed),
         )
+        .route(
+            "/runs/{id}/events",
+            get(events::run_events).fallback(method_not_allowed),
+        )
+        .route("/events", get(events::feed).fallback(method_not_allowed))
         .route("/health", get(health::health).fallback(method_not_allowed))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(body_limit))
