@@ -74,6 +74,7 @@ pub async fn serve(
         providers,
         clock,
         stopping: stopping.clone(),
+        metrics: crate::metrics::install(),
     };
     let listener = TcpListener::bind(config.listen)
         .await
@@ -81,14 +82,27 @@ pub async fn serve(
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "listening");
     on_listening(local);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // End event streams so open connections do not hold the drain up.
-            stopping.cancel();
-        })
-        .await
-        .context("HTTP server failed")?;
+    // On the signal: stop claiming at once and end event streams, then let in-flight
+    // HTTP requests finish, for at most one request timeout.
+    let stop_claims = dispatcher.clone();
+    let signalled = stopping.clone();
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        stop_claims.stop_claiming();
+        signalled.cancel();
+    });
+    let drain_limit = config.http.request_timeout;
+    let drain_deadline = async move {
+        stopping.cancelled().await;
+        tokio::time::sleep(drain_limit).await;
+    };
+    tokio::select! {
+        served = server => served.context("HTTP server failed")?,
+        _ = drain_deadline => tracing::warn!(
+            limit = ?drain_limit,
+            "HTTP requests still open after the drain limit; closing them"
+        ),
+    }
     tracing::info!("HTTP server stopped; draining the worker pool");
     dispatcher.shutdown().await;
     tasks.close();

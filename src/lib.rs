@@ -10,6 +10,7 @@
 //!   (batched result writes), heartbeater (leases), rescuer (expired leases).
 //! - [`api`]: the HTTP surface (axum); handlers call the store and dispatcher, never SQL.
 //! - [`app`]: wiring, startup and graceful shutdown.
+//! - [`metrics`]: Prometheus metric names, HELP texts and the recorder.
 //! - [`telemetry`]: logging set-up.
 
 pub mod api;
@@ -17,6 +18,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod metrics;
 pub mod providers;
 pub mod run;
 pub mod store;

@@ -98,10 +98,14 @@ pub(super) async fn enqueue(
     })?;
     let parsed = parse_body(&body)?;
     let run = build_run(&state, parsed)?;
+    let class = run.class;
     let enqueued = state.enqueuer.enqueue(run).await?;
     let id = enqueued.id();
     let (code, status) = match enqueued {
-        Enqueued::Created(_) => (StatusCode::ACCEPTED, "queued"),
+        Enqueued::Created(_) => {
+            crate::metrics::run_enqueued(class.as_str());
+            (StatusCode::ACCEPTED, "queued")
+        }
         Enqueued::Existing(_) => {
             // A repeat answers with the first run as it stands now.
             let current = state.store.get_run(id).await?;

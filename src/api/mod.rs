@@ -2,12 +2,14 @@
 //! dispatcher, and render JSON; they never write SQL.
 //!
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
-//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`).
+//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`),
+//! `metrics` (`GET /metrics` and request counting).
 
 mod enqueue;
 mod error;
 mod events;
 mod health;
+mod metrics;
 mod runs;
 
 pub use error::ApiError;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub dispatcher: Dispatcher,
     pub providers: Providers,
     pub clock: Arc<dyn Clock>,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// Fires when the server begins to shut down: open event streams end.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -57,7 +61,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/events", get(events::feed).fallback(method_not_allowed))
         .route("/health", get(health::health).fallback(method_not_allowed))
+        .route("/metrics", get(metrics::metrics).fallback(method_not_allowed))
         .fallback(not_found)
+        .route_layer(axum::middleware::from_fn(metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            state.config.http.request_timeout,
+            deadline,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(
@@ -72,6 +82,24 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Bounds how long a handler may take to produce its response (a slow client's body
+/// upload included); an event stream's body is not bounded, only its start.
+async fn deadline(
+    axum::extract::State(limit): axum::extract::State<std::time::Duration>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable(format!(
+            "the request did not complete within {} ms",
+            limit.as_millis()
+        ))
+        .into_response(),
+    }
 }
 
 async fn not_found() -> ApiError {

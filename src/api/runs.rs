@@ -162,6 +162,10 @@ pub(super) async fn cancel_run(
                 .get_run(id)
                 .await?
                 .ok_or_else(|| ApiError::Internal(format!("run {id} vanished after cancel")))?;
+            let took = (state.clock.now() - run.created_at)
+                .to_std()
+                .unwrap_or_default();
+            crate::metrics::run_finished(run.class.as_str(), Status::Cancelled.as_str(), took);
             Ok(Json(run.into()))
         }
     }

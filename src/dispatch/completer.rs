@@ -2,15 +2,18 @@
 //! batch was being written goes into the next one, so under load one statement carries many
 //! results and when idle a result is written at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use chrono::{DateTime, Utc};
 
 use tokio::sync::mpsc;
 
 use super::Shared;
-use super::worker::Finished;
-use crate::run::RunId;
-use crate::store::{Completion, Failure};
+use super::worker::{AttemptResult, Finished};
+use crate::run::{Class, RunId, Status};
+use crate::store::{Completion, Failure, FailureNext};
 
 /// Backoff between attempts to write a batch while the database is unreachable.
 const WRITE_RETRY_MIN: Duration = Duration::from_millis(200);
@@ -51,24 +54,42 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     let mut completed: Vec<Completion> = Vec::new();
     let mut failed: Vec<Failure> = Vec::new();
     let mut released: Vec<(RunId, u32)> = Vec::new();
-    let mut ids: Vec<RunId> = Vec::with_capacity(batch.len());
+    let mut ids: Vec<(RunId, u32)> = Vec::with_capacity(batch.len());
+    // What each run becomes if the write applies, for the metrics.
+    let mut endings: HashMap<RunId, (Class, DateTime<Utc>, Status)> = HashMap::new();
     let mut retried = false;
     for f in batch.drain(..) {
-        ids.push(f.id());
-        match f {
-            Finished::Completed(c) => completed.push(c),
-            Finished::Failed(f) => {
-                retried |= matches!(f.next, crate::store::FailureNext::RetryAt(_));
-                failed.push(f);
+        ids.push((f.id, f.attempt));
+        match f.result {
+            AttemptResult::Completed(c) => {
+                endings.insert(f.id, (f.class, f.created_at, Status::Completed));
+                completed.push(c);
             }
-            Finished::Released { id, attempt } => released.push((id, attempt)),
-            Finished::Forget { .. } => {}
+            AttemptResult::Failed(failure) => {
+                match failure.next {
+                    FailureNext::RetryAt(_) => retried = true,
+                    FailureNext::Finish { status, .. } => {
+                        endings.insert(f.id, (f.class, f.created_at, status));
+                    }
+                }
+                failed.push(failure);
+            }
+            AttemptResult::Released { attempt } => released.push((f.id, attempt)),
+            AttemptResult::Forget => {}
         }
     }
     let mut wait = WRITE_RETRY_MIN;
     loop {
         match write_once(shared, &completed, &failed, &released).await {
-            Ok(()) => break,
+            Ok(applied) => {
+                let now = shared.clock.now();
+                for id in applied {
+                    if let Some((class, created_at, status)) = endings.get(&id) {
+                        record_ending(*class, *created_at, *status, now);
+                    }
+                }
+                break;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, results = ids.len(), "could not record finished attempts; retrying");
                 // Hold on to the results: once the database is back they are written, and
@@ -87,8 +108,10 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     }
     {
         let mut held = shared.held.lock().expect("held lock");
-        for id in &ids {
-            held.remove(id);
+        for (id, attempt) in &ids {
+            if held.get(id).is_some_and(|h| h.attempt == *attempt) {
+                held.remove(id);
+            }
         }
     }
     shared.released.notify_waiters();
@@ -98,22 +121,31 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     }
 }
 
+fn record_ending(class: Class, created_at: DateTime<Utc>, status: Status, now: DateTime<Utc>) {
+    let took = (now - created_at).to_std().unwrap_or_default();
+    crate::metrics::run_finished(class.as_str(), status.as_str(), took);
+    if status == Status::TimedOut {
+        crate::metrics::timed_out(crate::run::TimeoutOrigin::Generation.as_str());
+    }
+}
+
 async fn write_once(
     shared: &Shared,
     completed: &[Completion],
     failed: &[Failure],
     released: &[(RunId, u32)],
-) -> crate::store::Result<()> {
+) -> crate::store::Result<Vec<RunId>> {
     let store = &shared.store;
     let worker = shared.worker;
+    let mut applied = Vec::new();
     if !completed.is_empty() {
-        store.mark_completed(worker, completed).await?;
+        applied.extend(store.mark_completed(worker, completed).await?);
     }
     if !failed.is_empty() {
-        store.mark_failed(worker, failed).await?;
+        applied.extend(store.mark_failed(worker, failed).await?);
     }
     if !released.is_empty() {
         store.release(worker, released, shared.clock.now()).await?;
     }
-    Ok(())
+    Ok(applied)
 }

@@ -64,6 +64,8 @@ pub(super) async fn rescue(shared: Arc<Shared>) {
                 let requeued = rescued.iter().filter(|(_, s)| *s == Status::Queued).count();
                 let failed = rescued.len() - requeued;
                 tracing::warn!(requeued, failed, "rescued runs whose lease expired");
+                crate::metrics::rescued("queued", requeued as u64);
+                crate::metrics::rescued("failed", failed as u64);
                 for (id, status) in &rescued {
                     tracing::info!(run_id = %id, status = status.as_str(), "rescued");
                 }

@@ -83,6 +83,9 @@ enum AbortReason {
 
 /// A lease this process holds: from claim until the completer has written the result.
 struct Held {
+    /// The attempt number: a run can be held again (after a rescue) while a stale attempt
+    /// of it is still finishing, and only the current attempt's result lets go of it.
+    attempt: u32,
     abort: CancellationToken,
     reason: Arc<Mutex<Option<AbortReason>>>,
 }
@@ -186,6 +189,12 @@ impl Dispatcher {
             held: s.held.lock().expect("held lock").len(),
             worker_id: s.worker,
         }
+    }
+
+    /// Stops claiming new runs at once (the first step of a shutdown; in-flight attempts
+    /// go on).
+    pub fn stop_claiming(&self) {
+        self.shared.stop_claiming.cancel();
     }
 
     /// Graceful shutdown: stop claiming; let in-flight attempts finish within the grace

@@ -46,6 +46,8 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         };
         let got = claimed.len();
         for run in claimed {
+            let wait = (now - run.due_at).to_std().unwrap_or_default();
+            crate::metrics::queue_wait(run.class.as_str(), wait);
             let permit = shared
                 .slots
                 .clone()

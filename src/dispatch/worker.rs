@@ -10,33 +10,31 @@ use tracing::Instrument;
 
 use super::{AbortReason, Held, Shared};
 use crate::providers::{AttemptRequest, ProviderError};
-use crate::run::{AfterFailure, ErrorKind, RunId, after_failure};
+use chrono::{DateTime, Utc};
+
+use crate::run::{AfterFailure, Class, ErrorKind, RunId, after_failure};
 use crate::store::{ClaimedRun, Completion, Failure, FailureNext, RunError};
 
-/// A finished attempt on its way to the database.
+/// A finished attempt on its way to the database, with what the metrics need of its run.
 #[derive(Debug)]
-pub(super) enum Finished {
+pub(super) struct Finished {
+    pub id: RunId,
+    pub attempt: u32,
+    pub class: Class,
+    pub created_at: DateTime<Utc>,
+    pub result: AttemptResult,
+}
+
+#[derive(Debug)]
+pub(super) enum AttemptResult {
     Completed(Completion),
     Failed(Failure),
     /// Given back unfinished (shutdown).
     Released {
-        id: RunId,
         attempt: u32,
     },
     /// Nothing to write (cancelled: the store already has the final word).
-    Forget {
-        id: RunId,
-    },
-}
-
-impl Finished {
-    pub(super) fn id(&self) -> RunId {
-        match self {
-            Finished::Completed(c) => c.id,
-            Finished::Failed(f) => f.id,
-            Finished::Released { id, .. } | Finished::Forget { id } => *id,
-        }
-    }
+    Forget,
 }
 
 /// Records the lease of a just-claimed run and returns its abort handles.
@@ -46,13 +44,24 @@ pub(super) fn hold(
 ) -> (CancellationToken, Arc<Mutex<Option<AbortReason>>>) {
     let abort = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
-    shared.held.lock().expect("held lock").insert(
+    let stale = shared.held.lock().expect("held lock").insert(
         run.id,
         Held {
+            attempt: run.attempt,
             abort: abort.clone(),
             reason: reason.clone(),
         },
     );
+    if let Some(stale) = stale {
+        // Our own earlier attempt lost its lease (rescued while this process was cut off
+        // from the database) and is still going: stop it, its result would be ignored.
+        stale
+            .reason
+            .lock()
+            .expect("reason lock")
+            .get_or_insert(AbortReason::Cancelled);
+        stale.abort.cancel();
+    }
     (abort, reason)
 }
 
@@ -76,9 +85,16 @@ pub(super) async fn execute(
         provider = %run.provider,
         attempt = run.attempt,
     );
-    let finished = attempt(&shared, &run, &abort, &reason)
+    let result = attempt(&shared, &run, &abort, &reason)
         .instrument(span)
         .await;
+    let finished = Finished {
+        id: run.id,
+        attempt: run.attempt,
+        class: run.class,
+        created_at: run.created_at,
+        result,
+    };
     drop(permit);
     shared.slot_freed.notify_one();
     if shared.finished.send(finished).await.is_err() {
@@ -91,7 +107,7 @@ async fn attempt(
     run: &ClaimedRun,
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
-) -> Finished {
+) -> AttemptResult {
     let started = std::time::Instant::now();
     let outcome = match shared.providers.get(&run.provider) {
         None => Outcome::Error(ProviderError::new(
@@ -132,11 +148,19 @@ async fn attempt(
         }
     };
     let now = shared.clock.now();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let took = started.elapsed();
+    let elapsed_ms = took.as_millis() as u64;
+    let outcome_name = match &outcome {
+        Outcome::Output(_) => "completed",
+        Outcome::Error(e) => e.kind.as_str(),
+        Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
+        Outcome::Aborted(AbortReason::Shutdown) => "released",
+    };
+    crate::metrics::attempt(&run.provider, outcome_name, took);
     match outcome {
         Outcome::Output(out) => {
             tracing::info!(elapsed_ms, "attempt completed");
-            Finished::Completed(Completion {
+            AttemptResult::Completed(Completion {
                 id: run.id,
                 attempt: run.attempt,
                 finished_at: now,
@@ -148,12 +172,11 @@ async fn attempt(
         }
         Outcome::Aborted(AbortReason::Cancelled) => {
             tracing::info!(elapsed_ms, "attempt aborted: run cancelled");
-            Finished::Forget { id: run.id }
+            AttemptResult::Forget
         }
         Outcome::Aborted(AbortReason::Shutdown) => {
             tracing::info!(elapsed_ms, "attempt aborted: shutting down, run released");
-            Finished::Released {
-                id: run.id,
+            AttemptResult::Released {
                 attempt: run.attempt,
             }
         }
@@ -198,7 +221,7 @@ async fn attempt(
                     }
                 }
             };
-            Finished::Failed(Failure {
+            AttemptResult::Failed(Failure {
                 id: run.id,
                 attempt: run.attempt,
                 finished_at: now,

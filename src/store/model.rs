@@ -71,6 +71,8 @@ pub struct ClaimedRun {
     pub stream: bool,
     pub timeout_ms: Option<i32>,
     pub created_at: DateTime<Utc>,
+    /// When it became due (for the queue-wait measure).
+    pub due_at: DateTime<Utc>,
 }
 
 #[derive(Clone, Debug)]

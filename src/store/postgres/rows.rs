@@ -54,6 +54,7 @@ pub(super) fn claimed_from_row(row: &PgRow) -> Result<ClaimedRun> {
             stream: row.try_get("stream")?,
             timeout_ms: row.try_get("timeout_ms")?,
             created_at: row.try_get("created_at")?,
+            due_at: row.try_get("due_at")?,
         })
     };
     let mut claimed = get().map_err(db)?;

@@ -27,6 +27,7 @@ pub(super) fn claimed_from_row(row: &SqliteRow) -> Result<ClaimedRun> {
         stream: row.try_get("stream").map_err(g)?,
         timeout_ms: row.try_get("timeout_ms").map_err(g)?,
         created_at: from_ms(row.try_get("created_at").map_err(g)?)?,
+        due_at: from_ms(row.try_get("due_at").map_err(g)?)?,
     })
 }
 

@@ -1,0 +1,62 @@
+//! `GET /metrics` (Prometheus text) and the middleware that counts HTTP requests.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::AppState;
+use crate::run::{Class, Status};
+
+/// Samples the gauges that are cheaper to read at scrape time than to maintain, then
+/// renders every metric.
+pub(super) async fn metrics(State(state): State<AppState>) -> Response {
+    match state.store.count_active().await {
+        Ok(rows) => {
+            crate::metrics::database_up(true);
+            for class in Class::ALL {
+                for status in [Status::Queued, Status::Running] {
+                    let n = rows
+                        .iter()
+                        .find(|(c, s, _)| *c == class && *s == status)
+                        .map(|(_, _, n)| *n)
+                        .unwrap_or(0);
+                    crate::metrics::queue_depth(class.as_str(), status.as_str(), n);
+                }
+            }
+        }
+        Err(e) => {
+            crate::metrics::database_up(false);
+            tracing::warn!(error = %e, "metrics: queue depth unavailable");
+        }
+    }
+    let pool = state.dispatcher.status();
+    crate::metrics::worker_slots(pool.slots_busy, pool.slots_total);
+    crate::metrics::sse_subscribers(state.store.hub().subscribers());
+    state.metrics.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts every request by its route template (never the raw path, so ids do not become
+/// labels), method and status.
+pub(super) async fn track(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = request.method().as_str().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    crate::metrics::http_request(route, method, response.status().as_u16(), started.elapsed());
+    response
+}

@@ -1,0 +1,157 @@
+//! Prometheus metrics: every metric's name and HELP text in one place, the recorder, and
+//! the helpers that record them. Labels are bounded: classes, statuses, outcomes, routes
+//! and configured provider names, never run ids or client-chosen strings.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const RUNS_ENQUEUED: &str = "sluice_runs_enqueued_total";
+pub const RUNS_FINISHED: &str = "sluice_runs_finished_total";
+pub const QUEUE_DEPTH: &str = "sluice_queue_depth";
+pub const QUEUE_WAIT: &str = "sluice_queue_wait_seconds";
+pub const RUN_DURATION: &str = "sluice_run_duration_seconds";
+pub const ATTEMPTS: &str = "sluice_attempts_total";
+pub const ATTEMPT_DURATION: &str = "sluice_attempt_duration_seconds";
+pub const TIMEOUTS: &str = "sluice_timeouts_total";
+pub const WORKER_SLOTS: &str = "sluice_worker_slots";
+pub const SSE_SUBSCRIBERS: &str = "sluice_sse_subscribers";
+pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
+pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
+pub const RESCUED: &str = "sluice_runs_rescued_total";
+pub const DATABASE_UP: &str = "sluice_database_up";
+
+/// Latency buckets (seconds) shared by the duration histograms: from 1 ms to 10 minutes.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder once (later calls return the same handle) and
+/// describes every metric.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(BUCKETS)
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(RUNS_ENQUEUED, "Runs accepted by POST /enqueue, by class.");
+    describe_counter!(
+        RUNS_FINISHED,
+        "Runs that reached a terminal status, by class and status."
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Runs queued or running, by class and status (sampled at scrape)."
+    );
+    describe_histogram!(
+        QUEUE_WAIT,
+        Unit::Seconds,
+        "Time from a run becoming due to its attempt starting, by class."
+    );
+    describe_histogram!(
+        RUN_DURATION,
+        Unit::Seconds,
+        "Time from enqueue to a terminal status, by class and status."
+    );
+    describe_counter!(
+        ATTEMPTS,
+        "Finished attempts by provider and outcome (completed or an error kind)."
+    );
+    describe_histogram!(
+        ATTEMPT_DURATION,
+        Unit::Seconds,
+        "Duration of one attempt against the provider, by provider and outcome."
+    );
+    describe_counter!(
+        TIMEOUTS,
+        "Runs that ended timed_out, by origin (queue_wait or generation)."
+    );
+    describe_gauge!(
+        WORKER_SLOTS,
+        "Worker slots of this process, by state (busy or idle)."
+    );
+    describe_gauge!(SSE_SUBSCRIBERS, "Open server-sent event streams.");
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests by route, method and status code."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request latency by route and method."
+    );
+    describe_counter!(
+        RESCUED,
+        "Runs whose lease expired and that were rescued, by resulting status."
+    );
+    describe_gauge!(
+        DATABASE_UP,
+        "1 when the last database round trip succeeded, else 0."
+    );
+}
+
+pub fn run_enqueued(class: &'static str) {
+    counter!(RUNS_ENQUEUED, "class" => class).increment(1);
+}
+
+pub fn run_finished(class: &'static str, status: &'static str, since_enqueue: Duration) {
+    counter!(RUNS_FINISHED, "class" => class, "status" => status).increment(1);
+    histogram!(RUN_DURATION, "class" => class, "status" => status).record(since_enqueue);
+}
+
+pub fn timed_out(origin: &'static str) {
+    counter!(TIMEOUTS, "origin" => origin).increment(1);
+}
+
+pub fn queue_wait(class: &'static str, wait: Duration) {
+    histogram!(QUEUE_WAIT, "class" => class).record(wait);
+}
+
+pub fn attempt(provider: &str, outcome: &'static str, took: Duration) {
+    counter!(ATTEMPTS, "provider" => provider.to_string(), "outcome" => outcome).increment(1);
+    histogram!(ATTEMPT_DURATION, "provider" => provider.to_string(), "outcome" => outcome)
+        .record(took);
+}
+
+pub fn rescued(status: &'static str, n: u64) {
+    counter!(RESCUED, "status" => status).increment(n);
+}
+
+pub fn queue_depth(class: &'static str, status: &'static str, n: i64) {
+    gauge!(QUEUE_DEPTH, "class" => class, "status" => status).set(n as f64);
+}
+
+pub fn worker_slots(busy: usize, total: usize) {
+    gauge!(WORKER_SLOTS, "state" => "busy").set(busy as f64);
+    gauge!(WORKER_SLOTS, "state" => "idle").set(total.saturating_sub(busy) as f64);
+}
+
+pub fn sse_subscribers(n: usize) {
+    gauge!(SSE_SUBSCRIBERS).set(n as f64);
+}
+
+pub fn database_up(up: bool) {
+    gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
+}
+
+pub fn http_request(route: String, method: String, status: u16, took: Duration) {
+    counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
+        .increment(1);
+    histogram!(HTTP_DURATION, "route" => route, "method" => method).record(took);
+}
