@@ -213,6 +213,9 @@ impl Default for HttpConfig {
     }
 }
 
+/// The model a `sim` provider reports when neither the run nor the config names one.
+pub const SIM_DEFAULT_MODEL: &str = "sim-1";
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ProviderKind {
@@ -335,7 +338,7 @@ impl ProviderConfig {
             kind: ProviderKind::Sim,
             base_url: None,
             api_key_env: None,
-            default_model: Some("sim-1".to_string()),
+            default_model: Some(SIM_DEFAULT_MODEL.to_string()),
             rpm: None,
             tpm: None,
             max_concurrency: None,
@@ -439,11 +442,16 @@ impl Config {
                 t.insert("url".into(), toml::Value::String(url));
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
+            .map_err(|e| {
                 let path = e.path().to_string();
                 invalid(path, e.into_inner().to_string())
             })?;
+        for p in &mut config.providers {
+            if p.default_model.is_none() && p.kind == ProviderKind::Sim {
+                p.default_model = Some(SIM_DEFAULT_MODEL.to_string());
+            }
+        }
         config.validate()?;
         Ok(config)
     }

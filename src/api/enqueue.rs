@@ -213,10 +213,22 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
             ),
         ));
     };
-    let model = b
-        .model
-        .clone()
-        .unwrap_or_else(|| provider.default_model.clone());
+    let configured_default = config
+        .provider(&b.provider)
+        .and_then(|p| p.default_model.clone());
+    let model = match (b.model.clone(), configured_default) {
+        (Some(m), _) => m,
+        (None, Some(m)) => m,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "model",
+                format!(
+                    "provider {:?} has no default_model configured; name a model",
+                    provider.name
+                ),
+            ));
+        }
+    };
     for (field, value) in [
         ("model", &b.model),
         ("tenant", &b.tenant),

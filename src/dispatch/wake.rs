@@ -1,6 +1,7 @@
-//! Cross-process wake-ups on PostgreSQL: every commit that makes runs due sends a
-//! `NOTIFY`; this listener turns those into producer wake-ups, so an enqueue on one
-//! replica starts work on another without polling.
+//! Cross-process signals on PostgreSQL: every commit that makes runs due sends a
+//! `NOTIFY`, which this listener turns into a producer wake-up, so an enqueue on one
+//! replica starts work on another without polling; and a cancelled running run's id,
+//! which aborts the attempt here if this process is the one running it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,9 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 
 use super::Shared;
-use crate::store::WAKE_CHANNEL;
+use super::{AbortReason, abort};
+use crate::run::RunId;
+use crate::store::{CANCEL_CHANNEL, WAKE_CHANNEL};
 
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -28,6 +31,13 @@ pub(super) async fn listen(shared: Arc<Shared>, pool: PgPool) {
         loop {
             tokio::select! {
                 msg = listener.try_recv() => match msg {
+                    Ok(Some(n)) if n.channel() == CANCEL_CHANNEL => {
+                        if let Ok(id) = n.payload().parse::<RunId>()
+                            && abort(&shared, id, AbortReason::Cancelled)
+                        {
+                            tracing::info!(run_id = %id, "aborting attempt of a run cancelled elsewhere");
+                        }
+                    }
                     Ok(Some(_)) => shared.wake.notify_one(),
                     Ok(None) => {
                         // The connection dropped: anything sent meanwhile was lost, so look.
@@ -52,6 +62,6 @@ pub(super) async fn listen(shared: Arc<Shared>, pool: PgPool) {
 
 async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(WAKE_CHANNEL).await?;
+    listener.listen_all([WAKE_CHANNEL, CANCEL_CHANNEL]).await?;
     Ok(listener)
 }

@@ -19,7 +19,7 @@ mod sqlite;
 
 pub use hub::EventHub;
 pub use model::*;
-pub use postgres::{PgStore, WAKE_CHANNEL};
+pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;
 
 use std::time::Duration;

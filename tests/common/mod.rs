@@ -124,3 +124,184 @@ pub fn t0() -> DateTime<Utc> {
 pub fn ms(n: i64) -> chrono::Duration {
     chrono::Duration::milliseconds(n)
 }
+
+/// A server running in this test process on an ephemeral port.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts `sluice::app::serve` with the given TOML (listen is forced to port 0).
+    pub async fn start(toml: &str, env: &[(&str, &str)]) -> TestServer {
+        let mut env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.push(("SLUICE_LISTEN".into(), "127.0.0.1:0".into()));
+        let config =
+            sluice::config::Config::from_toml_and_env(toml, std::path::Path::new("test.toml"), env)
+                .expect("test config is valid");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            sluice::app::serve(
+                config,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |addr| {
+                    let _ = addr_tx.send(addr);
+                },
+            )
+            .await
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(30), addr_rx)
+            .await
+            .expect("server starts within 30 s")
+            .expect("server reports its address");
+        TestServer {
+            addr,
+            stop: Some(stop_tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Shuts down gracefully and checks the server returned cleanly.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("server stops within 60 s")
+                .expect("server task")
+                .expect("server returns Ok");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Enqueues a chat run and returns its id.
+pub async fn enqueue(
+    client: &reqwest::Client,
+    server: &TestServer,
+    body: serde_json::Value,
+) -> String {
+    let resp = client
+        .post(server.url("/enqueue"))
+        .json(&body)
+        .send()
+        .await
+        .expect("enqueue request");
+    let status = resp.status();
+    let json: serde_json::Value = resp.json().await.expect("enqueue reply is JSON");
+    assert!(status.is_success(), "enqueue failed: {status} {json}");
+    json["id"].as_str().expect("id").to_string()
+}
+
+pub async fn get_run(client: &reqwest::Client, server: &TestServer, id: &str) -> serde_json::Value {
+    client
+        .get(server.url(&format!("/runs/{id}")))
+        .send()
+        .await
+        .expect("get run")
+        .json()
+        .await
+        .expect("run JSON")
+}
+
+/// Polls the run until `pred` holds (bounded), returning the last body.
+pub async fn wait_run(
+    client: &reqwest::Client,
+    server: &TestServer,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = get_run(client, server, id).await;
+        if pred(&run) {
+            return run;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("run {id} never became {what}; last seen: {run}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A minimal SSE reader over a reqwest response: yields (id, event, data) records.
+pub struct SseReader {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl SseReader {
+    pub async fn open(
+        client: &reqwest::Client,
+        url: &str,
+        last_event_id: Option<&str>,
+    ) -> SseReader {
+        let mut req = client.get(url).header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.expect("open event stream");
+        assert_eq!(resp.status(), 200, "event stream status");
+        SseReader {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (comments skipped), or None when the stream ends.
+    pub async fn next(&mut self) -> Option<(Option<String>, String, serde_json::Value)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("id:") {
+                        id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("event:") {
+                        event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() && id.is_none() {
+                    continue; // a keep-alive comment
+                }
+                let json = serde_json::from_str(&data).unwrap_or(serde_json::Value::String(data));
+                return Some((id, event, json));
+            }
+            match self.resp.chunk().await.expect("read event stream") {
+                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return None,
+            }
+        }
+    }
+}

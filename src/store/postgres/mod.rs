@@ -26,6 +26,9 @@ use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// The channel a commit that makes runs due is announced on.
 pub const WAKE_CHANNEL: &str = "sluice_runs_due";
+/// The channel a cancelled running run's id is announced on, so the process running its
+/// attempt aborts the provider call.
+pub const CANCEL_CHANNEL: &str = "sluice_run_cancelled";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -536,10 +539,17 @@ impl PgStore {
                 FROM cancelled
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT t.status AS previous, ev.* FROM target t LEFT JOIN ev ON TRUE",
+             ), told AS (
+                -- Whichever process runs the attempt aborts its provider call.
+                SELECT pg_notify($3, t.id::text) FROM target t
+                WHERE t.status = 'running' AND EXISTS (SELECT 1 FROM cancelled)
+             )
+             SELECT t.status AS previous, ev.* FROM target t LEFT JOIN ev ON TRUE
+             LEFT JOIN told ON TRUE",
         )
         .bind(id.0)
         .bind(now)
+        .bind(CANCEL_CHANNEL)
         .fetch_optional(&self.pool)
         .await
         .map_err(db)?;
