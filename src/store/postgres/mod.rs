@@ -538,7 +538,6 @@ impl PgStore {
                     class, tenant, batch
                 FROM cancelled
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
-             )
              ), told AS (
                 -- Whichever process runs the attempt aborts its provider call.
                 SELECT pg_notify($3, t.id::text) FROM target t
