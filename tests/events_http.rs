@@ -1,0 +1,278 @@
+//! Event streams over real HTTP: resume without gap or duplicate on both backends, many
+//! subscribers with one stalled, and cross-process delivery on PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SseReader, TestServer, enqueue, http, wait_run};
+use serde_json::json;
+
+fn config(db: &str, latency: &str, error_rate: f64) -> String {
+    format!(
+        r#"
+[database]
+{db}
+[dispatch]
+slots = 8
+shutdown_grace = "1s"
+[retry]
+backoff_base = "20ms"
+backoff_cap = "40ms"
+[[providers]]
+name = "sim"
+kind = "sim"
+[providers.sim]
+latency = "{latency}"
+latency_jitter = "0ms"
+error_rate = {error_rate}
+"#
+    )
+}
+
+fn sqlite_db(dir: &tempfile::TempDir) -> String {
+    format!(
+        "sqlite_path = {:?}",
+        dir.path().join("sluice.db").display().to_string()
+    )
+}
+
+async fn pg_db() -> String {
+    format!("url = {:?}", common::fresh_pg_database().await)
+}
+
+fn chat() -> serde_json::Value {
+    json!({"messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// The lifecycle of a run that fails three times, read in two connections.
+async fn resume_delivers_every_event_once(db: String) {
+    let server = TestServer::start(&config(&db, "150ms", 1.0), &[]).await;
+    let client = http();
+    let id = enqueue(
+        &client,
+        &server,
+        json!({"provider": "sim", "request": chat(), "max_attempts": 3}),
+    )
+    .await;
+    let url = server.url(&format!("/runs/{id}/events"));
+
+    // First connection: read two events, then hang up mid-run.
+    let mut first = SseReader::open(&client, &url, None).await;
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        seen.push(first.next().await.expect("an event before the run ends"));
+    }
+    drop(first);
+    let last_id = seen.last().unwrap().0.clone().expect("events carry ids");
+
+    // Second connection resumes after the last id received and runs to the end.
+    let mut second = SseReader::open(&client, &url, Some(&last_id)).await;
+    while let Some(event) = second.next().await {
+        seen.push(event);
+    }
+    let types: Vec<String> = seen.iter().map(|(_, e, _)| e.clone()).collect();
+    assert_eq!(
+        types,
+        [
+            "queued",
+            "started",
+            "attempt_failed",
+            "started",
+            "attempt_failed",
+            "started",
+            "attempt_failed",
+            "failed"
+        ],
+        "every lifecycle event exactly once, in order"
+    );
+    let ids: Vec<i64> = seen
+        .iter()
+        .map(|(id, _, _)| id.as_deref().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    for (_, event, data) in &seen {
+        assert_eq!(data["run_id"], id.as_str());
+        assert_eq!(data["type"], event.as_str());
+        assert!(data["at"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(seen[2].2["kind"], "server");
+    assert_eq!(seen[2].2["status"], 500);
+    assert!(
+        seen[2].2["retry_at"].is_string(),
+        "a retried attempt says when"
+    );
+    assert_eq!(seen[3].2["attempt"], 2);
+
+    // A finished run's stream replays everything and closes.
+    let mut replay = SseReader::open(&client, &url, None).await;
+    let mut count = 0;
+    while replay.next().await.is_some() {
+        count += 1;
+    }
+    assert_eq!(count, 8);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_last_event_id_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    resume_delivers_every_event_once(sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_with_last_event_id_on_postgres() {
+    resume_delivers_every_event_once(pg_db().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscribers_and_one_stalled_reader() {
+    const SUBSCRIBERS: usize = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&config(&sqlite_db(&dir), "1500ms", 0.0), &[]).await;
+    let client = http();
+    let id = enqueue(
+        &client,
+        &server,
+        json!({"provider": "sim", "request": chat()}),
+    )
+    .await;
+    let url = server.url(&format!("/runs/{id}/events"));
+
+    // One subscriber opens the stream and never reads from it.
+    let stalled = client
+        .get(&url)
+        .send()
+        .await
+        .expect("stalled subscriber connects");
+    assert_eq!(stalled.status(), 200);
+
+    let started = std::time::Instant::now();
+    let readers: Vec<_> = (0..SUBSCRIBERS)
+        .map(|_| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut stream = SseReader::open(&client, &url, None).await;
+                let mut last = None;
+                while let Some((_, event, _)) = stream.next().await {
+                    last = Some(event);
+                }
+                last
+            })
+        })
+        .collect();
+    let mut terminal = 0;
+    for r in readers {
+        let last = tokio::time::timeout(Duration::from_secs(60), r)
+            .await
+            .expect("every subscriber finishes")
+            .expect("reader task");
+        if last.as_deref() == Some("completed") {
+            terminal += 1;
+        }
+    }
+    assert_eq!(
+        terminal, SUBSCRIBERS,
+        "all subscribers saw the terminal event"
+    );
+    let run = wait_run(&client, &server, &id, "completed", |r| {
+        r["status"] == "completed"
+    })
+    .await;
+    assert_eq!(run["attempts"], 1);
+    // The run took about its provider latency: the stalled reader held nothing up.
+    let started_at =
+        chrono::DateTime::parse_from_rfc3339(run["started_at"].as_str().unwrap()).unwrap();
+    let finished_at =
+        chrono::DateTime::parse_from_rfc3339(run["finished_at"].as_str().unwrap()).unwrap();
+    let took = (finished_at - started_at).to_std().unwrap();
+    assert!(took < Duration::from_secs(10), "the run took {took:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "delivery to every subscriber took {:?}",
+        started.elapsed()
+    );
+    drop(stalled);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_server_sees_a_run_executed_by_another() {
+    let db = pg_db().await;
+    let client = http();
+    // B starts alone, so it is the one that claims and executes the run.
+    let b = TestServer::start(&config(&db, "1500ms", 0.0), &[]).await;
+    let id = enqueue(&client, &b, json!({"provider": "sim", "request": chat()})).await;
+    wait_run(&client, &b, &id, "running", |r| r["status"] == "running").await;
+
+    let a = TestServer::start(&config(&db, "1500ms", 0.0), &[]).await;
+    let mut stream = SseReader::open(&client, &a.url(&format!("/runs/{id}/events")), None).await;
+    let mut types = Vec::new();
+    while let Some((_, event, _)) = tokio::time::timeout(Duration::from_secs(30), stream.next())
+        .await
+        .expect("events arrive on server A")
+    {
+        types.push(event);
+    }
+    assert_eq!(types, ["queued", "started", "completed"]);
+
+    // The dashboard feed on A also carries B's events live.
+    let mut feed = SseReader::open(&client, &a.url("/events?class=live"), None).await;
+    let id2 = enqueue(&client, &b, json!({"provider": "sim", "request": chat()})).await;
+    let mut got = Vec::new();
+    while got.last().map(String::as_str) != Some("completed") {
+        let (_, event, data) = tokio::time::timeout(Duration::from_secs(30), feed.next())
+            .await
+            .expect("feed events arrive")
+            .expect("feed open");
+        if data["run_id"] == id2.as_str() {
+            got.push(event);
+        }
+    }
+    assert_eq!(got, ["queued", "started", "completed"]);
+    drop(feed);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
+    let db = pg_db().await;
+    let client = http();
+    let b = TestServer::start(&config(&db, "60s", 0.0), &[]).await;
+    let id = enqueue(&client, &b, json!({"provider": "sim", "request": chat()})).await;
+    wait_run(&client, &b, &id, "running", |r| r["status"] == "running").await;
+    let a = TestServer::start(&config(&db, "60s", 0.0), &[]).await;
+    let resp = client
+        .post(a.url(&format!("/runs/{id}/cancel")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // B's worker slot comes free long before the provider's 60 s answer.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health: serde_json::Value = client
+            .get(b.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if health["workers"]["slots_busy"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "B still runs the cancelled attempt: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run = common::get_run(&client, &a, &id).await;
+    assert_eq!(run["status"], "cancelled");
+    assert_eq!(run["attempt_log"][0]["outcome"], "cancelled");
+    a.stop().await;
+    b.stop().await;
+}
