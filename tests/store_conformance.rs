@@ -8,8 +8,8 @@ use std::time::Duration;
 use common::{ms, new_run, t0};
 use sluice::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 use sluice::store::{
-    CancelOutcome, Completion, Enqueued, EventFilter, EventKind, Failure, FailureNext, RunError,
-    RunEvent, Store,
+    CancelOutcome, Completion, Enqueued, EventFilter, EventKind, Failure, FailureNext,
+    ProviderQuota, RunError, RunEvent, Store,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -57,6 +57,7 @@ conformance!(
     event_log_records_every_transition,
     event_log_filters_for_dashboards,
     hub_delivers_committed_events,
+    quotas_bound_each_provider,
 );
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
@@ -914,4 +915,80 @@ async fn hub_delivers_committed_events(store: Store) {
     );
     stop.cancel();
     pump.await.unwrap();
+}
+
+async fn quotas_bound_each_provider(store: Store) {
+    let now = t0();
+    let mut runs = Vec::new();
+    for (provider, class, priority) in [
+        ("a", Class::Background, 1),
+        ("a", Class::Live, 5),
+        ("a", Class::Live, 6),
+        ("b", Class::Live, 1),
+        ("b", Class::Live, 2),
+        ("c", Class::Live, 1),
+    ] {
+        let mut r = new_run(now);
+        r.provider = provider.into();
+        r.class = class;
+        r.priority = priority;
+        runs.push(r);
+    }
+    store.enqueue(&runs).await.unwrap();
+    let quota = |provider: &str, max: usize| ProviderQuota {
+        provider: provider.into(),
+        max,
+    };
+    let worker = WorkerId::new();
+    let got = store
+        .claim_due_within(worker, 10, &[quota("a", 2), quota("b", 0)], now, LEASE)
+        .await
+        .unwrap();
+    let picked: Vec<(String, i16)> = got
+        .iter()
+        .map(|c| (c.provider.clone(), c.priority))
+        .collect();
+    assert_eq!(
+        picked,
+        vec![("a".to_string(), 5), ("a".to_string(), 6)],
+        "a's quota of 2 takes its two best; b (quota 0) and c (not listed) wait"
+    );
+    let got = store
+        .claim_due_within(
+            worker,
+            2,
+            &[quota("a", 10), quota("b", 10), quota("c", 10)],
+            now,
+            LEASE,
+        )
+        .await
+        .unwrap();
+    let picked: Vec<(String, i16)> = got
+        .iter()
+        .map(|c| (c.provider.clone(), c.priority))
+        .collect();
+    assert_eq!(
+        picked,
+        vec![("b".to_string(), 1), ("c".to_string(), 1)],
+        "the overall limit takes the best across providers in dispatch order"
+    );
+    assert!(
+        store
+            .claim_due_within(worker, 10, &[quota("a", 0)], now, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let rest = store
+        .claim_due_within(worker, 10, &[quota("a", 10), quota("b", 10)], now, LEASE)
+        .await
+        .unwrap();
+    let picked: Vec<(String, Class)> = rest.iter().map(|c| (c.provider.clone(), c.class)).collect();
+    assert_eq!(
+        picked,
+        vec![
+            ("b".to_string(), Class::Live),
+            ("a".to_string(), Class::Background)
+        ]
+    );
 }

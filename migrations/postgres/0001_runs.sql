@@ -35,8 +35,9 @@ CREATE TABLE runs (
     error_status      INTEGER
 );
 
--- Exactly the "due" predicate of the claim, in dispatch order.
-CREATE INDEX runs_due ON runs (class, priority, due_at) WHERE status = 'queued';
+-- Exactly the "due" predicate of the claim, per provider (each provider is claimed within
+-- its own quota), in dispatch order.
+CREATE INDEX runs_due ON runs (provider, class, priority, due_at) WHERE status = 'queued';
 -- The rescuer's scan for expired leases.
 -- The producer's "when is the next run due" question.
 CREATE INDEX runs_next_due ON runs (due_at) WHERE status = 'queued';

@@ -36,7 +36,7 @@ CREATE TABLE runs (
     error_status      INTEGER
 );
 
-CREATE INDEX runs_due ON runs (class, priority, due_at) WHERE status = 'queued';
+CREATE INDEX runs_due ON runs (provider, class, priority, due_at) WHERE status = 'queued';
 -- The producer's "when is the next run due" question.
 CREATE INDEX runs_next_due ON runs (due_at) WHERE status = 'queued';
 CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE status = 'running';

@@ -197,8 +197,24 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let written =
-            delegate!(self, s => s.claim_due(worker, limit, now, lease_until(now, lease)).await)?;
+        let written = delegate!(self, s => s.claim_due(worker, limit, None, now, lease_until(now, lease)).await)?;
+        Ok(self.published(written))
+    }
+
+    /// Like [`Store::claim_due`], but only runs of the providers listed, at most each
+    /// provider's quota (runs of other providers are left alone).
+    pub async fn claim_due_within(
+        &self,
+        worker: WorkerId,
+        limit: usize,
+        quotas: &[ProviderQuota],
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedRun>> {
+        if limit == 0 || quotas.iter().all(|q| q.max == 0) {
+            return Ok(Vec::new());
+        }
+        let written = delegate!(self, s => s.claim_due(worker, limit, Some(quotas), now, lease_until(now, lease)).await)?;
         Ok(self.published(written))
     }
 

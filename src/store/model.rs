@@ -54,6 +54,14 @@ impl Enqueued {
     }
 }
 
+/// At most `max` runs of `provider` may be claimed now (what its rate limiter, breaker
+/// and concurrency cap allow).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProviderQuota {
+    pub provider: String,
+    pub max: usize,
+}
+
 /// A run handed to a worker for one attempt.
 #[derive(Clone, Debug)]
 pub struct ClaimedRun {

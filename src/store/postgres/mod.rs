@@ -219,17 +219,44 @@ impl PgStore {
         &self,
         worker: WorkerId,
         limit: usize,
+        quotas: Option<&[ProviderQuota]>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
-        let rows = sqlx::query(
-            "WITH picked AS (
+        // Without quotas, one index scan in dispatch order. With quotas, one bounded scan
+        // per provider (each its own index range), merged in dispatch order.
+        let picked = if quotas.is_some() {
+            "picked AS (
+                SELECT id FROM (
+                    SELECT r.id, r.class, r.priority, r.due_at
+                    FROM unnest($5::text[], $6::int8[]) AS q(provider, quota)
+                    CROSS JOIN LATERAL (
+                        SELECT id, class, priority, due_at FROM runs
+                        WHERE status = 'queued' AND due_at <= $1 AND provider = q.provider
+                        ORDER BY class, priority, due_at
+                        LIMIT q.quota
+                        FOR UPDATE SKIP LOCKED
+                    ) r
+                ) candidates
+                ORDER BY class, priority, due_at
+                LIMIT $2
+             )"
+        } else {
+            "picked AS (
                 SELECT id FROM runs
                 WHERE status = 'queued' AND due_at <= $1
                 ORDER BY class, priority, due_at
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
-             ), claimed AS (
+             )"
+        };
+        let (names, caps): (Vec<&str>, Vec<i64>) = quotas
+            .unwrap_or_default()
+            .iter()
+            .map(|q| (q.provider.as_str(), q.max as i64))
+            .unzip();
+        let sql = format!(
+            "WITH {picked}, claimed AS (
                 UPDATE runs r
                 SET status = 'running', attempts = r.attempts + 1, lease_owner = $3,
                     lease_expires_at = $4, started_at = COALESCE(r.started_at, $1)
@@ -246,15 +273,17 @@ impl PgStore {
                 RETURNING id AS event_id, run_id
              )
              SELECT claimed.*, ev.event_id FROM claimed JOIN ev ON ev.run_id = claimed.id
-             ORDER BY class, priority, due_at",
-        )
-        .bind(now)
-        .bind(limit as i64)
-        .bind(worker.0)
-        .bind(lease_until)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+             ORDER BY class, priority, due_at"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now)
+            .bind(limit as i64)
+            .bind(worker.0)
+            .bind(lease_until);
+        if quotas.is_some() {
+            query = query.bind(&names).bind(&caps);
+        }
+        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {

@@ -181,29 +181,79 @@ impl SqliteStore {
         &self,
         worker: WorkerId,
         limit: usize,
+        quotas: Option<&[ProviderQuota]>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
-        let rows = sqlx::query(
-            "UPDATE runs
-             SET status = 'running', attempts = attempts + 1, lease_owner = ?1,
-                 lease_expires_at = ?2, started_at = COALESCE(started_at, ?3)
-             WHERE id IN (
-                SELECT id FROM runs
-                WHERE status = 'queued' AND due_at <= ?3
-                ORDER BY class, priority, due_at
-                LIMIT ?4)
-             RETURNING id, attempts, max_attempts, provider, model, request, class, priority,
-                tenant, batch, concurrency_key, stream, timeout_ms, created_at, due_at",
-        )
-        .bind(worker.0)
-        .bind(ms(lease_until))
-        .bind(ms(now))
-        .bind(limit as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
+        // With quotas: pick each provider's best candidates, then the best of those in
+        // dispatch order. SQLite has one writer, so nothing can take them meanwhile.
+        let ids: Option<Vec<Uuid>> = match quotas {
+            None => None,
+            Some(quotas) => {
+                let mut candidates: Vec<(i64, i64, i64, Uuid)> = Vec::new();
+                for q in quotas.iter().filter(|q| q.max > 0) {
+                    let rows: Vec<(i64, i64, i64, Uuid)> = sqlx::query_as(
+                        "SELECT class, priority, due_at, id FROM runs
+                         WHERE status = 'queued' AND due_at <= ? AND provider = ?
+                         ORDER BY class, priority, due_at LIMIT ?",
+                    )
+                    .bind(ms(now))
+                    .bind(&q.provider)
+                    .bind(q.max.min(limit) as i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db)?;
+                    candidates.extend(rows);
+                }
+                candidates.sort();
+                candidates.truncate(limit);
+                Some(candidates.into_iter().map(|(_, _, _, id)| id).collect())
+            }
+        };
+        let rows = match ids {
+            None => sqlx::query(
+                "UPDATE runs
+                     SET status = 'running', attempts = attempts + 1, lease_owner = ?1,
+                         lease_expires_at = ?2, started_at = COALESCE(started_at, ?3)
+                     WHERE id IN (
+                        SELECT id FROM runs
+                        WHERE status = 'queued' AND due_at <= ?3
+                        ORDER BY class, priority, due_at
+                        LIMIT ?4)
+                     RETURNING id, attempts, max_attempts, provider, model, request, class,
+                        priority, tenant, batch, concurrency_key, stream, timeout_ms, created_at,
+                        due_at",
+            )
+            .bind(worker.0)
+            .bind(ms(lease_until))
+            .bind(ms(now))
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db)?,
+            Some(ids) if ids.is_empty() => Vec::new(),
+            Some(ids) => {
+                let marks = vec!["?"; ids.len()].join(", ");
+                let sql = format!(
+                    "UPDATE runs
+                     SET status = 'running', attempts = attempts + 1, lease_owner = ?,
+                         lease_expires_at = ?, started_at = COALESCE(started_at, ?)
+                     WHERE id IN ({marks})
+                     RETURNING id, attempts, max_attempts, provider, model, request, class,
+                        priority, tenant, batch, concurrency_key, stream, timeout_ms, created_at,
+                        due_at"
+                );
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(worker.0)
+                    .bind(ms(lease_until))
+                    .bind(ms(now));
+                for id in ids {
+                    query = query.bind(id);
+                }
+                query.fetch_all(&mut *tx).await.map_err(db)?
+            }
+        };
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
             let run = claimed_from_row(row)?;
