@@ -58,6 +58,7 @@ conformance!(
     event_log_filters_for_dashboards,
     hub_delivers_committed_events,
     quotas_bound_each_provider,
+    provider_state_is_kept,
 );
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
@@ -989,6 +990,38 @@ async fn quotas_bound_each_provider(store: Store) {
         vec![
             ("b".to_string(), Class::Live),
             ("a".to_string(), Class::Background)
+        ]
+    );
+}
+
+async fn provider_state_is_kept(store: Store) {
+    assert!(store.load_provider_state().await.unwrap().is_empty());
+    let now = t0();
+    store
+        .save_provider_state(
+            &[
+                ("a".into(), r#"{"current_rpm":30.0}"#.into()),
+                ("b".into(), r#"{"current_rpm":null}"#.into()),
+            ],
+            now,
+        )
+        .await
+        .unwrap();
+    store
+        .save_provider_state(&[("a".into(), r#"{"current_rpm":45.5}"#.into())], now)
+        .await
+        .unwrap();
+    let mut state = store.load_provider_state().await.unwrap();
+    state.sort();
+    let parsed: Vec<(String, serde_json::Value)> = state
+        .into_iter()
+        .map(|(p, v)| (p, serde_json::from_str(&v).unwrap()))
+        .collect();
+    assert_eq!(
+        parsed,
+        vec![
+            ("a".to_string(), serde_json::json!({"current_rpm": 45.5})),
+            ("b".to_string(), serde_json::json!({"current_rpm": null})),
         ]
     );
 }

@@ -86,3 +86,11 @@ END;
 $$;
 CREATE TRIGGER run_events_notify AFTER INSERT ON run_events
     FOR EACH STATEMENT EXECUTE FUNCTION sluice_events_written();
+
+-- Adaptive state per provider (the limiter's current rate), so a restart does not begin at
+-- the configured ceiling again.
+CREATE TABLE provider_state (
+    provider   TEXT PRIMARY KEY,
+    limiter    JSON        NOT NULL,
+    updated_at TIMESTAMPTZ NOT NULL
+);

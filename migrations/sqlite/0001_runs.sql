@@ -68,3 +68,9 @@ CREATE TABLE run_events (
     batch   TEXT
 );
 CREATE INDEX run_events_run ON run_events (run_id, id);
+
+CREATE TABLE provider_state (
+    provider   TEXT PRIMARY KEY,
+    limiter    TEXT    NOT NULL,
+    updated_at INTEGER NOT NULL
+);

@@ -288,6 +288,23 @@ impl Store {
         Ok(self.published(written))
     }
 
+    /// Saves each provider's adaptive limiter state (JSON), replacing what was there.
+    pub async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if states.is_empty() {
+            return Ok(());
+        }
+        delegate!(self, s => s.save_provider_state(states, now).await)
+    }
+
+    /// Every provider's saved limiter state (JSON).
+    pub async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
+        delegate!(self, s => s.load_provider_state().await)
+    }
+
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         delegate!(self, s => s.get_run(id).await)
     }

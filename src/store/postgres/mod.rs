@@ -699,6 +699,35 @@ impl PgStore {
         Ok(Some(view))
     }
 
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (names, values): (Vec<&str>, Vec<&str>) =
+            states.iter().map(|(n, v)| (n.as_str(), v.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO provider_state (provider, limiter, updated_at)
+             SELECT p, l::json, $3 FROM unnest($1::text[], $2::text[]) AS t(p, l)
+             ON CONFLICT (provider) DO UPDATE
+             SET limiter = EXCLUDED.limiter, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&names)
+        .bind(&values)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT provider, limiter::text FROM provider_state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
     pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
         let rows: Vec<(i16, String, i64)> = sqlx::query_as(
             "SELECT class, status, count(*) FROM runs

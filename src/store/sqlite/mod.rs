@@ -726,6 +726,36 @@ impl SqliteStore {
         Ok(Some(view))
     }
 
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (name, value) in states {
+            sqlx::query(
+                "INSERT INTO provider_state (provider, limiter, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (provider) DO UPDATE
+                 SET limiter = excluded.limiter, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT provider, limiter FROM provider_state")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)
+    }
+
     pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
         let rows: Vec<(i16, String, i64)> = sqlx::query_as(
             "SELECT class, status, count(*) FROM runs
