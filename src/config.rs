@@ -588,6 +588,14 @@ impl Config {
                     "must name an environment variable",
                 ));
             }
+            for (field, v) in [("rpm", p.rpm), ("tpm", p.tpm)] {
+                if v == Some(0) {
+                    return Err(invalid(
+                        format!("{at}.{field}"),
+                        "must be at least 1 (leave it out for no limit)",
+                    ));
+                }
+            }
             if let Some(0) = p.max_concurrency {
                 return Err(invalid(
                     format!("{at}.max_concurrency"),

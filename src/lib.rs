@@ -6,6 +6,7 @@
 //! - [`config`]: the one `Config` struct, its defaults, env overrides and validation.
 //! - [`store`]: durable runs and attempts, one interface over PostgreSQL and SQLite.
 //! - [`providers`]: the executor interface a provider implements, and the providers.
+//! - [`limits`]: the per-provider adaptive rate limiter and circuit breaker (pure logic).
 //! - [`dispatch`]: the worker pool: producer (claims), workers (attempts), completer
 //!   (batched result writes), heartbeater (leases), rescuer (expired leases).
 //! - [`api`]: the HTTP surface (axum); handlers call the store and dispatcher, never SQL.
@@ -18,6 +19,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod dispatch;
+pub mod limits;
 pub mod metrics;
 pub mod providers;
 pub mod run;

@@ -1,0 +1,302 @@
+//! A token bucket whose refill rate adapts between a floor and a ceiling (the rate limiter
+//! keeps one for requests and one for tokens), and the count of recent attempt starts a
+//! limiter uses to learn a ceiling nobody configured. Arithmetic on the instants passed in.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// How much may start at once after an idle spell: one second's worth of the current rate,
+/// and never less than one unit. A whole minute's budget bursting right after start (or
+/// after a pause) is what trips a provider that enforces its per-minute limit over shorter
+/// windows, as OpenAI documents doing; one second's worth still lets the producer claim a
+/// useful batch per poll at high rates.
+pub(super) const BURST_WINDOW: Duration = Duration::from_secs(1);
+
+/// Slack for floating-point rounding when a level is compared with what is needed. At any
+/// rate of one a minute or more it is worth less than a nanosecond of refill.
+const EPSILON: f64 = 1e-12;
+
+/// Longest wait ever reported. Only a rate near zero (a tiny `min_share`) gets here; the
+/// caller simply asks again then.
+const LONGEST_WAIT: Duration = Duration::from_secs(60 * 60);
+
+const SECS_PER_MINUTE: f64 = 60.0;
+
+/// One adaptive bucket. Rates are per minute; the level is in units (requests or tokens)
+/// and may go negative for tokens, where a start is charged its whole estimate as a debt
+/// the refill pays back before the next start.
+#[derive(Clone, Debug)]
+pub(super) struct Bucket {
+    /// What the rate climbs back to: the configured limit, or one learned from the provider.
+    ceiling: f64,
+    /// The floor as a share of the ceiling (`limiter.min_share`).
+    min_share: f64,
+    /// The current, adapted rate.
+    rate: f64,
+    level: f64,
+    /// The instant `level` was computed for.
+    updated: Instant,
+}
+
+impl Bucket {
+    /// A bucket at its ceiling, full: the first attempts after start need not wait.
+    pub fn full(ceiling: f64, min_share: f64, now: Instant) -> Self {
+        let mut bucket = Self::empty(ceiling, min_share, now);
+        bucket.level = bucket.capacity();
+        bucket
+    }
+
+    /// A bucket at its ceiling, empty: for a limit learned from a refusal.
+    pub fn empty(ceiling: f64, min_share: f64, now: Instant) -> Self {
+        // A ceiling of zero would stop the refill forever; config validation should refuse
+        // it, and here it counts as one a minute so the arithmetic stays finite.
+        let ceiling = ceiling.max(1.0);
+        Bucket {
+            ceiling,
+            min_share: min_share.clamp(0.0, 1.0),
+            rate: ceiling,
+            level: 0.0,
+            updated: now,
+        }
+    }
+
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    pub fn floor(&self) -> f64 {
+        self.ceiling * self.min_share
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Moves the rate, clamped to `[floor, ceiling]`. The level is brought up to `now` at
+    /// the old rate first, so a change never applies retroactively.
+    pub fn set_rate(&mut self, now: Instant, rate: f64) {
+        self.advance(now);
+        self.rate = rate.clamp(self.floor(), self.ceiling);
+        self.level = self.level.min(self.capacity());
+    }
+
+    /// Moves a learned ceiling to what the provider now states, keeping the rate inside.
+    pub fn set_ceiling(&mut self, now: Instant, ceiling: f64) {
+        self.advance(now);
+        self.ceiling = ceiling.max(1.0);
+        self.set_rate(now, self.rate);
+    }
+
+    /// Burst capacity: [`BURST_WINDOW`]'s worth of the current rate, at least one unit.
+    fn capacity(&self) -> f64 {
+        (self.rate * BURST_WINDOW.as_secs_f64() / SECS_PER_MINUTE).max(1.0)
+    }
+
+    /// Units per second. The refill is the rate less the burst beyond one unit, so that a
+    /// full bucket plus any minute of refill never exceeds the rate: then no sliding minute
+    /// ever holds more starts than the ceiling. At 600 rpm that costs 1.5% of throughput,
+    /// which buys never tripping a provider that counts a strict sliding minute.
+    fn refill_per_sec(&self) -> f64 {
+        (self.rate - (self.capacity() - 1.0)) / SECS_PER_MINUTE
+    }
+
+    /// The level at `now`, without changing anything.
+    pub fn level_at(&self, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        (self.level + elapsed * self.refill_per_sec()).min(self.capacity())
+    }
+
+    fn advance(&mut self, now: Instant) {
+        self.level = self.level_at(now);
+        self.updated = self.updated.max(now);
+    }
+
+    /// Whether the level at `now` reaches `need` (up to rounding).
+    pub fn has(&self, now: Instant, need: f64) -> bool {
+        self.level_at(now) + EPSILON >= need
+    }
+
+    /// Whole units available at `now` (at most `cap`).
+    pub fn whole(&self, now: Instant, cap: u32) -> u32 {
+        let level = self.level_at(now) + EPSILON;
+        if level < 1.0 {
+            0
+        } else {
+            level.floor().min(f64::from(cap)) as u32
+        }
+    }
+
+    /// The earliest instant at which the level reaches `need` (which must not exceed the
+    /// capacity); `now` when it already does.
+    pub fn ready_at(&self, now: Instant, need: f64) -> Instant {
+        let deficit = need - self.level_at(now);
+        if deficit <= EPSILON {
+            return now;
+        }
+        let secs = deficit / self.refill_per_sec();
+        // Rounded up to the nanosecond, so the level really is there at the instant given.
+        let wait = if secs.is_finite() {
+            Duration::from_nanos((secs * 1e9).ceil() as u64).min(LONGEST_WAIT)
+        } else {
+            LONGEST_WAIT
+        };
+        now + wait
+    }
+
+    /// Removes `amount` (the level may go negative: a debt).
+    pub fn take(&mut self, now: Instant, amount: f64) {
+        self.advance(now);
+        self.level -= amount;
+    }
+
+    /// Gives back `amount`, never above the burst capacity.
+    pub fn give(&mut self, now: Instant, amount: f64) {
+        self.advance(now);
+        self.level = (self.level + amount).min(self.capacity());
+    }
+}
+
+/// Attempt starts over the last minute, counted per second: how fast we were really going
+/// when a provider with no configured limit first refused us.
+#[derive(Clone, Debug)]
+pub(super) struct RecentStarts {
+    origin: Instant,
+    /// (second since `origin`, starts in it), oldest first, covering at most a minute.
+    seconds: VecDeque<(u64, u32)>,
+}
+
+const WINDOW_SECS: u64 = 60;
+
+impl RecentStarts {
+    pub fn new(origin: Instant) -> Self {
+        RecentStarts {
+            origin,
+            seconds: VecDeque::new(),
+        }
+    }
+
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs()
+    }
+
+    pub fn record(&mut self, now: Instant) {
+        let second = self.second(now);
+        while self
+            .seconds
+            .front()
+            .is_some_and(|&(s, _)| s + WINDOW_SECS <= second)
+        {
+            self.seconds.pop_front();
+        }
+        match self.seconds.back_mut() {
+            Some((s, count)) if *s >= second => *count = count.saturating_add(1),
+            _ => self.seconds.push_back((second, 1)),
+        }
+    }
+
+    /// Starts in the minute up to `now` (to the second).
+    pub fn last_minute(&self, now: Instant) -> u32 {
+        let second = self.second(now);
+        self.seconds
+            .iter()
+            .filter(|&&(s, _)| s + WINDOW_SECS > second)
+            .fold(0u32, |sum, &(_, n)| sum.saturating_add(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn capacity_is_one_seconds_worth_but_at_least_one() {
+        let t0 = Instant::now();
+        assert_eq!(Bucket::full(6000.0, 0.05, t0).whole(t0, u32::MAX), 100);
+        assert_eq!(Bucket::full(30.0, 0.05, t0).whole(t0, u32::MAX), 1);
+        assert_eq!(Bucket::full(6000.0, 0.05, t0).whole(t0, 7), 7);
+    }
+
+    #[test]
+    fn refill_never_exceeds_the_capacity() {
+        let t0 = Instant::now();
+        let b = Bucket::empty(600.0, 0.05, t0);
+        assert_eq!(b.whole(t0, u32::MAX), 0);
+        assert_eq!(b.whole(t0 + secs(3600.0), u32::MAX), 10);
+    }
+
+    #[test]
+    fn ready_at_is_when_the_level_gets_there() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(60.0, 0.05, t0);
+        b.take(t0, 1.0);
+        let ready = b.ready_at(t0, 1.0);
+        assert_eq!(ready, t0 + secs(1.0));
+        assert!(b.has(ready, 1.0));
+        assert!(!b.has(ready - Duration::from_millis(1), 1.0));
+    }
+
+    #[test]
+    fn a_rate_change_does_not_apply_retroactively() {
+        let t0 = Instant::now();
+        let mut b = Bucket::empty(60.0, 0.05, t0);
+        // Half a second at 60/min fills half a unit; then the rate halves.
+        b.set_rate(t0 + secs(0.5), 30.0);
+        assert_eq!(b.ready_at(t0 + secs(0.5), 1.0), t0 + secs(1.5));
+    }
+
+    #[test]
+    fn rates_clamp_to_floor_and_ceiling() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(100.0, 0.05, t0);
+        b.set_rate(t0, 1.0);
+        assert_eq!(b.rate(), 5.0);
+        b.set_rate(t0, 1e9);
+        assert_eq!(b.rate(), 100.0);
+        b.set_ceiling(t0, 40.0);
+        assert_eq!((b.rate(), b.floor()), (40.0, 2.0));
+    }
+
+    #[test]
+    fn a_zero_ceiling_counts_as_one_a_minute() {
+        let t0 = Instant::now();
+        let b = Bucket::empty(0.0, 0.05, t0);
+        assert_eq!(b.ceiling(), 1.0);
+        assert_eq!(b.ready_at(t0, 1.0), t0 + secs(60.0));
+    }
+
+    #[test]
+    fn a_debt_is_paid_back_before_the_next_start() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(6000.0, 0.05, t0); // 100 a second
+        b.take(t0, 300.0); // 100 - 300 = -200
+        assert!(!b.has(t0, 0.0));
+        let ready = b.ready_at(t0, 0.0);
+        assert!(
+            ready > t0 + secs(2.0) && ready < t0 + secs(2.1),
+            "{ready:?}"
+        );
+        b.give(t0, 1e6);
+        assert_eq!(
+            b.whole(t0, u32::MAX),
+            100,
+            "a refund never exceeds the capacity"
+        );
+    }
+
+    #[test]
+    fn recent_starts_count_the_last_minute_only() {
+        let t0 = Instant::now();
+        let mut starts = RecentStarts::new(t0);
+        for i in 0..30 {
+            starts.record(t0 + secs(f64::from(i)));
+        }
+        assert_eq!(starts.last_minute(t0 + secs(30.0)), 30);
+        assert_eq!(starts.last_minute(t0 + secs(75.0)), 14);
+        starts.record(t0 + secs(200.0));
+        assert_eq!(starts.last_minute(t0 + secs(200.0)), 1);
+    }
+}

@@ -1,0 +1,34 @@
+//! Per-provider protection, as pure logic: the adaptive rate limiter (requests per minute,
+//! tokens per minute, concurrency) and the circuit breaker. Nothing here does I/O, sleeps or
+//! reads a clock: every method takes the current `Instant` (and the breaker its random
+//! sample), so tests drive both by advancing fake time.
+//!
+//! The dispatcher uses them as *advisors*, not gatekeepers: before claiming runs, the
+//! producer asks each provider how many attempts may start now (`available`) and claims only
+//! that many. A run held back stays queued in the database, burning no attempt and holding
+//! no worker slot. Each claimed attempt then takes a [`Permit`] and reports its result, which
+//! is how the limiter learns the provider's real capacity and the breaker its health.
+
+mod breaker;
+mod bucket;
+mod rate_limiter;
+
+pub use breaker::{Admission, BreakerState, CircuitBreaker, Outcome, Transition};
+pub use rate_limiter::{LimiterSnapshot, Permit, RateLimiter, Wait, WaitReason};
+
+use std::time::{Duration, Instant};
+
+/// What `available` reports when nothing limits the count. Large enough to exceed any
+/// claim batch, small enough that adding it up across providers cannot overflow a `u32`.
+pub const UNLIMITED: u32 = 1 << 20;
+
+/// The longest pause a provider can impose through its headers. A larger `retry-after`
+/// (a daily quota, or a garbled header) is cut to this; the limiter then simply tries again
+/// and is told again.
+const LONGEST_PAUSE: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// `now + wait`, with `wait` cut to [`LONGEST_PAUSE`] so untrusted input cannot overflow
+/// an `Instant`.
+fn pause_end(now: Instant, wait: Duration) -> Instant {
+    now + wait.min(LONGEST_PAUSE)
+}

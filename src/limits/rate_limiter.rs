@@ -1,0 +1,284 @@
+//! The per-provider adaptive rate limiter: token buckets for requests and tokens per minute,
+//! a concurrency cap, and a pause after a refusal. How the rates adapt to what the provider
+//! says is in `rate_limiter/adapt.rs`.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::UNLIMITED;
+use super::bucket::{Bucket, RecentStarts};
+use crate::config::{LimiterConfig, ProviderConfig};
+
+/// Weight of the newest estimate in the running average `available` uses to turn a token
+/// balance into a number of attempts.
+const ESTIMATE_SMOOTHING: f64 = 0.2;
+
+/// Proof that an attempt was counted by [`RateLimiter::acquire`]; hand it back to
+/// [`RateLimiter::release`] when the attempt ends, however it ends. A plain value (no
+/// `Drop`), so it can travel with the attempt across tasks.
+#[must_use = "a permit must be handed back to RateLimiter::release"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Permit {
+    estimated_tokens: u32,
+    /// Whether the estimate was charged to a token bucket (there may be none).
+    charged: bool,
+}
+
+impl Permit {
+    pub fn estimated_tokens(&self) -> u32 {
+        self.estimated_tokens
+    }
+}
+
+/// Why an attempt may not start yet, and when it could.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// The earliest instant a start could succeed; `None` when that takes an in-flight
+    /// attempt being released (the concurrency cap is full).
+    pub until: Option<Instant>,
+    /// The limit that holds longest.
+    pub reason: WaitReason,
+}
+
+impl Wait {
+    /// How long from `now`, when that is known.
+    pub fn delay(&self, now: Instant) -> Option<Duration> {
+        self.until.map(|u| u.saturating_duration_since(now))
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitReason {
+    /// Paused after a refusal, or because the provider said the budget is spent.
+    Paused,
+    Requests,
+    Tokens,
+    Concurrency,
+}
+
+/// The adapted rates, persisted so a restart does not begin at the ceiling again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LimiterSnapshot {
+    pub current_rpm: Option<f64>,
+    pub current_tpm: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimiter {
+    settings: LimiterConfig,
+    configured_rpm: Option<u32>,
+    configured_tpm: Option<u32>,
+    max_concurrency: Option<u32>,
+    /// `None` while requests are unlimited (no `rpm` configured and none learned yet).
+    requests: Option<Bucket>,
+    /// `None` while tokens are unlimited.
+    tokens: Option<Bucket>,
+    in_flight: u32,
+    paused_until: Option<Instant>,
+    /// Only consulted to learn a request ceiling when none is configured.
+    recent_starts: RecentStarts,
+    /// Running average of token estimates, to tell how many attempts a token balance covers.
+    typical_estimate: Option<f64>,
+}
+
+impl RateLimiter {
+    pub fn new(config: &ProviderConfig, now: Instant) -> Self {
+        let settings = config.limiter.clone();
+        let bucket =
+            |limit: Option<u32>| limit.map(|l| Bucket::full(f64::from(l), settings.min_share, now));
+        RateLimiter {
+            requests: bucket(config.rpm),
+            tokens: bucket(config.tpm),
+            settings,
+            configured_rpm: config.rpm,
+            configured_tpm: config.tpm,
+            max_concurrency: config.max_concurrency,
+            in_flight: 0,
+            paused_until: None,
+            recent_starts: RecentStarts::new(now),
+            typical_estimate: None,
+        }
+    }
+
+    /// How many attempts may start now: the whole request tokens, the concurrency headroom
+    /// and what the token balance covers at the typical estimate, whichever is least; 0 while
+    /// paused; at most [`UNLIMITED`].
+    pub fn available(&self, now: Instant) -> u32 {
+        if self.is_paused(now) {
+            return 0;
+        }
+        let mut n = UNLIMITED;
+        if let Some(requests) = &self.requests {
+            n = n.min(requests.whole(now, UNLIMITED));
+        }
+        if let Some(max) = self.max_concurrency {
+            n = n.min(max.saturating_sub(self.in_flight));
+        }
+        if let Some(tokens) = &self.tokens {
+            let level = tokens.level_at(now);
+            if !tokens.has(now, 0.0) {
+                n = 0;
+            } else if let Some(typical) = self.typical_estimate.filter(|t| *t >= 1.0) {
+                // A start needs a balance that is not negative and is then charged in full.
+                let covered = 1.0 + (level.max(0.0) / typical).floor();
+                n = n.min(covered.min(f64::from(UNLIMITED)) as u32);
+            }
+        }
+        n
+    }
+
+    /// Why an attempt could not start now, or `None` when it could.
+    pub fn wait(&self, now: Instant) -> Option<Wait> {
+        if let Some(max) = self.max_concurrency
+            && self.in_flight >= max
+        {
+            return Some(Wait {
+                until: None,
+                reason: WaitReason::Concurrency,
+            });
+        }
+        let mut blockers = Vec::new();
+        if let Some(until) = self.paused_until.filter(|u| now < *u) {
+            blockers.push((until, WaitReason::Paused));
+        }
+        if let Some(requests) = self.requests.as_ref().filter(|b| !b.has(now, 1.0)) {
+            blockers.push((requests.ready_at(now, 1.0), WaitReason::Requests));
+        }
+        if let Some(tokens) = self.tokens.as_ref().filter(|b| !b.has(now, 0.0)) {
+            blockers.push((tokens.ready_at(now, 0.0), WaitReason::Tokens));
+        }
+        blockers
+            .into_iter()
+            .max_by_key(|(until, _)| *until)
+            .map(|(until, reason)| Wait {
+                until: Some(until),
+                reason,
+            })
+    }
+
+    /// Counts one attempt start: one request, `estimated_tokens` (prompt plus `max_tokens`,
+    /// computed by the caller) and one in-flight slot. A start needs a token balance that is
+    /// not negative and is then charged its whole estimate, possibly into debt, so one large
+    /// request is never starved by a small burst capacity.
+    pub fn acquire(&mut self, now: Instant, estimated_tokens: u32) -> Result<Permit, Wait> {
+        if let Some(wait) = self.wait(now) {
+            return Err(wait);
+        }
+        match &mut self.requests {
+            Some(requests) => requests.take(now, 1.0),
+            None => self.recent_starts.record(now),
+        }
+        let estimate = f64::from(estimated_tokens);
+        let charged = match &mut self.tokens {
+            Some(tokens) => {
+                tokens.take(now, estimate);
+                true
+            }
+            None => false,
+        };
+        self.typical_estimate = Some(match self.typical_estimate {
+            Some(t) => t + (estimate - t) * ESTIMATE_SMOOTHING,
+            None => estimate,
+        });
+        self.in_flight = self.in_flight.saturating_add(1);
+        Ok(Permit {
+            estimated_tokens,
+            charged,
+        })
+    }
+
+    /// Ends an attempt: frees its in-flight slot and settles its token estimate against the
+    /// actual usage (refunding or charging the difference). Without an actual count the
+    /// estimate stands. The request itself is never refunded: the provider counted it.
+    pub fn release(&mut self, permit: Permit, now: Instant, actual_tokens: Option<u32>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let (Some(tokens), Some(actual), true) = (&mut self.tokens, actual_tokens, permit.charged)
+        else {
+            return;
+        };
+        let over_estimate = f64::from(permit.estimated_tokens) - f64::from(actual);
+        if over_estimate > 0.0 {
+            tokens.give(now, over_estimate);
+        } else {
+            tokens.take(now, -over_estimate);
+        }
+    }
+
+    /// The adapted rates, for persisting.
+    pub fn snapshot(&self) -> LimiterSnapshot {
+        LimiterSnapshot {
+            current_rpm: self.current_rpm(),
+            current_tpm: self.current_tpm(),
+        }
+    }
+
+    /// Resumes from persisted rates, clamped to `[floor, ceiling]` as configured now. A
+    /// rate for a dimension that is not limited now (not configured: learned ceilings are
+    /// not persisted) or that is not a finite number is ignored.
+    pub fn restore(&mut self, snapshot: LimiterSnapshot, now: Instant) {
+        for (bucket, rate) in [
+            (self.requests.as_mut(), snapshot.current_rpm),
+            (self.tokens.as_mut(), snapshot.current_tpm),
+        ] {
+            if let (Some(bucket), Some(rate)) = (bucket, rate.filter(|r| r.is_finite())) {
+                bucket.set_rate(now, rate);
+            }
+        }
+    }
+
+    /// The adapted requests per minute; `None` while unlimited.
+    pub fn current_rpm(&self) -> Option<f64> {
+        self.requests.as_ref().map(Bucket::rate)
+    }
+
+    pub fn configured_rpm(&self) -> Option<u32> {
+        self.configured_rpm
+    }
+
+    /// What the request rate climbs back to: the configured rpm, or a learned one.
+    pub fn rpm_ceiling(&self) -> Option<f64> {
+        self.requests.as_ref().map(Bucket::ceiling)
+    }
+
+    /// The adapted tokens per minute; `None` while unlimited.
+    pub fn current_tpm(&self) -> Option<f64> {
+        self.tokens.as_ref().map(Bucket::rate)
+    }
+
+    pub fn configured_tpm(&self) -> Option<u32> {
+        self.configured_tpm
+    }
+
+    pub fn tpm_ceiling(&self) -> Option<f64> {
+        self.tokens.as_ref().map(Bucket::ceiling)
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    pub fn max_concurrency(&self) -> Option<u32> {
+        self.max_concurrency
+    }
+
+    /// The end of the latest pause (possibly already past).
+    pub fn paused_until(&self) -> Option<Instant> {
+        self.paused_until
+    }
+
+    pub fn is_paused(&self, now: Instant) -> bool {
+        self.paused_until.is_some_and(|until| now < until)
+    }
+
+    fn pause(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+    }
+}
+
+mod adapt;
+
+#[cfg(test)]
+mod props;
+#[cfg(test)]
+mod tests;
