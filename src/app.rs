@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{AppState, router};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Enqueuer, Settings};
+use crate::dispatch::{Dispatcher, Enqueuer};
 use crate::providers::Providers;
 use crate::store::{OpenOptions, Store};
 
@@ -48,10 +48,18 @@ pub async fn serve(
     let store = open_store(&config).await?;
     tracing::info!(backend = store.backend(), "store ready");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let saved = match store.load_provider_state().await {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read saved provider state; starting at configured rates");
+            Vec::new()
+        }
+    };
     let dispatcher = Dispatcher::start(
         store.clone(),
         providers.clone(),
-        Settings::from_config(&config),
+        &config,
+        &saved,
         clock.clone(),
     );
     let tasks = TaskTracker::new();

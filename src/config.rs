@@ -150,6 +150,9 @@ pub struct RetryConfig {
     /// Longest backoff window.
     #[serde(with = "duration")]
     pub backoff_cap: Duration,
+    /// Longest wait a provider's `retry-after` (or reset header) is honoured for.
+    #[serde(with = "duration")]
+    pub provider_delay_cap: Duration,
 }
 
 impl Default for RetryConfig {
@@ -158,6 +161,7 @@ impl Default for RetryConfig {
             max_attempts: 5,
             backoff_base: Duration::from_millis(300),
             backoff_cap: Duration::from_secs(30),
+            provider_delay_cap: Duration::from_secs(600),
         }
     }
 }
@@ -370,6 +374,9 @@ pub struct SimConfig {
     pub rate_limit_retry_after: Duration,
     /// Share of attempts that never answer (they end by the attempt timeout).
     pub hang_rate: f64,
+    /// Pause between streamed deltas (`stream: true` runs), after the latency.
+    #[serde(with = "duration")]
+    pub delta_interval: Duration,
 }
 
 impl Default for SimConfig {
@@ -381,6 +388,7 @@ impl Default for SimConfig {
             rate_limit_rate: 0.0,
             rate_limit_retry_after: Duration::from_secs(1),
             hang_rate: 0.0,
+            delta_interval: Duration::ZERO,
         }
     }
 }

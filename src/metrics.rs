@@ -24,6 +24,11 @@ pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const RESCUED: &str = "sluice_runs_rescued_total";
 pub const DATABASE_UP: &str = "sluice_database_up";
+pub const PROVIDER_TOKENS: &str = "sluice_provider_tokens_total";
+pub const PROVIDER_RATE: &str = "sluice_provider_rate_rpm";
+pub const PROVIDER_IN_FLIGHT: &str = "sluice_provider_in_flight";
+pub const BREAKER_STATE: &str = "sluice_provider_breaker_state";
+pub const BREAKER_TRANSITIONS: &str = "sluice_provider_breaker_transitions_total";
 
 /// Latency buckets (seconds) shared by the duration histograms: from 1 ms to 10 minutes.
 const BUCKETS: &[f64] = &[
@@ -104,6 +109,26 @@ fn describe() {
         DATABASE_UP,
         "1 when the last database round trip succeeded, else 0."
     );
+    describe_counter!(
+        PROVIDER_TOKENS,
+        "Tokens reported by providers, by provider and kind (prompt or completion)."
+    );
+    describe_gauge!(
+        PROVIDER_RATE,
+        "Requests per minute allowed to a provider, by provider and which (current or configured)."
+    );
+    describe_gauge!(
+        PROVIDER_IN_FLIGHT,
+        "Attempts in flight against a provider from this process."
+    );
+    describe_gauge!(
+        BREAKER_STATE,
+        "Circuit breaker state by provider: 0 closed, 1 half_open, 2 open."
+    );
+    describe_counter!(
+        BREAKER_TRANSITIONS,
+        "Circuit breaker transitions by provider and the state entered."
+    );
 }
 
 pub fn run_enqueued(class: &'static str) {
@@ -154,4 +179,43 @@ pub fn http_request(route: String, method: String, status: u16, took: Duration) 
     counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.to_string())
         .increment(1);
     histogram!(HTTP_DURATION, "route" => route, "method" => method).record(took);
+}
+
+pub fn tokens(provider: &str, prompt: Option<u32>, completion: Option<u32>) {
+    if let Some(n) = prompt {
+        counter!(PROVIDER_TOKENS, "provider" => provider.to_string(), "kind" => "prompt")
+            .increment(u64::from(n));
+    }
+    if let Some(n) = completion {
+        counter!(PROVIDER_TOKENS, "provider" => provider.to_string(), "kind" => "completion")
+            .increment(u64::from(n));
+    }
+}
+
+pub fn breaker_transition(provider: &str, to: &'static str) {
+    counter!(BREAKER_TRANSITIONS, "provider" => provider.to_string(), "to" => to).increment(1);
+}
+
+/// Samples a provider's gate at scrape time.
+pub fn provider_state(
+    provider: &str,
+    breaker: &'static str,
+    current_rpm: Option<f64>,
+    configured_rpm: Option<u32>,
+    in_flight: u32,
+) {
+    let state = match breaker {
+        "closed" => 0.0,
+        "half_open" => 1.0,
+        _ => 2.0,
+    };
+    gauge!(BREAKER_STATE, "provider" => provider.to_string()).set(state);
+    gauge!(PROVIDER_IN_FLIGHT, "provider" => provider.to_string()).set(f64::from(in_flight));
+    if let Some(rpm) = current_rpm {
+        gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => "current").set(rpm);
+    }
+    if let Some(rpm) = configured_rpm {
+        gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => "configured")
+            .set(f64::from(rpm));
+    }
 }

@@ -276,3 +276,75 @@ async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
     a.stop().await;
     b.stop().await;
 }
+
+async fn streamed_deltas_arrive_in_order(db: String) {
+    let toml = config(&db, "50ms", 0.0).replace(
+        "error_rate = 0",
+        "delta_interval = \"40ms\"\nerror_rate = 0",
+    );
+    let server = TestServer::start(&toml, &[]).await;
+    let client = http();
+    let words = "one two three four five six seven eight";
+    let id = enqueue(
+        &client,
+        &server,
+        json!({"provider": "sim", "stream": true,
+               "request": {"messages": [{"role": "user", "content": words}]}}),
+    )
+    .await;
+    let url = server.url(&format!("/runs/{id}/events"));
+    let mut first = SseReader::open(&client, &url, None).await;
+    let mut seen = Vec::new();
+    // Read up to the third delta, then hang up mid-stream.
+    while seen
+        .iter()
+        .filter(|(_, e, _): &&(Option<String>, String, serde_json::Value)| e == "delta")
+        .count()
+        < 3
+    {
+        seen.push(first.next().await.expect("events before the end"));
+    }
+    drop(first);
+    let last_id = seen.last().unwrap().0.clone().unwrap();
+    assert!(
+        last_id.contains('-'),
+        "delta ids name their attempt's event: {last_id}"
+    );
+    let mut second = SseReader::open(&client, &url, Some(&last_id)).await;
+    while let Some(event) = second.next().await {
+        seen.push(event);
+    }
+    let types: Vec<&str> = seen.iter().map(|(_, e, _)| e.as_str()).collect();
+    assert_eq!(types.first(), Some(&"queued"));
+    assert_eq!(types.last(), Some(&"completed"));
+    let deltas: Vec<&serde_json::Value> = seen
+        .iter()
+        .filter(|(_, e, _)| e == "delta")
+        .map(|(_, _, d)| d)
+        .collect();
+    let seqs: Vec<u64> = deltas.iter().map(|d| d["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "no gap, no duplicate"
+    );
+    let streamed: String = deltas
+        .iter()
+        .map(|d| d["content"].as_str().unwrap())
+        .collect();
+    let run = common::get_run(&client, &server, &id).await;
+    assert_eq!(run["output"]["content"].as_str().unwrap(), streamed);
+    assert!(streamed.ends_with(words));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_deltas_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    streamed_deltas_arrive_in_order(sqlite_db(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_deltas_on_postgres() {
+    streamed_deltas_arrive_in_order(pg_db().await).await;
+}

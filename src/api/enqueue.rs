@@ -9,7 +9,10 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
+use super::error::Body as ErrorBody;
+use super::openapi::{ClassName, StatusName};
 use super::{ApiError, AppState};
 use crate::run::{Class, RunId};
 use crate::store::{Enqueued, NewRun};
@@ -17,38 +20,77 @@ use crate::store::{Enqueued, NewRun};
 /// Longest accepted value for the short string fields (names, keys, tenant, batch).
 const MAX_NAME_LEN: usize = 256;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /enqueue`.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EnqueueRequest)]
 struct EnqueueBody {
+    /// A configured provider's name.
+    #[schema(min_length = 1, example = "sim")]
     provider: String,
+    /// The model; the provider's `default_model` when absent.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     model: Option<String>,
+    /// An OpenAI chat request `{"messages":[{"role":…,"content":…}], "max_tokens"?,
+    /// "temperature"?, …}`: `messages` must hold at least one message; the rest passes
+    /// through to the provider.
+    #[schema(value_type = Object, example = json!({"messages": [{"role": "user", "content": "Hello"}]}))]
     request: Box<RawValue>,
+    /// `live` (a person is waiting) or `background`.
     #[serde(default)]
+    #[schema(value_type = Option<ClassName>, default = "live")]
     class: Option<Class>,
+    /// 1 (most urgent) … 10; ordering within a class.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 10, default = 5)]
     priority: Option<i64>,
+    /// The tenant the run belongs to.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     tenant: Option<String>,
+    /// Caps the in-flight runs that share this key.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     concurrency_key: Option<String>,
+    /// A session, used by background quotas.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     session: Option<String>,
+    /// A repeat with the same key returns the first run (status 200, same id) instead of
+    /// creating another.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
+    /// How many attempts the run may make; defaults to the server's `retry.max_attempts`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 50)]
     max_attempts: Option<i64>,
+    /// Per-attempt generation timeout in milliseconds, at most the class's cap; adaptive
+    /// when absent.
     #[serde(default)]
+    #[schema(minimum = 1)]
     timeout_ms: Option<i64>,
+    /// Deadline for the run's first start, in milliseconds from when it becomes due;
+    /// defaults per class from the server's configuration.
     #[serde(default)]
+    #[schema(minimum = 1)]
     queue_timeout_ms: Option<i64>,
+    /// RFC 3339 time before which the run does not start.
     #[serde(default)]
+    #[schema(format = DateTime, example = "2030-01-01T12:00:00Z")]
     run_at: Option<String>,
+    /// Stream the provider's token deltas onto the run's event stream (`delta` events).
     #[serde(default)]
+    #[schema(default = false)]
     stream: Option<bool>,
+    /// Groups runs for progress and fairness.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     batch: Option<String>,
+    /// An opaque JSON object, echoed back on the run.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     metadata: Option<Box<RawValue>>,
 }
 
@@ -64,20 +106,59 @@ struct MessageShape {
     role: String,
 }
 
-#[derive(Serialize)]
+/// The reply to `POST /enqueue`.
+#[derive(Serialize, ToSchema)]
 pub(super) struct EnqueueReply {
+    #[schema(value_type = String, format = "uuid")]
     id: RunId,
+    /// `queued` for a new run; a repeated idempotency key answers with the first run's
+    /// current status.
+    #[schema(value_type = StatusName)]
     status: &'static str,
     links: Links,
 }
 
-#[derive(Serialize)]
+/// Where to follow the run.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RunLinks)]
 struct Links {
+    /// `/runs/{id}`
     #[serde(rename = "self")]
     this: String,
+    /// `/runs/{id}/events`
     events: String,
 }
 
+/// `POST /enqueue`.
+#[utoipa::path(
+    post,
+    path = "/enqueue",
+    tag = "runs",
+    summary = "Enqueue a run",
+    description = "Validates the body and stores a new `queued` run. Nothing is half-written: \
+        a rejected request leaves no run behind.",
+    request_body(content = EnqueueBody, content_type = "application/json"),
+    responses(
+        (status = 202, description = "The run was created.", body = EnqueueReply,
+            headers(("Location" = String, description = "`/runs/{id}`"))),
+        (status = 200, description = "A run with this `idempotency_key` already exists: \
+            the first run, as it stands now.", body = EnqueueReply,
+            headers(("Location" = String, description = "`/runs/{id}`"))),
+        (status = 400, description = "`invalid_request`: unknown provider, bad or unknown \
+            field (named in `field`), malformed JSON.", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body exceeds the server's \
+            limit.", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: the body is not \
+            `application/json`.", body = ErrorBody),
+        (status = 429, description = "`admission_rejected`: refused by background admission \
+            control, a quota or a tenant limit (`reason` says which).", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 503, description = "`unavailable`: the server is shutting down or the \
+            database is unreachable.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+    )
+)]
 pub(super) async fn enqueue(
     State(state): State<AppState>,
     headers: HeaderMap,

@@ -17,7 +17,10 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use utoipa::IntoParams;
 
+use super::error::Body as ErrorBody;
+use super::openapi::{ClassName, EventStream};
 use super::{ApiError, AppState, time};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
@@ -93,11 +96,89 @@ struct RunStream {
     state: AppState,
     run: RunId,
     rx: tokio::sync::broadcast::Receiver<Arc<RunEvent>>,
+    /// Pokes when a streaming attempt produced deltas.
+    delta_rx: tokio::sync::broadcast::Receiver<RunId>,
     pending: VecDeque<RunEvent>,
     last_sent: i64,
+    /// The attempt whose `started` event was sent and whose end was not: its deltas flow.
+    attempt: Option<u32>,
+    /// The last delta sent of that attempt.
+    delta_seq: u64,
     finished: bool,
 }
 
+/// A `Last-Event-ID`: a lifecycle event id `N`, or `N-S` for the S-th delta of the attempt
+/// that event `N` started.
+fn resume_point(headers: &HeaderMap) -> Result<(i64, Option<u64>), ApiError> {
+    let Some(v) = headers.get("last-event-id") else {
+        return Ok((0, None));
+    };
+    let bad = || {
+        ApiError::invalid(
+            "Last-Event-ID",
+            "Last-Event-ID must be an event id received from this stream",
+        )
+    };
+    let text = v.to_str().map_err(|_| bad())?.trim();
+    let (event, delta) = match text.split_once('-') {
+        Some((e, d)) => (e, Some(d.parse::<u64>().map_err(|_| bad())?)),
+        None => (text, None),
+    };
+    let event = event
+        .parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(bad)?;
+    Ok((event, delta))
+}
+
+fn render_delta(run: RunId, event_id: i64, d: &crate::store::Delta) -> Event {
+    let data = serde_json::json!({
+        "run_id": run,
+        "type": "delta",
+        "at": time(d.at),
+        "attempt": d.attempt,
+        "seq": d.seq,
+        "content": d.content,
+    });
+    Event::default()
+        .id(format!("{event_id}-{}", d.seq))
+        .event("delta")
+        .data(data.to_string())
+}
+
+/// `GET /runs/{id}/events`.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/events",
+    tag = "events",
+    summary = "Follow one run's lifecycle events",
+    description = "A server-sent event stream of one run's lifecycle events: it replays \
+        every event so far, continues live, and closes after the terminal event (a finished \
+        run's stream replays and closes). Event types: `queued`; `started` (with `attempt`); \
+        `delta` (`attempt`, `content`; only when the run was enqueued with `stream: true`); \
+        `attempt_failed` (`attempt`, `kind`, `status`, `retry_at`, `message`); and the \
+        terminal `completed`, `failed`, `timed_out`, `cancelled` or `dropped`. Each event's \
+        `data:` is JSON (the `EventData` schema) with at least `run_id`, `type` and `at`. \
+        A reconnect with `Last-Event-ID` replays every lifecycle event after that id, then \
+        continues live, with no gap and no duplicate.",
+    params(
+        ("id" = String, Path, format = "uuid", description = "The run's id."),
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false,
+            description = "Resume after this event id (the last `id:` received)."),
+    ),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream",
+            body = EventStream),
+        (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.",
+            body = ErrorBody),
+        (status = 404, description = "`not_found`: no run has this id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unreachable.",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+    )
+)]
 pub(super) async fn run_events(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -106,20 +187,47 @@ pub(super) async fn run_events(
     let run: RunId = raw
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))?;
-    let after = last_event_id(&headers)?;
+    let (after, delta_seq) = resume_point(&headers)?;
     // Subscribe first: anything committed from here on is either in the replay or live.
     let rx = state.store.hub().subscribe();
+    let delta_rx = state.store.hub().subscribe_deltas();
     if state.store.get_run(run).await?.is_none() {
         return Err(ApiError::NotFound(format!("no run with id {run}")));
     }
-    let replay = state.store.events_for_run(run, after).await?;
+    // Resuming inside a streamed attempt: re-read the event that started it, to know the
+    // attempt, without sending it again.
+    let (replay_from, mut attempt) = (
+        if delta_seq.is_some() {
+            after - 1
+        } else {
+            after
+        },
+        None,
+    );
+    let mut replay: VecDeque<RunEvent> = state
+        .store
+        .events_for_run(run, replay_from.max(0))
+        .await?
+        .into();
+    if delta_seq.is_some()
+        && let Some(first) = replay.front()
+        && first.id == after
+    {
+        if first.kind == crate::store::EventKind::Started {
+            attempt = first.attempt;
+        }
+        replay.pop_front();
+    }
     let stop = state.stopping.clone();
     let stream = RunStream {
         state,
         run,
         rx,
-        pending: replay.into(),
+        delta_rx,
+        pending: replay,
         last_sent: after,
+        attempt,
+        delta_seq: delta_seq.unwrap_or(0),
         finished: false,
     };
     let events = futures::stream::unfold(stream, |mut s| async move {
@@ -130,50 +238,94 @@ pub(super) async fn run_events(
 }
 
 impl RunStream {
+    /// The next delta of the current attempt not yet sent, if the hub has one.
+    fn next_delta(&mut self) -> Option<Event> {
+        let attempt = self.attempt?;
+        let d = self
+            .state
+            .store
+            .hub()
+            .deltas_after(self.run, attempt, self.delta_seq)
+            .into_iter()
+            .next()?;
+        self.delta_seq = d.seq;
+        Some(render_delta(self.run, self.last_sent, &d))
+    }
+
     async fn next(&mut self) -> Option<Event> {
+        use crate::store::EventKind;
         loop {
             if self.finished {
                 return None;
             }
-            if let Some(e) = self.pending.pop_front() {
+            if let Some(e) = self.pending.front() {
                 if e.id <= self.last_sent {
+                    self.pending.pop_front();
                     continue;
                 }
+                // Everything the ending attempt streamed goes out before its end.
+                if e.kind != EventKind::Started
+                    && let Some(delta) = self.next_delta()
+                {
+                    return Some(delta);
+                }
+                let e = self.pending.pop_front().expect("peeked");
                 self.last_sent = e.id;
                 self.finished = e.kind.is_terminal();
+                if e.kind == EventKind::Started {
+                    self.attempt = e.attempt;
+                    self.delta_seq = 0;
+                } else {
+                    self.attempt = None;
+                }
                 return Some(render(&e));
             }
-            match self.rx.recv().await {
-                Ok(e) if e.run_id == self.run && e.id > self.last_sent => {
-                    self.pending.push_back((*e).clone());
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(_)) => {
-                    // Fell behind the live buffer: catch up from the log.
-                    match self
-                        .state
-                        .store
-                        .events_for_run(self.run, self.last_sent)
-                        .await
-                    {
-                        Ok(events) => self.pending.extend(events),
-                        Err(e) => {
-                            tracing::warn!(run_id = %self.run, error = %e, "event replay failed; closing stream");
-                            return None;
+            if let Some(delta) = self.next_delta() {
+                return Some(delta);
+            }
+            tokio::select! {
+                received = self.rx.recv() => match received {
+                    Ok(e) if e.run_id == self.run && e.id > self.last_sent => {
+                        self.pending.push_back((*e).clone());
+                    }
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        // Fell behind the live buffer: catch up from the log.
+                        match self
+                            .state
+                            .store
+                            .events_for_run(self.run, self.last_sent)
+                            .await
+                        {
+                            Ok(events) => self.pending.extend(events),
+                            Err(e) => {
+                                tracing::warn!(run_id = %self.run, error = %e, "event replay failed; closing stream");
+                                return None;
+                            }
                         }
                     }
-                }
-                Err(RecvError::Closed) => return None,
+                    Err(RecvError::Closed) => return None,
+                },
+                // A poke: the loop reads the new deltas from the hub's buffer.
+                poked = self.delta_rx.recv() => if let Err(RecvError::Closed) = poked {
+                    return None;
+                },
             }
         }
     }
 }
 
-#[derive(Deserialize)]
+/// Filters of `GET /events`; an event must match every one given.
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Only runs of this tenant.
     tenant: Option<String>,
+    /// Only runs of this batch.
     batch: Option<String>,
+    /// Only runs of this class.
+    #[param(value_type = Option<ClassName>)]
     class: Option<Class>,
 }
 
@@ -187,6 +339,38 @@ struct FeedStream {
     closed: bool,
 }
 
+/// `GET /events`.
+#[utoipa::path(
+    get,
+    path = "/events",
+    operation_id = "events",
+    tag = "events",
+    summary = "Follow many runs' lifecycle events",
+    description = "A server-sent event stream of lifecycle events for every run matching the \
+        filters (dashboards). Without `Last-Event-ID` it starts with the next event; with it, \
+        it first replays the matching events after that id. Event types and `data:` are as \
+        on `GET /runs/{id}/events` (`queued`, `started`, `delta`, `attempt_failed`, \
+        `completed`, `failed`, `timed_out`, `cancelled`, `dropped`), plus `lagged`: a \
+        subscriber that falls behind the live buffer receives one `lagged` event (the \
+        `LaggedEvent` schema, no `id:`) and the stream closes; reconnect with \
+        `Last-Event-ID` set to its `last_event_id` to resume without a gap. The stream \
+        stays open until the client leaves or the server shuts down.",
+    params(
+        EventsQuery,
+        ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false,
+            description = "Replay the matching events after this event id, then continue live."),
+    ),
+    responses(
+        (status = 200, description = "The event stream.", content_type = "text/event-stream",
+            body = EventStream),
+        (status = 400, description = "`invalid_request`: an unknown or malformed query \
+            parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
+        (status = 503, description = "`unavailable`: the database is unreachable.",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+    )
+)]
 pub(super) async fn feed(
     State(state): State<AppState>,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,

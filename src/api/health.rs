@@ -5,54 +5,109 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::AppState;
+use super::openapi::{BackendName, HealthStatusName, ProviderKindName};
 use crate::run::{Class, Status};
 
-#[derive(Serialize)]
+/// The server's health.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Health)]
 struct HealthBody {
+    #[schema(value_type = HealthStatusName)]
     status: &'static str,
     database: DatabaseBody,
+    /// Queue depths by class; `null` when they could not be read.
+    #[schema(required = true)]
     queues: Option<QueuesBody>,
     workers: WorkersBody,
+    /// The configured providers.
     providers: Vec<ProviderBody>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = HealthDatabase)]
 struct DatabaseBody {
+    #[schema(value_type = BackendName)]
     backend: &'static str,
     reachable: bool,
+    /// Round-trip time of a trivial query, in milliseconds; `null` when unreachable.
+    #[schema(required = true)]
     latency_ms: Option<f64>,
+    /// Why the database is unreachable.
+    #[schema(required = true)]
     error: Option<String>,
 }
 
-#[derive(Serialize, Default)]
+/// Runs of one class by status.
+#[derive(Serialize, Default, ToSchema)]
+#[schema(as = QueueDepth)]
 struct Depth {
     queued: i64,
     running: i64,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, ToSchema)]
+#[schema(as = QueueDepths)]
 struct QueuesBody {
     live: Depth,
     background: Depth,
 }
 
-#[derive(Serialize)]
+/// The worker pool's slots.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WorkerSlots)]
 struct WorkersBody {
     slots_total: usize,
     slots_busy: usize,
 }
 
-#[derive(Serialize)]
+/// A configured provider.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HealthProvider)]
 struct ProviderBody {
     name: String,
+    #[schema(value_type = ProviderKindName)]
     kind: &'static str,
+    /// Configured requests per minute.
+    #[schema(required = true)]
     rpm: Option<u32>,
+    /// Configured tokens per minute.
+    #[schema(required = true)]
     tpm: Option<u32>,
+    /// Configured cap on in-flight calls.
+    #[schema(required = true)]
     max_concurrency: Option<u32>,
+    /// Circuit breaker state: `closed`, `open` or `half_open`.
+    breaker: &'static str,
+    /// Requests per minute currently allowed (adapted below `rpm` after 429s); null when
+    /// unlimited.
+    #[schema(required = true)]
+    current_rpm: Option<f64>,
+    /// Tokens per minute currently allowed; null when unlimited.
+    #[schema(required = true)]
+    current_tpm: Option<f64>,
+    /// Attempts in flight against this provider from this process.
+    in_flight: u32,
+    /// Whether the provider is paused after a rate limit.
+    paused: bool,
 }
 
+/// `GET /health`.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "operations",
+    summary = "Server health",
+    description = "Database reachability and latency, queue depths by class and status, \
+        worker slots and the configured providers.",
+    responses(
+        (status = 200, description = "The server is healthy.", body = HealthBody),
+        (status = 503, description = "The database is unreachable (`status` is \
+            `unavailable`).", body = HealthBody),
+    )
+)]
 pub(super) async fn health(State(state): State<AppState>) -> Response {
     let (database, queues) = match state.store.ping().await {
         Ok(latency) => {
@@ -101,11 +156,13 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         }
     };
     let pool = state.dispatcher.status();
+    let gates = state.dispatcher.providers();
     let providers = state
         .config
         .providers
         .iter()
-        .map(|p| ProviderBody {
+        .filter_map(|p| gates.iter().find(|g| g.provider == p.name).map(|g| (p, g)))
+        .map(|(p, g)| ProviderBody {
             name: p.name.clone(),
             kind: match p.kind {
                 crate::config::ProviderKind::Openai => "openai",
@@ -115,12 +172,21 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             rpm: p.rpm,
             tpm: p.tpm,
             max_concurrency: p.max_concurrency,
+            breaker: g.breaker,
+            current_rpm: g.current_rpm,
+            current_tpm: g.current_tpm,
+            in_flight: g.in_flight,
+            paused: g.paused,
         })
         .collect();
-    let (code, status) = if database.reachable {
-        (StatusCode::OK, "ok")
-    } else {
+    // Degraded: serving, but some provider is refused or paused (its runs wait).
+    let degraded = gates.iter().any(|g| g.breaker != "closed" || g.paused);
+    let (code, status) = if !database.reachable {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    } else if degraded {
+        (StatusCode::OK, "degraded")
+    } else {
+        (StatusCode::OK, "ok")
     };
     let body = HealthBody {
         status,

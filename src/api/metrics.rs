@@ -10,6 +10,19 @@ use axum::response::{IntoResponse, Response};
 use super::AppState;
 use crate::run::{Class, Status};
 
+/// `GET /metrics`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics",
+    description = "Every metric in the Prometheus text exposition format, each with HELP \
+        text, names prefixed `sluice_`.",
+    responses(
+        (status = 200, description = "The metrics.",
+            content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
+    )
+)]
 /// Samples the gauges that are cheaper to read at scrape time than to maintain, then
 /// renders every metric.
 pub(super) async fn metrics(State(state): State<AppState>) -> Response {
@@ -34,6 +47,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     }
     let pool = state.dispatcher.status();
     crate::metrics::worker_slots(pool.slots_busy, pool.slots_total);
+    for g in state.dispatcher.providers() {
+        crate::metrics::provider_state(
+            &g.provider,
+            g.breaker,
+            g.current_rpm,
+            g.configured_rpm,
+            g.in_flight,
+        );
+    }
     crate::metrics::sse_subscribers(state.store.hub().subscribers());
     state.metrics.run_upkeep();
     (

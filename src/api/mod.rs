@@ -3,13 +3,19 @@
 //!
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
 //! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`),
-//! `metrics` (`GET /metrics` and request counting).
+//! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`).
+//!
+//! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
+//! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
+//! and its OpenAPI operation in one step, so the router and `GET /openapi.json` cannot
+//! drift apart; `tests/openapi.rs` checks the served document against `route_table`.
 
 mod enqueue;
 mod error;
 mod events;
 mod health;
 mod metrics;
+mod openapi;
 mod runs;
 
 pub use error::ApiError;
@@ -18,10 +24,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
-use axum::routing::{get, post};
+use axum::http::{HeaderName, Method, Request};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -46,22 +54,60 @@ pub struct AppState {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Every route of the API with its OpenAPI operation, added to `base`. Add routes here
+/// and only here, each with `endpoint(routes!(handler))`.
+fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
+    base.routes(endpoint(routes!(enqueue::enqueue)))
+        .routes(endpoint(routes!(runs::get_run)))
+        .routes(endpoint(routes!(runs::cancel_run)))
+        .routes(endpoint(routes!(events::run_events)))
+        .routes(endpoint(routes!(events::feed)))
+        .routes(endpoint(routes!(health::health)))
+        .routes(endpoint(routes!(metrics::metrics)))
+        .routes(endpoint(routes!(openapi::openapi_json)))
+}
+
+/// A route answers other methods with 405 and the error contract's body.
+fn endpoint(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState> {
+    route.map(|methods| methods.fallback(method_not_allowed))
+}
+
+/// The OpenAPI document served at `GET /openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    endpoints(OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())).into_openapi()
+}
+
+/// Every (method, path template) the router serves, sorted: read from the routes
+/// [`router`] mounts (not from the served document), so a test can compare the two.
+/// Path templates use OpenAPI's (and axum's) `{param}` syntax.
+pub fn route_table() -> Vec<(Method, String)> {
+    let mounted = endpoints(OpenApiRouter::default()).into_openapi();
+    let mut table = Vec::new();
+    for (path, item) in mounted.paths.paths {
+        for (method, operation) in [
+            (Method::GET, &item.get),
+            (Method::PUT, &item.put),
+            (Method::POST, &item.post),
+            (Method::DELETE, &item.delete),
+            (Method::OPTIONS, &item.options),
+            (Method::HEAD, &item.head),
+            (Method::PATCH, &item.patch),
+            (Method::TRACE, &item.trace),
+        ] {
+            if operation.is_some() {
+                table.push((method, path.clone()));
+            }
+        }
+    }
+    table.sort_by(|a, b| (&a.1, a.0.as_str()).cmp(&(&b.1, b.0.as_str())));
+    table
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit;
-    Router::new()
-        .route("/enqueue", post(enqueue::enqueue).fallback(method_not_allowed))
-        .route("/runs/{id}", get(runs::get_run).fallback(method_not_allowed))
-        .route(
-            "/runs/{id}/cancel",
-            post(runs::cancel_run).fallback(method_not_allowed),
-        )
-        .route(
-            "/runs/{id}/events",
-            get(events::run_events).fallback(method_not_allowed),
-        )
-        .route("/events", get(events::feed).fallback(method_not_allowed))
-        .route("/health", get(health::health).fallback(method_not_allowed))
-        .route("/metrics", get(metrics::metrics).fallback(method_not_allowed))
+    // Routes come from `endpoints` only: one added here with `.route` would go undocumented.
+    let (routes, _) = endpoints(OpenApiRouter::default()).split_for_parts();
+    routes
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn_with_state(

@@ -4,68 +4,138 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 
+use super::error::Body as ApiErrorBody;
+use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState, time};
 use crate::run::{RunId, Status};
 use crate::store::{CancelOutcome, RunView};
 
-#[derive(Serialize)]
+/// A run: one request to one provider, and the record of its whole life. Every field is
+/// always present; absent values are `null`. Times are RFC 3339 in UTC with millisecond
+/// precision.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Run)]
 pub(super) struct RunBody {
+    #[schema(value_type = String, format = "uuid")]
     id: RunId,
+    #[schema(value_type = StatusName)]
     status: &'static str,
     provider: String,
+    #[schema(required = true)]
     model: Option<String>,
+    #[schema(value_type = ClassName)]
     class: &'static str,
+    /// 1 (most urgent) … 10.
+    #[schema(minimum = 1, maximum = 10)]
     priority: i16,
+    #[schema(required = true)]
     tenant: Option<String>,
+    #[schema(required = true)]
     concurrency_key: Option<String>,
+    #[schema(required = true)]
     session: Option<String>,
+    #[schema(required = true)]
     batch: Option<String>,
+    /// The `metadata` object given at enqueue, echoed back.
+    #[schema(value_type = Option<Object>, required = true)]
     metadata: Option<Box<RawValue>>,
+    /// Whether token deltas are streamed onto the run's event stream.
     stream: bool,
+    /// Attempts started so far.
     attempts: u32,
+    #[schema(minimum = 1, maximum = 50)]
     max_attempts: u32,
+    /// The per-attempt generation timeout asked for at enqueue, in milliseconds.
+    #[schema(required = true)]
     timeout_ms: Option<i32>,
+    #[schema(format = DateTime)]
     created_at: String,
+    /// When the first attempt started.
+    #[schema(format = DateTime, required = true)]
     started_at: Option<String>,
+    /// When the run reached its terminal status.
+    #[schema(format = DateTime, required = true)]
     finished_at: Option<String>,
+    /// While `queued`: when the run is next due (in the future while it waits out a
+    /// backoff or its `run_at`).
+    #[schema(format = DateTime, required = true)]
     next_attempt_at: Option<String>,
+    /// The deadline for the run's first start.
+    #[schema(format = DateTime, required = true)]
     queue_deadline_at: Option<String>,
+    /// Only on `timed_out`.
+    #[schema(value_type = Option<TimeoutOriginName>, required = true)]
     timeout_origin: Option<&'static str>,
+    /// Only on `dropped` (e.g. `stale`).
+    #[schema(required = true)]
     drop_reason: Option<String>,
+    /// The generated output, when `completed`.
+    #[schema(required = true)]
     output: Option<OutputBody>,
+    /// Token usage, when the provider reported it.
+    #[schema(required = true)]
     usage: Option<UsageBody>,
+    /// The error that ended the run (or, while it retries, the last attempt's error).
+    #[schema(required = true)]
     error: Option<ErrorBody>,
+    /// Every attempt so far, oldest first.
     attempt_log: Vec<AttemptBody>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RunOutput)]
 struct OutputBody {
     content: String,
+    /// The provider's finish reason (`stop`, `length`, …).
+    #[schema(required = true)]
     finish_reason: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RunUsage)]
 struct UsageBody {
+    #[schema(required = true)]
     prompt_tokens: Option<i32>,
+    #[schema(required = true)]
     completion_tokens: Option<i32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = RunError)]
 struct ErrorBody {
+    #[schema(value_type = ErrorKindName)]
     kind: &'static str,
     message: String,
+    /// The provider's HTTP status, when it answered.
+    #[schema(required = true)]
     status: Option<i32>,
 }
 
-#[derive(Serialize)]
+/// One attempt of a run.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Attempt)]
 struct AttemptBody {
+    /// 1-based.
+    #[schema(minimum = 1)]
     attempt: u32,
+    #[schema(format = DateTime)]
     started_at: String,
+    #[schema(format = DateTime, required = true)]
     finished_at: Option<String>,
+    /// `completed`, an error kind, `released` (given back at shutdown) or `abandoned`
+    /// (its worker vanished); `null` while the attempt runs.
+    #[schema(required = true)]
     outcome: Option<String>,
+    /// The provider's HTTP status, when it answered.
+    #[schema(required = true)]
     status: Option<i32>,
+    /// The delay the provider asked for (retry-after), in milliseconds.
+    #[schema(required = true)]
     retry_after_ms: Option<i64>,
+    /// The attempt's error message, when it failed.
+    #[schema(required = true)]
     error: Option<String>,
 }
 
@@ -131,6 +201,22 @@ fn parse_id(raw: &str) -> Result<RunId, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))
 }
 
+/// `GET /runs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}",
+    tag = "runs",
+    summary = "Read a run",
+    params(("id" = String, Path, format = "uuid", description = "The run's id.")),
+    responses(
+        (status = 200, description = "The run.", body = RunBody),
+        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: the database is unreachable.",
+            body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn get_run(
     State(state): State<AppState>,
     Path(raw): Path<String>,
@@ -142,6 +228,25 @@ pub(super) async fn get_run(
     }
 }
 
+/// `POST /runs/{id}/cancel`.
+#[utoipa::path(
+    post,
+    path = "/runs/{id}/cancel",
+    tag = "runs",
+    summary = "Cancel a run",
+    description = "Cancels a `queued` or `running` run; an in-flight provider call is aborted.",
+    params(("id" = String, Path, format = "uuid", description = "The run's id.")),
+    responses(
+        (status = 200, description = "The run, now `cancelled`.", body = RunBody),
+        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
+        (status = 409, description = "`conflict`: the run is already in a terminal status.",
+            body = ApiErrorBody),
+        (status = 503, description = "`unavailable`: the database is unreachable.",
+            body = ApiErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
+        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+    )
+)]
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
     Path(raw): Path<String>,

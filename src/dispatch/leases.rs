@@ -1,4 +1,5 @@
-//! Leases: the heartbeater keeps this process's claims alive while their attempts run, and
+//! Leases: the heartbeater keeps this process's claims alive while their attempts run (and
+//! saves the providers' adapted rates on the same beat), and
 //! the rescuer returns the claims of a process that stopped heartbeating (crashed, killed,
 //! cut off from the database) to the queue.
 
@@ -19,6 +20,15 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
             _ = tick.tick() => {}
             _ = shared.stop_services.cancelled() => break,
         }
+        let now = shared.clock.now();
+        // The adapted provider rates, so a restart resumes from them.
+        if let Err(e) = shared
+            .store
+            .save_provider_state(&shared.gates.snapshots(), now)
+            .await
+        {
+            tracing::warn!(error = %e, "could not save provider state");
+        }
         let ids: Vec<RunId> = shared
             .held
             .lock()
@@ -29,7 +39,6 @@ pub(super) async fn heartbeat(shared: Arc<Shared>) {
         if ids.is_empty() {
             continue;
         }
-        let now = shared.clock.now();
         match shared
             .store
             .extend_leases(shared.worker, &ids, now, shared.settings.lease)

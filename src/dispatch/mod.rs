@@ -3,6 +3,8 @@
 //! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
 //! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
 //!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
+//! - `gates`: each provider's rate limiter and circuit breaker; the producer claims only
+//!   what they allow.
 //! - `worker`: runs one attempt under its timeout and abort signal.
 //! - `completer`: writes finished attempts in batches and lets go of their leases.
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
@@ -13,12 +15,14 @@
 
 mod completer;
 mod enqueuer;
+mod gates;
 mod leases;
 mod producer;
 mod wake;
 mod worker;
 
 pub use enqueuer::{EnqueueError, Enqueuer};
+pub use gates::GateStatus;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +70,7 @@ impl Settings {
             backoff: Backoff {
                 base: config.retry.backoff_base,
                 cap: config.retry.backoff_cap,
+                provider_cap: config.retry.provider_delay_cap,
             },
             attempt_timeout: config.queue.attempt_timeout,
         }
@@ -94,6 +99,7 @@ struct Held {
 struct Shared {
     store: Store,
     providers: Providers,
+    gates: gates::Gates,
     clock: Arc<dyn Clock>,
     worker: WorkerId,
     settings: Settings,
@@ -132,16 +138,21 @@ pub struct PoolStatus {
 impl Dispatcher {
     /// Starts the producer, completer, heartbeater, rescuer and (on PostgreSQL) the
     /// listener. Nothing is spawned outside the returned handle's task tracker.
+    /// `saved` is each provider's persisted limiter state, so a restart resumes at the
+    /// adapted rate rather than the configured ceiling.
     pub fn start(
         store: Store,
         providers: Providers,
-        settings: Settings,
+        config: &Config,
+        saved: &[(String, String)],
         clock: Arc<dyn Clock>,
     ) -> Dispatcher {
+        let settings = Settings::from_config(config);
         let (finished_tx, finished_rx) = mpsc::channel(settings.slots.max(16) * 2);
         let shared = Arc::new(Shared {
             store,
             providers,
+            gates: gates::Gates::new(config, saved),
             clock,
             worker: WorkerId::new(),
             slots: Arc::new(Semaphore::new(settings.slots)),
@@ -179,6 +190,11 @@ impl Dispatcher {
     /// whether this process was running it.
     pub fn abort_cancelled(&self, id: RunId) -> bool {
         abort(&self.shared, id, AbortReason::Cancelled)
+    }
+
+    /// Each provider's breaker and limiter state.
+    pub fn providers(&self) -> Vec<GateStatus> {
+        self.shared.gates.status()
     }
 
     pub fn status(&self) -> PoolStatus {

@@ -14,6 +14,9 @@ const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(500);
 /// How soon to look again when due runs were skipped because another process was
 /// claiming them at the same moment.
 const CONTENDED_RETRY: Duration = Duration::from_millis(20);
+/// How soon to look again when due runs wait for their providers' limits (a slot frees,
+/// an enqueue or a retry wakes the producer sooner).
+const LIMITED_RETRY: Duration = Duration::from_millis(50);
 
 pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
     let settings = &shared.settings;
@@ -30,9 +33,11 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         }
         let want = free.min(settings.claim_batch);
         let now = shared.clock.now();
+        let quotas = shared.gates.quotas(want);
+        let allowed: usize = quotas.iter().map(|q| q.max).sum();
         let claimed = match shared
             .store
-            .claim_due(shared.worker, want, now, settings.lease)
+            .claim_due_within(shared.worker, want, &quotas, now, settings.lease)
             .await
         {
             Ok(claimed) => claimed,
@@ -54,12 +59,28 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
                 .try_acquire_owned()
                 .expect("the producer is the only one taking slots");
             let (abort, reason) = worker::hold(&shared, &run);
-            tasks.spawn(worker::execute(shared.clone(), run, permit, abort, reason));
+            let Some(ticket) = shared.gates.admit(&run.provider, &run.request) else {
+                // The provider cannot take it after all: back to the queue, no attempt spent.
+                drop(permit);
+                worker::give_back(&shared, run).await;
+                continue;
+            };
+            tasks.spawn(worker::execute(
+                shared.clone(),
+                run,
+                permit,
+                ticket,
+                abort,
+                reason,
+            ));
         }
-        if got == want {
+        if got == want && got > 0 {
             // There may be more due: go round again (the slot check throttles us).
             continue;
         }
+        // Something is due but its providers are at their limits: look again soon, as
+        // capacity comes back with time (a limiter refills, a breaker half-opens).
+        let held_back = allowed < want;
         let sleep_for = match shared.store.next_due_at().await {
             Ok(Some(due)) => (due - shared.clock.now())
                 .to_std()
@@ -71,9 +92,14 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
                 CLAIM_ERROR_BACKOFF
             }
         };
-        // Due now yet not claimed: another process holds those rows for the moment.
+        // Due now yet not claimed: another process holds those rows for the moment, or the
+        // providers' limits hold them back.
         let sleep_for = if sleep_for.is_zero() {
-            CONTENDED_RETRY
+            if held_back {
+                LIMITED_RETRY
+            } else {
+                CONTENDED_RETRY
+            }
         } else {
             sleep_for
         };

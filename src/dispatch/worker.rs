@@ -8,8 +8,9 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::gates::{Report, Ticket};
 use super::{AbortReason, Held, Shared};
-use crate::providers::{AttemptRequest, ProviderError};
+use crate::providers::{AttemptRequest, DeltaSink, ProviderError};
 use chrono::{DateTime, Utc};
 
 use crate::run::{AfterFailure, Class, ErrorKind, RunId, after_failure};
@@ -71,10 +72,28 @@ enum Outcome {
     Aborted(AbortReason),
 }
 
+/// Gives a claimed run straight back to the queue (its provider could not take it after
+/// all); the attempt it opened does not count.
+pub(super) async fn give_back(shared: &Shared, run: ClaimedRun) {
+    let finished = Finished {
+        id: run.id,
+        attempt: run.attempt,
+        class: run.class,
+        created_at: run.created_at,
+        result: AttemptResult::Released {
+            attempt: run.attempt,
+        },
+    };
+    if shared.finished.send(finished).await.is_err() {
+        tracing::error!(run_id = %run.id, "completer is gone; the lease will expire and the run be rescued");
+    }
+}
+
 pub(super) async fn execute(
     shared: Arc<Shared>,
     run: ClaimedRun,
     permit: OwnedSemaphorePermit,
+    ticket: Ticket,
     abort: CancellationToken,
     reason: Arc<Mutex<Option<AbortReason>>>,
 ) {
@@ -85,7 +104,7 @@ pub(super) async fn execute(
         provider = %run.provider,
         attempt = run.attempt,
     );
-    let result = attempt(&shared, &run, &abort, &reason)
+    let result = attempt(&shared, &run, ticket, &abort, &reason)
         .instrument(span)
         .await;
     let finished = Finished {
@@ -105,6 +124,7 @@ pub(super) async fn execute(
 async fn attempt(
     shared: &Shared,
     run: &ClaimedRun,
+    ticket: Ticket,
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> AttemptResult {
@@ -123,12 +143,19 @@ async fn attempt(
                 .timeout_ms
                 .map(|ms| Duration::from_millis(ms.max(1) as u64))
                 .unwrap_or(shared.settings.attempt_timeout);
+            let deltas = run.stream.then(|| {
+                let hub = shared.store.hub().clone();
+                let (id, attempt) = (run.id, run.attempt);
+                let sink: DeltaSink =
+                    Arc::new(move |text: &str| hub.publish_delta(id, attempt, text));
+                sink
+            });
             let call = entry.imp.call(AttemptRequest {
                 run_id: run.id,
                 attempt: run.attempt,
                 model,
                 request: &run.request,
-                deltas: None,
+                deltas,
             });
             tokio::select! {
                 biased;
@@ -157,6 +184,28 @@ async fn attempt(
         Outcome::Aborted(AbortReason::Shutdown) => "released",
     };
     crate::metrics::attempt(&run.provider, outcome_name, took);
+    if run.stream {
+        shared.store.hub().end_deltas(run.id, run.attempt);
+    }
+    let report = match &outcome {
+        Outcome::Output(out) => {
+            crate::metrics::tokens(&run.provider, out.prompt_tokens, out.completion_tokens);
+            Report::Success {
+                tokens: match (out.prompt_tokens, out.completion_tokens) {
+                    (None, None) => None,
+                    (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
+                },
+                rate_limits: out.rate_limits.as_ref(),
+            }
+        }
+        Outcome::Error(e) => Report::Failure {
+            kind: e.kind,
+            retry_after: e.retry_after,
+            rate_limits: e.rate_limits.as_ref(),
+        },
+        Outcome::Aborted(_) => Report::Abandoned,
+    };
+    shared.gates.report(&run.provider, ticket, report);
     match outcome {
         Outcome::Output(out) => {
             tracing::info!(elapsed_ms, "attempt completed");
@@ -192,7 +241,7 @@ async fn attempt(
             let next = match next {
                 AfterFailure::Retry { delay } => {
                     let at =
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
                     tracing::warn!(
                         elapsed_ms,
                         kind = e.kind.as_str(),

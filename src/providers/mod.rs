@@ -3,8 +3,14 @@
 //! failure; it never retries by itself (retrying is the dispatcher's job, so that every
 //! retry is visible, bounded and durable).
 
+mod anthropic;
+mod headers;
+mod http;
+mod openai;
 mod sim;
 
+pub use anthropic::AnthropicProvider;
+pub use openai::OpenAiProvider;
 pub use sim::SimProvider;
 
 use std::collections::HashMap;
@@ -120,9 +126,27 @@ pub struct Providers {
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderSetupError {
     #[error(
-        "provider {name:?}: kind {kind:?} is not available in this build; configure kind \"sim\" or remove the provider"
+        "provider {name:?}: environment variable {var} (named by api_key_env) is not set or is empty; export the API key in it, or remove api_key_env to send no key"
     )]
-    Unsupported { name: String, kind: ProviderKind },
+    MissingApiKey { name: String, var: String },
+    #[error(
+        "provider {name:?}: the value of environment variable {var} (named by api_key_env) is not a valid API key (it must be printable ASCII)"
+    )]
+    InvalidApiKey { name: String, var: String },
+    #[error("provider {name:?}: base_url {url:?} is not a valid URL: {reason}")]
+    InvalidBaseUrl {
+        name: String,
+        url: String,
+        reason: String,
+    },
+    #[error("provider {name:?}: invalid {setting}: {reason}")]
+    InvalidSetting {
+        name: String,
+        setting: &'static str,
+        reason: String,
+    },
+    #[error("provider {name:?}: cannot build the HTTP client: {message}")]
+    HttpClient { name: String, message: String },
 }
 
 impl Providers {
@@ -160,13 +184,9 @@ impl Providers {
 }
 
 fn build(config: &ProviderConfig) -> Result<Arc<dyn Provider>, ProviderSetupError> {
-    match config.kind {
-        ProviderKind::Sim => Ok(Arc::new(SimProvider::new(config.sim.clone()))),
-        kind @ (ProviderKind::Openai | ProviderKind::Anthropic) => {
-            Err(ProviderSetupError::Unsupported {
-                name: config.name.clone(),
-                kind,
-            })
-        }
-    }
+    Ok(match config.kind {
+        ProviderKind::Sim => Arc::new(SimProvider::new(config.sim.clone())),
+        ProviderKind::Openai => Arc::new(OpenAiProvider::new(config)?),
+        ProviderKind::Anthropic => Arc::new(AnthropicProvider::new(config)?),
+    })
 }

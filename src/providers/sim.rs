@@ -146,6 +146,9 @@ impl Provider for SimProvider {
             if let Some(sink) = &attempt.deltas {
                 // Stream word by word, as a real provider streams tokens.
                 for piece in content.split_inclusive(' ') {
+                    if !self.config.delta_interval.is_zero() {
+                        tokio::time::sleep(self.config.delta_interval).await;
+                    }
                     sink(piece);
                 }
             }

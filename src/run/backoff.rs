@@ -7,6 +7,9 @@ use std::time::Duration;
 pub struct Backoff {
     pub base: Duration,
     pub cap: Duration,
+    /// The longest wait a provider may ask for (`retry.provider_delay_cap`): a garbled or
+    /// hostile `retry-after` must not park a run for years.
+    pub provider_cap: Duration,
 }
 
 impl Backoff {
@@ -30,7 +33,8 @@ impl Backoff {
 }
 
 /// The delay before the next attempt: our jittered backoff, unless the provider asked for
-/// a longer wait, in which case the provider wins (it knows when its window resets).
+/// a longer wait, in which case the provider wins (it knows when its window resets), up to
+/// `provider_cap`.
 pub fn retry_delay(
     backoff: &Backoff,
     attempt: u32,
@@ -38,7 +42,7 @@ pub fn retry_delay(
     unit_random: f64,
 ) -> Duration {
     let ours = backoff.delay(attempt, unit_random);
-    match provider_delay {
+    match provider_delay.map(|d| d.min(backoff.provider_cap)) {
         Some(theirs) if theirs > ours => theirs,
         _ => ours,
     }
@@ -53,6 +57,7 @@ mod tests {
         Backoff {
             base: Duration::from_millis(300),
             cap: Duration::from_secs(30),
+            provider_cap: Duration::from_secs(600),
         }
     }
 
@@ -89,12 +94,12 @@ mod tests {
         }
 
         #[test]
-        fn provider_delay_wins_only_when_longer(attempt in 1u32..20, r in 0.0f64..1.0, theirs_ms in 0u64..120_000) {
+        fn provider_delay_wins_only_when_longer(attempt in 1u32..20, r in 0.0f64..1.0, theirs_ms in 0u64..1_200_000) {
             let b = backoff();
             let theirs = Duration::from_millis(theirs_ms);
             let ours = b.delay(attempt, r);
             let got = retry_delay(&b, attempt, Some(theirs), r);
-            prop_assert_eq!(got, ours.max(theirs));
+            prop_assert_eq!(got, ours.max(theirs.min(b.provider_cap)));
             prop_assert_eq!(retry_delay(&b, attempt, None, r), ours);
         }
     }

@@ -235,6 +235,7 @@ mod tests {
         Backoff {
             base: Duration::from_millis(300),
             cap: Duration::from_secs(30),
+            provider_cap: Duration::from_secs(600),
         }
     }
 

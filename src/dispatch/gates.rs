@@ -1,0 +1,297 @@
+//! Per-provider admission, shared by every worker of this process: each provider's rate
+//! limiter and circuit breaker. The producer asks the gates how many runs of each provider
+//! may start now and claims only that many; each claimed attempt takes a ticket and reports
+//! its outcome, which is how the limiter learns the provider's capacity and the breaker its
+//! health. A run held back stays queued in the database: no slot, no attempt burned.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::limits::{
+    Admission, CircuitBreaker, LimiterSnapshot, Outcome, Permit, RateLimiter, Transition, UNLIMITED,
+};
+use crate::providers::RateLimitInfo;
+use crate::run::ErrorKind;
+use crate::store::ProviderQuota;
+
+/// Completion tokens assumed for a request that sets no `max_tokens`.
+const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
+
+struct Gate {
+    limiter: RateLimiter,
+    breaker: CircuitBreaker,
+}
+
+pub(super) struct Gates {
+    by_name: HashMap<String, Mutex<Gate>>,
+}
+
+/// What an attempt holds from its provider's gate while it runs.
+#[derive(Debug)]
+pub(super) struct Ticket {
+    permit: Permit,
+    probe: bool,
+}
+
+/// The result of an attempt, as the gates need it.
+pub(super) enum Report<'a> {
+    Success {
+        tokens: Option<u32>,
+        rate_limits: Option<&'a RateLimitInfo>,
+    },
+    Failure {
+        kind: ErrorKind,
+        retry_after: Option<std::time::Duration>,
+        rate_limits: Option<&'a RateLimitInfo>,
+    },
+    /// No verdict on the provider (cancelled, released at shutdown).
+    Abandoned,
+}
+
+/// A provider's state for `/health` and the metrics.
+#[derive(Clone, Debug)]
+pub struct GateStatus {
+    pub provider: String,
+    pub breaker: &'static str,
+    pub current_rpm: Option<f64>,
+    pub configured_rpm: Option<u32>,
+    pub current_tpm: Option<f64>,
+    pub configured_tpm: Option<u32>,
+    pub in_flight: u32,
+    pub paused: bool,
+}
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn log_transition(provider: &str, t: Option<Transition>) {
+    if let Some(t) = t {
+        tracing::warn!(
+            provider,
+            from = t.from.name(),
+            to = t.to.name(),
+            "circuit breaker transition"
+        );
+        crate::metrics::breaker_transition(provider, t.to.name());
+    }
+}
+
+impl Gates {
+    pub(super) fn new(config: &Config, saved: &[(String, String)]) -> Gates {
+        let at = now();
+        let mut by_name = HashMap::new();
+        for p in &config.providers {
+            let mut limiter = RateLimiter::new(p, at);
+            if let Some((_, json)) = saved.iter().find(|(name, _)| *name == p.name) {
+                match serde_json::from_str::<LimiterSnapshot>(json) {
+                    Ok(snapshot) => {
+                        limiter.restore(snapshot, at);
+                        tracing::info!(provider = %p.name, current_rpm = ?limiter.current_rpm(), "restored the adapted rate");
+                    }
+                    Err(e) => {
+                        tracing::warn!(provider = %p.name, error = %e, "ignoring unreadable saved limiter state")
+                    }
+                }
+            }
+            by_name.insert(
+                p.name.clone(),
+                Mutex::new(Gate {
+                    limiter,
+                    breaker: CircuitBreaker::new(&p.breaker),
+                }),
+            );
+        }
+        Gates { by_name }
+    }
+
+    /// How many runs of each provider may be claimed now, each at most `limit`.
+    pub(super) fn quotas(&self, limit: usize) -> Vec<ProviderQuota> {
+        let at = now();
+        let mut quotas = Vec::with_capacity(self.by_name.len());
+        for (name, gate) in &self.by_name {
+            let mut g = gate.lock().expect("gate lock");
+            log_transition(name, g.breaker.poll(at));
+            let n = g
+                .limiter
+                .available(at)
+                .min(g.breaker.available(at))
+                .min(UNLIMITED) as usize;
+            quotas.push(ProviderQuota {
+                provider: name.clone(),
+                max: n.min(limit),
+            });
+        }
+        quotas
+    }
+
+    /// Takes a start for one claimed attempt. `None` when the provider cannot take it after
+    /// all (its token budget ran out between the quota and the claim, or another attempt
+    /// took the breaker's probe): the caller gives the run back to the queue.
+    pub(super) fn admit(&self, provider: &str, request: &RawValue) -> Option<Ticket> {
+        let gate = self.by_name.get(provider)?;
+        let at = now();
+        let mut g = gate.lock().expect("gate lock");
+        let (admission, t) = g.breaker.allow(at);
+        log_transition(provider, t);
+        let probe = match admission {
+            Admission::Closed => false,
+            Admission::Probe => true,
+            Admission::Denied { .. } => return None,
+        };
+        match g.limiter.acquire(at, estimate_tokens(request)) {
+            Ok(permit) => Some(Ticket { permit, probe }),
+            Err(_) => {
+                if probe {
+                    log_transition(provider, g.breaker.probe_abandoned(at));
+                }
+                None
+            }
+        }
+    }
+
+    /// Reports how the attempt went and hands its ticket back.
+    pub(super) fn report(&self, provider: &str, ticket: Ticket, report: Report<'_>) {
+        let Some(gate) = self.by_name.get(provider) else {
+            return;
+        };
+        let at = now();
+        let mut g = gate.lock().expect("gate lock");
+        let before = g.limiter.current_rpm();
+        let (tokens, verdict) = match report {
+            Report::Success {
+                tokens,
+                rate_limits,
+            } => {
+                g.limiter.on_success(at, rate_limits);
+                (tokens, Some(Outcome::Success))
+            }
+            Report::Failure {
+                kind,
+                retry_after,
+                rate_limits,
+            } => {
+                if kind == ErrorKind::RateLimited {
+                    g.limiter.on_rate_limited(at, retry_after, rate_limits);
+                } else if let Some(info) = rate_limits {
+                    g.limiter.on_success(at, Some(info));
+                }
+                let verdict = match kind {
+                    // The provider is in trouble: these count towards opening.
+                    ErrorKind::Server | ErrorKind::Timeout | ErrorKind::Connection => {
+                        Outcome::Failure
+                    }
+                    // Alive (busy, or our request was at fault): no verdict on its health.
+                    ErrorKind::RateLimited
+                    | ErrorKind::Client
+                    | ErrorKind::InvalidOutput
+                    | ErrorKind::BreakerOpen
+                    | ErrorKind::Cancelled => Outcome::Neutral,
+                };
+                (None, Some(verdict))
+            }
+            Report::Abandoned => (None, None),
+        };
+        g.limiter.release(ticket.permit, at, tokens);
+        let t = match verdict {
+            Some(outcome) => g.breaker.record(at, outcome, rand::random::<f64>()),
+            None if ticket.probe => g.breaker.probe_abandoned(at),
+            None => None,
+        };
+        log_transition(provider, t);
+        let after = g.limiter.current_rpm();
+        if before != after
+            && let (Some(b), Some(a)) = (before, after)
+            && (a - b).abs() >= 1.0
+        {
+            tracing::info!(provider, from_rpm = b, to_rpm = a, "provider rate adapted");
+        }
+    }
+
+    /// Each provider's adapted limiter state, to persist.
+    pub(super) fn snapshots(&self) -> Vec<(String, String)> {
+        self.by_name
+            .iter()
+            .filter_map(|(name, gate)| {
+                let snapshot = gate.lock().expect("gate lock").limiter.snapshot();
+                serde_json::to_string(&snapshot)
+                    .ok()
+                    .map(|json| (name.clone(), json))
+            })
+            .collect()
+    }
+
+    pub(super) fn status(&self) -> Vec<GateStatus> {
+        let at = now();
+        let mut out: Vec<GateStatus> = self
+            .by_name
+            .iter()
+            .map(|(name, gate)| {
+                let mut g = gate.lock().expect("gate lock");
+                log_transition(name, g.breaker.poll(at));
+                GateStatus {
+                    provider: name.clone(),
+                    breaker: g.breaker.state_name(),
+                    current_rpm: g.limiter.current_rpm(),
+                    configured_rpm: g.limiter.configured_rpm(),
+                    current_tpm: g.limiter.current_tpm(),
+                    configured_tpm: g.limiter.configured_tpm(),
+                    in_flight: g.limiter.in_flight(),
+                    paused: g.limiter.is_paused(at),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.provider.cmp(&b.provider));
+        out
+    }
+}
+
+/// What the tokens-per-minute budget is charged before the call: the prompt's size (about
+/// four characters a token) plus the completion it may produce. Reconciled with the usage
+/// the provider reports afterwards.
+pub(super) fn estimate_tokens(request: &RawValue) -> u32 {
+    #[derive(Deserialize)]
+    struct Shape<'a> {
+        #[serde(default, borrow)]
+        messages: Vec<&'a RawValue>,
+        #[serde(default)]
+        max_tokens: Option<u32>,
+        #[serde(default)]
+        max_completion_tokens: Option<u32>,
+    }
+    match serde_json::from_str::<Shape>(request.get()) {
+        Ok(shape) => {
+            let prompt_chars: usize = shape.messages.iter().map(|m| m.get().len()).sum();
+            let prompt = (prompt_chars / 4).max(1) as u32;
+            let completion = shape
+                .max_tokens
+                .or(shape.max_completion_tokens)
+                .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
+            prompt.saturating_add(completion)
+        }
+        Err(_) => DEFAULT_COMPLETION_ESTIMATE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn estimates_prompt_plus_completion() {
+        let raw = RawValue::from_string(
+            r#"{"messages":[{"role":"user","content":"0123456789012345678901234567890123456789"}],"max_tokens":100}"#
+                .to_string(),
+        )
+        .unwrap();
+        let n = estimate_tokens(&raw);
+        assert!((110..=120).contains(&n), "{n}");
+        let raw = RawValue::from_string(r#"{"messages":[]}"#.to_string()).unwrap();
+        assert_eq!(estimate_tokens(&raw), 1 + DEFAULT_COMPLETION_ESTIMATE);
+    }
+}

@@ -1,0 +1,371 @@
+//! Reading what providers say about waiting in their response headers: `retry-after-ms`,
+//! `retry-after` (seconds or an HTTP date), OpenAI-style `x-ratelimit-*` and
+//! `anthropic-ratelimit-*`. Every function takes "now" as a parameter so that absolute
+//! times turn into durations deterministically.
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::HeaderMap;
+
+use super::RateLimitInfo;
+
+/// How long the provider asked us to wait before retrying: `retry-after-ms` wins over
+/// `retry-after`; when neither is present and the response is a 429, the reset of the
+/// exhausted rate limit (from `limits`) stands in.
+pub fn retry_after(
+    headers: &HeaderMap,
+    is_rate_limited: bool,
+    limits: Option<&RateLimitInfo>,
+    now: SystemTime,
+) -> Option<Duration> {
+    if let Some(d) = text(headers, "retry-after-ms").and_then(parse_retry_after_ms) {
+        return Some(d);
+    }
+    if let Some(d) = text(headers, "retry-after").and_then(|v| parse_retry_after(v, now)) {
+        return Some(d);
+    }
+    if is_rate_limited {
+        return limits.and_then(reset_of_exhausted);
+    }
+    None
+}
+
+/// The rate-limit headers of a response, or `None` when it carried none.
+/// `anthropic-ratelimit-tokens-*` is Anthropic's most restrictive token limit; when it is
+/// absent, the input- or output-token limit with the fewest remaining tokens stands in.
+pub fn rate_limits(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
+    let num = |name: &str| text(headers, name).and_then(|v| v.parse::<u64>().ok());
+    let mut info = RateLimitInfo {
+        limit_requests: num("x-ratelimit-limit-requests"),
+        remaining_requests: num("x-ratelimit-remaining-requests"),
+        reset_requests: text(headers, "x-ratelimit-reset-requests").and_then(parse_reset),
+        limit_tokens: num("x-ratelimit-limit-tokens"),
+        remaining_tokens: num("x-ratelimit-remaining-tokens"),
+        reset_tokens: text(headers, "x-ratelimit-reset-tokens").and_then(parse_reset),
+    };
+    let anthropic = |what: &str| {
+        let limit = num(&format!("anthropic-ratelimit-{what}-limit"));
+        let remaining = num(&format!("anthropic-ratelimit-{what}-remaining"));
+        let reset = text(headers, &format!("anthropic-ratelimit-{what}-reset"))
+            .and_then(|v| parse_rfc3339_reset(v, now));
+        (limit.is_some() || remaining.is_some() || reset.is_some())
+            .then_some((limit, remaining, reset))
+    };
+    if let Some((limit, remaining, reset)) = anthropic("requests") {
+        info.limit_requests = info.limit_requests.or(limit);
+        info.remaining_requests = info.remaining_requests.or(remaining);
+        info.reset_requests = info.reset_requests.or(reset);
+    }
+    let tokens = anthropic("tokens").or_else(|| {
+        [anthropic("input-tokens"), anthropic("output-tokens")]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(_, remaining, _)| remaining.unwrap_or(u64::MAX))
+    });
+    if let Some((limit, remaining, reset)) = tokens {
+        info.limit_tokens = info.limit_tokens.or(limit);
+        info.remaining_tokens = info.remaining_tokens.or(remaining);
+        info.reset_tokens = info.reset_tokens.or(reset);
+    }
+    (info != RateLimitInfo::default()).then_some(info)
+}
+
+/// `retry-after-ms: 1500` or `retry-after-ms: 12.5` (milliseconds).
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+    from_nanos(value.trim().parse::<f64>().ok()? * 1e6)
+}
+
+/// `retry-after: 2`, `retry-after: 1.5` (seconds) or
+/// `retry-after: Wed, 21 Oct 2015 07:28:00 GMT` (a date; a past date means "now").
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<f64>() {
+        return from_nanos(secs * 1e9);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An `x-ratelimit-reset-*` duration in Go's notation: `20ms`, `1s`, `0.5s`, `6m0s`,
+/// `1h2m3.5s`, `500us`. A bare number is taken as seconds.
+pub fn parse_reset(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if let Ok(secs) = value.parse::<f64>() {
+        return from_nanos(secs * 1e9);
+    }
+    let is_number = |c: char| c.is_ascii_digit() || c == '.';
+    let mut nanos = 0f64;
+    let mut rest = value;
+    while !rest.is_empty() {
+        let number_end = rest.find(|c| !is_number(c)).unwrap_or(rest.len());
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest.find(is_number).unwrap_or(rest.len());
+        let unit_nanos = match &rest[..unit_end] {
+            "h" => 3_600e9,
+            "m" => 60e9,
+            "s" => 1e9,
+            "ms" => 1e6,
+            "us" | "µs" | "μs" => 1e3,
+            "ns" => 1.0,
+            _ => return None,
+        };
+        nanos += (number * unit_nanos).round();
+        rest = &rest[unit_end..];
+    }
+    from_nanos(nanos)
+}
+
+/// An `anthropic-ratelimit-*-reset` time (RFC 3339) as a duration from `now`; a time in the
+/// past means "now".
+pub fn parse_rfc3339_reset(value: &str, now: SystemTime) -> Option<Duration> {
+    let at = DateTime::parse_from_rfc3339(value.trim()).ok()?;
+    let now: DateTime<Utc> = now.into();
+    Some(
+        at.with_timezone(&Utc)
+            .signed_duration_since(now)
+            .to_std()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The reset of whichever limit is used up; the token reset when the response does not say.
+fn reset_of_exhausted(limits: &RateLimitInfo) -> Option<Duration> {
+    let requests = (limits.remaining_requests == Some(0))
+        .then_some(limits.reset_requests)
+        .flatten();
+    let tokens = (limits.remaining_tokens == Some(0))
+        .then_some(limits.reset_tokens)
+        .flatten();
+    requests
+        .max(tokens)
+        .or(limits.reset_tokens)
+        .or(limits.reset_requests)
+}
+
+fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok().map(str::trim)
+}
+
+fn from_nanos(nanos: f64) -> Option<Duration> {
+    // Beyond about 584 years a u64 of nanoseconds overflows; no provider means that.
+    (nanos.is_finite() && nanos >= 0.0 && nanos < u64::MAX as f64)
+        .then(|| Duration::from_nanos(nanos.round() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// 2015-10-21T07:28:00Z, the date of RFC 9110's example.
+    fn now() -> SystemTime {
+        httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap()
+    }
+
+    #[test]
+    fn retry_after_ms_integer_and_float() {
+        assert_eq!(
+            parse_retry_after_ms("1500"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_retry_after_ms(" 12.5 "),
+            Some(Duration::from_micros(12_500))
+        );
+        assert_eq!(parse_retry_after_ms("-1"), None);
+        assert_eq!(parse_retry_after_ms("soon"), None);
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_date() {
+        assert_eq!(parse_retry_after("2", now()), Some(Duration::from_secs(2)));
+        assert_eq!(
+            parse_retry_after("0.5", now()),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now()),
+            Some(Duration::from_secs(30))
+        );
+        // A date already past means retry now.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("later", now()), None);
+    }
+
+    #[test]
+    fn go_style_reset_durations() {
+        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_reset("0.5s"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(
+            parse_reset("1h2m3.5s"),
+            Some(Duration::from_millis(3_723_500))
+        );
+        assert_eq!(parse_reset("500us"), Some(Duration::from_micros(500)));
+        assert_eq!(parse_reset("7.66s"), Some(Duration::from_millis(7_660)));
+        assert_eq!(parse_reset("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_reset(""), None);
+        assert_eq!(parse_reset("5x"), None);
+        assert_eq!(parse_reset("s"), None);
+    }
+
+    #[test]
+    fn rfc3339_reset_relative_to_now() {
+        assert_eq!(
+            parse_rfc3339_reset("2015-10-21T07:28:42Z", now()),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            parse_rfc3339_reset("2015-10-21T09:28:01.5+02:00", now()),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            parse_rfc3339_reset("2015-10-21T07:00:00Z", now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_rfc3339_reset("tomorrow", now()), None);
+    }
+
+    #[test]
+    fn openai_rate_limit_headers() {
+        let headers = map(&[
+            ("x-ratelimit-limit-requests", "60"),
+            ("x-ratelimit-remaining-requests", "59"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-limit-tokens", "150000"),
+            ("x-ratelimit-remaining-tokens", "149984"),
+            ("x-ratelimit-reset-tokens", "6m0s"),
+        ]);
+        assert_eq!(
+            rate_limits(&headers, now()),
+            Some(RateLimitInfo {
+                limit_requests: Some(60),
+                remaining_requests: Some(59),
+                reset_requests: Some(Duration::from_secs(1)),
+                limit_tokens: Some(150_000),
+                remaining_tokens: Some(149_984),
+                reset_tokens: Some(Duration::from_secs(360)),
+            })
+        );
+        assert_eq!(
+            rate_limits(&map(&[("content-type", "text/plain")]), now()),
+            None
+        );
+    }
+
+    #[test]
+    fn anthropic_rate_limit_headers() {
+        let headers = map(&[
+            ("anthropic-ratelimit-requests-limit", "50"),
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:28:12Z"),
+            ("anthropic-ratelimit-tokens-limit", "80000"),
+            ("anthropic-ratelimit-tokens-remaining", "79000"),
+            ("anthropic-ratelimit-tokens-reset", "2015-10-21T07:28:01Z"),
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "100"),
+        ]);
+        assert_eq!(
+            rate_limits(&headers, now()),
+            Some(RateLimitInfo {
+                limit_requests: Some(50),
+                remaining_requests: Some(0),
+                reset_requests: Some(Duration::from_secs(12)),
+                limit_tokens: Some(80_000),
+                remaining_tokens: Some(79_000),
+                reset_tokens: Some(Duration::from_secs(1)),
+            })
+        );
+    }
+
+    #[test]
+    fn anthropic_input_output_tokens_take_the_tighter_one() {
+        let headers = map(&[
+            ("anthropic-ratelimit-input-tokens-limit", "40000"),
+            ("anthropic-ratelimit-input-tokens-remaining", "39000"),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2015-10-21T07:28:01Z",
+            ),
+            ("anthropic-ratelimit-output-tokens-limit", "8000"),
+            ("anthropic-ratelimit-output-tokens-remaining", "10"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2015-10-21T07:28:30Z",
+            ),
+        ]);
+        let info = rate_limits(&headers, now()).unwrap();
+        assert_eq!(info.limit_tokens, Some(8000));
+        assert_eq!(info.remaining_tokens, Some(10));
+        assert_eq!(info.reset_tokens, Some(Duration::from_secs(30)));
+        assert_eq!(info.limit_requests, None);
+    }
+
+    #[test]
+    fn retry_after_prefers_ms_then_seconds() {
+        let both = map(&[("retry-after-ms", "250"), ("retry-after", "2")]);
+        assert_eq!(
+            retry_after(&both, true, None, now()),
+            Some(Duration::from_millis(250))
+        );
+        let seconds = map(&[("retry-after", "2")]);
+        assert_eq!(
+            retry_after(&seconds, false, None, now()),
+            Some(Duration::from_secs(2))
+        );
+        let date = map(&[("retry-after", "Wed, 21 Oct 2015 07:28:05 GMT")]);
+        assert_eq!(
+            retry_after(&date, true, None, now()),
+            Some(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn retry_after_falls_back_to_the_exhausted_reset_on_429() {
+        let headers = map(&[
+            ("x-ratelimit-remaining-requests", "10"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "20ms"),
+        ]);
+        let limits = rate_limits(&headers, now());
+        assert_eq!(
+            retry_after(&headers, true, limits.as_ref(), now()),
+            Some(Duration::from_millis(20))
+        );
+        // Not a 429: resets are no reason to wait.
+        assert_eq!(retry_after(&headers, false, limits.as_ref(), now()), None);
+
+        let anthropic = map(&[
+            ("anthropic-ratelimit-requests-remaining", "0"),
+            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:28:03Z"),
+        ]);
+        let limits = rate_limits(&anthropic, now());
+        assert_eq!(
+            retry_after(&anthropic, true, limits.as_ref(), now()),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(retry_after(&map(&[]), true, None, now()), None);
+    }
+}

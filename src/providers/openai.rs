@@ -1,0 +1,279 @@
+//! The `openai` provider: any OpenAI-compatible `POST {base_url}/chat/completions`,
+//! answered whole or streamed as server-sent events.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "ProviderError is the error type of the Provider trait; failures are the cold path"
+)]
+
+use std::pin::pin;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use reqwest::header::AUTHORIZATION;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::http::{self, ApiKey};
+use super::{AttemptRequest, DeltaSink, Provider, ProviderError, ProviderOutput};
+use super::{ProviderSetupError, RateLimitInfo};
+use crate::config::ProviderConfig;
+use crate::run::ErrorKind;
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+
+pub struct OpenAiProvider {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    key: Option<ApiKey>,
+}
+
+impl std::fmt::Debug for OpenAiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiProvider")
+            .field("url", &self.url.as_str())
+            .field("key", &self.key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+impl OpenAiProvider {
+    pub fn new(config: &ProviderConfig) -> Result<Self, ProviderSetupError> {
+        Ok(OpenAiProvider {
+            client: http::client(config)?,
+            url: http::endpoint(config, DEFAULT_BASE_URL, "/chat/completions")?,
+            key: ApiKey::from_env(config, "Bearer ")?,
+        })
+    }
+
+    async fn attempt(&self, attempt: AttemptRequest<'_>) -> Result<ProviderOutput, ProviderError> {
+        let body = request_body(&attempt)?;
+        let mut request = self.client.post(self.url.clone()).json(&body);
+        if let Some(key) = &self.key {
+            request = key.apply(request, AUTHORIZATION);
+        }
+        let response = http::send(request).await?;
+        let rate_limits = http::rate_limits(&response);
+        match &attempt.deltas {
+            None => {
+                let reply: Reply = http::json(response).await?;
+                reply.into_output(rate_limits)
+            }
+            Some(sink) => stream(response, sink, rate_limits).await,
+        }
+    }
+}
+
+impl Provider for OpenAiProvider {
+    fn call<'a>(
+        &'a self,
+        attempt: AttemptRequest<'a>,
+    ) -> BoxFuture<'a, Result<ProviderOutput, ProviderError>> {
+        Box::pin(async move {
+            self.attempt(attempt).await.map_err(|e| match &self.key {
+                Some(key) => key.redact(e),
+                None => e,
+            })
+        })
+    }
+}
+
+/// The client's request with the attempt's model and the stream settings imposed.
+fn request_body(attempt: &AttemptRequest<'_>) -> Result<Map<String, Value>, ProviderError> {
+    let mut body: Map<String, Value> = serde_json::from_str(attempt.request.get())
+        .map_err(|e| ProviderError::new(ErrorKind::Client, format!("invalid chat request: {e}")))?;
+    body.insert("model".into(), attempt.model.into());
+    if attempt.deltas.is_some() {
+        body.insert("stream".into(), true.into());
+        body.insert(
+            "stream_options".into(),
+            serde_json::json!({ "include_usage": true }),
+        );
+    } else {
+        body.insert("stream".into(), false.into());
+        body.remove("stream_options");
+    }
+    Ok(body)
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    /// Some compatible servers answer 200 with an error object.
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    index: u32,
+    #[serde(default)]
+    message: Option<Message>,
+    #[serde(default)]
+    delta: Option<Message>,
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: Option<String>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+struct Usage {
+    #[serde(default)]
+    prompt_tokens: Option<u32>,
+    #[serde(default)]
+    completion_tokens: Option<u32>,
+}
+
+impl Reply {
+    fn first(&self) -> Option<&Choice> {
+        self.choices.iter().find(|c| c.index == 0)
+    }
+
+    fn into_output(
+        self,
+        rate_limits: Option<RateLimitInfo>,
+    ) -> Result<ProviderOutput, ProviderError> {
+        if let Some(error) = &self.error {
+            return Err(embedded_error(error));
+        }
+        let choice = self.first().ok_or_else(|| {
+            http::invalid_output(reqwest::StatusCode::OK, "response holds no choices")
+        })?;
+        Ok(ProviderOutput {
+            content: choice
+                .message
+                .as_ref()
+                .and_then(|m| m.content.clone())
+                .unwrap_or_default(),
+            finish_reason: choice.finish_reason.clone(),
+            prompt_tokens: self.usage.and_then(|u| u.prompt_tokens),
+            completion_tokens: self.usage.and_then(|u| u.completion_tokens),
+            rate_limits,
+        })
+    }
+}
+
+/// An error object inside a 200 answer or a stream: the provider failed after answering.
+fn embedded_error(error: &Value) -> ProviderError {
+    let body = serde_json::json!({ "error": error }).to_string();
+    let message = http::error_message(body.as_bytes()).unwrap_or(body);
+    ProviderError {
+        status: Some(200),
+        ..ProviderError::new(ErrorKind::Server, format!("provider error: {message}"))
+    }
+}
+
+/// Reads `data:` chunks until `[DONE]`, reporting each content delta as it arrives.
+async fn stream(
+    response: reqwest::Response,
+    sink: &DeltaSink,
+    rate_limits: Option<RateLimitInfo>,
+) -> Result<ProviderOutput, ProviderError> {
+    let status = response.status();
+    let mut events = pin!(http::events(response));
+    let mut out = http::empty_output(rate_limits);
+    let mut done = false;
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let data = event.data.trim();
+        if data == "[DONE]" {
+            done = true;
+            break;
+        }
+        if data.is_empty() {
+            continue;
+        }
+        let chunk: Reply = serde_json::from_str(data).map_err(|e| {
+            http::invalid_output(status, format!("unexpected stream chunk ({e}): {data}"))
+        })?;
+        if let Some(error) = &chunk.error {
+            return Err(embedded_error(error));
+        }
+        if let Some(usage) = chunk.usage {
+            out.prompt_tokens = usage.prompt_tokens.or(out.prompt_tokens);
+            out.completion_tokens = usage.completion_tokens.or(out.completion_tokens);
+        }
+        if let Some(choice) = chunk.first() {
+            if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref())
+                && !text.is_empty()
+            {
+                sink(text);
+                out.content.push_str(text);
+            }
+            if let Some(reason) = &choice.finish_reason {
+                out.finish_reason = Some(reason.clone());
+            }
+        }
+    }
+    http::finish_stream(out, done, status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::RunId;
+    use serde_json::value::RawValue;
+    use std::sync::Arc;
+
+    fn attempt<'a>(raw: &'a RawValue, deltas: Option<DeltaSink>) -> AttemptRequest<'a> {
+        AttemptRequest {
+            run_id: RunId::new(),
+            attempt: 1,
+            model: "gpt-test",
+            request: raw,
+            deltas,
+        }
+    }
+
+    #[test]
+    fn body_overrides_model_and_sets_stream() {
+        let raw = RawValue::from_string(
+            r#"{"model":"other","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":false},"temperature":0.2}"#.into(),
+        )
+        .unwrap();
+        let body = request_body(&attempt(&raw, None)).unwrap();
+        assert_eq!(body["model"], "gpt-test");
+        assert_eq!(body["stream"], false);
+        assert!(!body.contains_key("stream_options"));
+        assert_eq!(body["temperature"], 0.2);
+
+        let sink: DeltaSink = Arc::new(|_| {});
+        let body = request_body(&attempt(&raw, Some(sink))).unwrap();
+        assert_eq!(body["stream"], true);
+        assert_eq!(body["stream_options"]["include_usage"], true);
+    }
+
+    #[test]
+    fn reply_is_parsed() {
+        let reply: Reply = serde_json::from_str(
+            r#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
+        )
+        .unwrap();
+        let out = reply.into_output(None).unwrap();
+        assert_eq!(out.content, "Hello");
+        assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(
+            (out.prompt_tokens, out.completion_tokens),
+            (Some(5), Some(2))
+        );
+
+        let empty: Reply = serde_json::from_str(r#"{"choices":[]}"#).unwrap();
+        assert_eq!(
+            empty.into_output(None).unwrap_err().kind,
+            ErrorKind::InvalidOutput
+        );
+        let error: Reply = serde_json::from_str(r#"{"error":{"message":"boom"}}"#).unwrap();
+        let e = error.into_output(None).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Server);
+        assert!(e.message.contains("boom"));
+    }
+}
