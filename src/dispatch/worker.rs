@@ -240,8 +240,8 @@ async fn attempt(
             );
             let next = match next {
                 AfterFailure::Retry { delay } => {
-                    let at =
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
+                    let at = now
+                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
                     tracing::warn!(
                         elapsed_ms,
                         kind = e.kind.as_str(),

@@ -194,6 +194,22 @@ impl RecentStarts {
         }
     }
 
+    /// The rate of the recent starts, per minute: the starts of the last minute over the
+    /// span they cover (at least one second). A burst of 16 starts in the first second reads
+    /// as 960 a minute, not 16: the provider refused that pace, not that count.
+    pub fn per_minute(&self, now: Instant) -> f64 {
+        let second = self.second(now);
+        let Some(&(first, _)) = self
+            .seconds
+            .iter()
+            .find(|&&(s, _)| s + WINDOW_SECS > second)
+        else {
+            return 0.0;
+        };
+        let span = (second.saturating_sub(first) + 1) as f64;
+        f64::from(self.last_minute(now)) * 60.0 / span
+    }
+
     /// Starts in the minute up to `now` (to the second).
     pub fn last_minute(&self, now: Instant) -> u32 {
         let second = self.second(now);
@@ -298,5 +314,25 @@ mod tests {
         assert_eq!(starts.last_minute(t0 + secs(75.0)), 14);
         starts.record(t0 + secs(200.0));
         assert_eq!(starts.last_minute(t0 + secs(200.0)), 1);
+    }
+
+    #[test]
+    fn recent_starts_read_as_a_pace() {
+        let t0 = Instant::now();
+        let mut starts = RecentStarts::new(t0);
+        for _ in 0..16 {
+            starts.record(t0 + secs(0.2));
+        }
+        assert_eq!(
+            starts.per_minute(t0 + secs(0.5)),
+            960.0,
+            "a burst in one second"
+        );
+        for i in 0..60 {
+            starts.record(t0 + secs(f64::from(i) + 0.5));
+        }
+        let pace = starts.per_minute(t0 + secs(59.9));
+        assert!((75.0..=77.0).contains(&pace), "{pace}");
+        assert_eq!(RecentStarts::new(t0).per_minute(t0), 0.0);
     }
 }

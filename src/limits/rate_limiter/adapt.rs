@@ -16,8 +16,8 @@
 //!   the reset.
 //!
 //! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
-//! headers state, or else the starts we made in the last minute (it just refused that rate,
-//! so that is an upper bound on what it accepts, and the decrease starts below it). A learned
+//! headers state, or else the pace of our starts over the last minute (it just refused that
+//! pace, so that is an upper bound on what it accepts, and the decrease starts below it). A learned
 //! ceiling follows later headers and lasts for the life of the process. Tokens learn only
 //! from a stated limit; without one the request rate carries the adaptation.
 
@@ -138,7 +138,7 @@ impl RateLimiter {
         let min_share = self.settings.min_share;
         match dim {
             Dimension::Requests if self.requests.is_none() => {
-                let observed = f64::from(self.recent_starts.last_minute(now).max(1));
+                let observed = self.recent_starts.per_minute(now).max(1.0);
                 let ceiling = stated.unwrap_or(observed);
                 self.requests = Some(Bucket::empty(ceiling, min_share, now));
             }

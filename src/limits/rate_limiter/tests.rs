@@ -253,10 +253,12 @@ fn an_unconfigured_provider_learns_the_observed_rate_from_a_bare_429() {
         let p = l.acquire(t0 + secs(i), 0).unwrap();
         l.release(p, t0 + secs(i), None);
     }
-    // 40 starts in the last minute were refused: ceiling 40, rate 20.
+    // One start a second was refused: the ceiling is that pace (40 starts over the 41
+    // seconds up to now, about 58.5 a minute) and the rate half of it.
     l.on_rate_limited(t0 + secs(40), None, None);
-    assert_eq!(l.rpm_ceiling(), Some(40.0));
-    assert_eq!(l.current_rpm(), Some(20.0));
+    let ceiling = l.rpm_ceiling().unwrap();
+    assert!((ceiling - 40.0 * 60.0 / 41.0).abs() < 1e-9, "{ceiling}");
+    assert!((l.current_rpm().unwrap() - ceiling / 2.0).abs() < 1e-9);
     assert_eq!(l.available(t0 + secs(40)), 0);
     assert!(l.available(t0 + secs(44)) >= 1);
 }
