@@ -184,6 +184,13 @@ pub struct QueueConfig {
     /// Longest per-attempt timeout a background run may ask for.
     #[serde(with = "duration")]
     pub background_attempt_timeout_cap: Duration,
+    /// Most live runs sharing a `concurrency_key` in flight at once (none: unlimited).
+    pub live_key_cap: Option<u32>,
+    /// Most background runs sharing a `concurrency_key` in flight at once (none: unlimited).
+    pub background_key_cap: Option<u32>,
+    /// How often runs past their queue deadline are ended (timed out or dropped).
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for QueueConfig {
@@ -194,6 +201,9 @@ impl Default for QueueConfig {
             attempt_timeout: Duration::from_secs(60),
             live_attempt_timeout_cap: Duration::from_secs(120),
             background_attempt_timeout_cap: Duration::from_secs(300),
+            live_key_cap: None,
+            background_key_cap: Some(1),
+            sweep_interval: Duration::from_millis(500),
         }
     }
 }
@@ -252,6 +262,13 @@ pub struct ProviderConfig {
     /// Most attempts in flight against this provider from one process.
     #[serde(default)]
     pub max_concurrency: Option<u32>,
+    /// Most live runs of this provider in flight at once, across every process (none: no
+    /// cap beyond the others).
+    #[serde(default)]
+    pub live_max_in_flight: Option<u32>,
+    /// Most background runs of this provider in flight at once, across every process.
+    #[serde(default = "default_background_max_in_flight")]
+    pub background_max_in_flight: u32,
     /// Longest wait for the TCP/TLS connection to the provider.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
@@ -268,6 +285,10 @@ pub struct ProviderConfig {
     /// Built-in simulator settings (kind `sim` only).
     #[serde(default)]
     pub sim: SimConfig,
+}
+
+fn default_background_max_in_flight() -> u32 {
+    1
 }
 
 fn default_connect_timeout() -> Duration {
@@ -346,6 +367,8 @@ impl ProviderConfig {
             rpm: None,
             tpm: None,
             max_concurrency: None,
+            live_max_in_flight: None,
+            background_max_in_flight: default_background_max_in_flight(),
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             anthropic_version: default_anthropic_version(),
@@ -503,6 +526,20 @@ impl Config {
                 "must not be longer than retry.backoff_cap",
             ));
         }
+        if self.queue.sweep_interval.is_zero() {
+            return Err(invalid("queue.sweep_interval", "must be longer than zero"));
+        }
+        for (name, cap) in [
+            ("queue.live_key_cap", self.queue.live_key_cap),
+            ("queue.background_key_cap", self.queue.background_key_cap),
+        ] {
+            if cap == Some(0) {
+                return Err(invalid(
+                    name,
+                    "must be at least 1 (leave it out for no cap)",
+                ));
+            }
+        }
         if self.queue.attempt_timeout.is_zero() {
             return Err(invalid("queue.attempt_timeout", "must be longer than zero"));
         }
@@ -603,6 +640,12 @@ impl Config {
                         "must be at least 1 (leave it out for no limit)",
                     ));
                 }
+            }
+            if p.live_max_in_flight == Some(0) {
+                return Err(invalid(
+                    format!("{at}.live_max_in_flight"),
+                    "must be at least 1 (leave it out for no cap)",
+                ));
             }
             if let Some(0) = p.max_concurrency {
                 return Err(invalid(

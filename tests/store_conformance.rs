@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{ms, new_run, t0};
 use sluice::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 use sluice::store::{
-    CancelOutcome, Completion, Enqueued, EventFilter, EventKind, Failure, FailureNext,
+    CancelOutcome, Completion, Enqueued, EventFilter, EventKind, Failure, FailureNext, KeyCaps,
     ProviderQuota, RunError, RunEvent, Store,
 };
 
@@ -936,13 +936,17 @@ async fn quotas_bound_each_provider(store: Store) {
         runs.push(r);
     }
     store.enqueue(&runs).await.unwrap();
-    let quota = |provider: &str, max: usize| ProviderQuota {
-        provider: provider.into(),
-        max,
-    };
+    let quota = |provider: &str, max: usize| ProviderQuota::only(provider, max);
     let worker = WorkerId::new();
     let got = store
-        .claim_due_within(worker, 10, &[quota("a", 2), quota("b", 0)], now, LEASE)
+        .claim_due_within(
+            worker,
+            10,
+            &[quota("a", 2), quota("b", 0)],
+            KeyCaps::default(),
+            now,
+            LEASE,
+        )
         .await
         .unwrap();
     let picked: Vec<(String, i16)> = got
@@ -959,6 +963,7 @@ async fn quotas_bound_each_provider(store: Store) {
             worker,
             2,
             &[quota("a", 10), quota("b", 10), quota("c", 10)],
+            KeyCaps::default(),
             now,
             LEASE,
         )
@@ -975,13 +980,20 @@ async fn quotas_bound_each_provider(store: Store) {
     );
     assert!(
         store
-            .claim_due_within(worker, 10, &[quota("a", 0)], now, LEASE)
+            .claim_due_within(worker, 10, &[quota("a", 0)], KeyCaps::default(), now, LEASE)
             .await
             .unwrap()
             .is_empty()
     );
     let rest = store
-        .claim_due_within(worker, 10, &[quota("a", 10), quota("b", 10)], now, LEASE)
+        .claim_due_within(
+            worker,
+            10,
+            &[quota("a", 10), quota("b", 10)],
+            KeyCaps::default(),
+            now,
+            LEASE,
+        )
         .await
         .unwrap();
     let picked: Vec<(String, Class)> = rest.iter().map(|c| (c.provider.clone(), c.class)).collect();

@@ -25,6 +25,8 @@ const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
 struct Gate {
     limiter: RateLimiter,
     breaker: CircuitBreaker,
+    live_cap: Option<u32>,
+    background_cap: u32,
 }
 
 pub(super) struct Gates {
@@ -104,6 +106,8 @@ impl Gates {
                 Mutex::new(Gate {
                     limiter,
                     breaker: CircuitBreaker::new(&p.breaker),
+                    live_cap: p.live_max_in_flight,
+                    background_cap: p.background_max_in_flight,
                 }),
             );
         }
@@ -125,6 +129,8 @@ impl Gates {
             quotas.push(ProviderQuota {
                 provider: name.clone(),
                 max: n.min(limit),
+                live_cap: g.live_cap,
+                background_cap: g.background_cap,
             });
         }
         quotas

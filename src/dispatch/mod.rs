@@ -36,7 +36,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::providers::Providers;
 use crate::run::{Backoff, RunId, WorkerId};
-use crate::store::Store;
+use crate::store::{KeyCaps, Store};
 
 /// The dispatch settings, taken from [`Config`] once.
 #[derive(Clone, Debug)]
@@ -52,6 +52,8 @@ pub struct Settings {
     pub enqueue_batch: usize,
     pub backoff: Backoff,
     pub attempt_timeout: Duration,
+    pub key_caps: KeyCaps,
+    pub sweep_interval: Duration,
 }
 
 impl Settings {
@@ -73,6 +75,11 @@ impl Settings {
                 provider_cap: config.retry.provider_delay_cap,
             },
             attempt_timeout: config.queue.attempt_timeout,
+            key_caps: KeyCaps {
+                live: config.queue.live_key_cap,
+                background: config.queue.background_key_cap,
+            },
+            sweep_interval: config.queue.sweep_interval,
         }
     }
 }

@@ -37,7 +37,14 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         let allowed: usize = quotas.iter().map(|q| q.max).sum();
         let claimed = match shared
             .store
-            .claim_due_within(shared.worker, want, &quotas, now, settings.lease)
+            .claim_due_within(
+                shared.worker,
+                want,
+                &quotas,
+                settings.key_caps,
+                now,
+                settings.lease,
+            )
             .await
         {
             Ok(claimed) => claimed,

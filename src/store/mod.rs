@@ -197,24 +197,27 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let written = delegate!(self, s => s.claim_due(worker, limit, None, now, lease_until(now, lease)).await)?;
+        let written = delegate!(self, s => s.claim_due(worker, limit, None, KeyCaps::default(), now, lease_until(now, lease)).await)?;
         Ok(self.published(written))
     }
 
-    /// Like [`Store::claim_due`], but only runs of the providers listed, at most each
-    /// provider's quota (runs of other providers are left alone).
+    /// Like [`Store::claim_due`], but only runs of the providers listed, within each
+    /// provider's quota and class caps and the key caps (runs of other providers are left
+    /// alone). Live runs go first; a provider's background runs only while none of its live
+    /// runs is due. Caps count in-flight runs of every process.
     pub async fn claim_due_within(
         &self,
         worker: WorkerId,
         limit: usize,
         quotas: &[ProviderQuota],
+        key_caps: KeyCaps,
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<ClaimedRun>> {
         if limit == 0 || quotas.iter().all(|q| q.max == 0) {
             return Ok(Vec::new());
         }
-        let written = delegate!(self, s => s.claim_due(worker, limit, Some(quotas), now, lease_until(now, lease)).await)?;
+        let written = delegate!(self, s => s.claim_due(worker, limit, Some(quotas), key_caps, now, lease_until(now, lease)).await)?;
         Ok(self.published(written))
     }
 

@@ -54,12 +54,36 @@ impl Enqueued {
     }
 }
 
-/// At most `max` runs of `provider` may be claimed now (what its rate limiter, breaker
-/// and concurrency cap allow).
+/// What may be claimed of one provider's runs now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProviderQuota {
     pub provider: String,
+    /// Most attempts that may start now (what its rate limiter and breaker allow).
     pub max: usize,
+    /// Most live runs of this provider in flight at once, across every process.
+    pub live_cap: Option<u32>,
+    /// Most background runs of this provider in flight at once, across every process.
+    /// Background runs start only while no live run of the provider is due.
+    pub background_cap: u32,
+}
+
+impl ProviderQuota {
+    /// A quota that only bounds how many start now (no class caps).
+    pub fn only(provider: impl Into<String>, max: usize) -> ProviderQuota {
+        ProviderQuota {
+            provider: provider.into(),
+            max,
+            live_cap: None,
+            background_cap: u32::MAX,
+        }
+    }
+}
+
+/// Caps on runs sharing a `concurrency_key`, per class, across every process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCaps {
+    pub live: Option<u32>,
+    pub background: Option<u32>,
 }
 
 /// A run handed to a worker for one attempt.

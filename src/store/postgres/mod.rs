@@ -30,6 +30,69 @@ pub const WAKE_CHANNEL: &str = "sluice_runs_due";
 /// attempt aborts the provider call.
 pub const CANCEL_CHANNEL: &str = "sluice_run_cancelled";
 
+/// The advisory lock claims that count in-flight runs take turns on.
+const CLAIM_LOCK: i64 = 0x5_11CE_0001;
+
+/// The quota-aware pick (parameters: $1 now, $2 limit, $5 providers, $6 how many may start,
+/// $7 live caps, $8 background caps, $9 live key cap, $10 background key cap). Live runs
+/// first; a provider's background runs only while none of its live runs is due; a run
+/// past its queue deadline is never started (the sweeper ends it); a key at its cap is
+/// skipped, and candidates sharing a key are ranked so one batch cannot overshoot.
+const QUOTA_PICK: &str = "picked AS (
+    SELECT id FROM (
+        SELECT cand.*,
+            ROW_NUMBER() OVER (PARTITION BY cand.concurrency_key, cand.class
+                               ORDER BY cand.priority, cand.due_at) AS key_rank
+        FROM (
+            SELECT r.* FROM unnest($5::text[], $6::int8[], $7::int8[], $8::int8[])
+                AS q(provider, quota, live_cap, bg_cap)
+            CROSS JOIN LATERAL (
+                SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
+                WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
+                  AND c.class = 0
+                  AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
+                       OR c.started_at IS NOT NULL)
+                  AND (c.concurrency_key IS NULL OR $9::int8 IS NULL
+                       OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
+                           AND k.class = 0 AND k.status = 'running') < $9)
+                ORDER BY c.priority, c.due_at
+                LIMIT GREATEST(0, LEAST(q.quota, COALESCE(q.live_cap - (
+                    SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
+                      AND l.status = 'running'), q.quota)))
+                FOR UPDATE SKIP LOCKED
+            ) r
+            UNION ALL
+            SELECT r.* FROM unnest($5::text[], $6::int8[], $7::int8[], $8::int8[])
+                AS q(provider, quota, live_cap, bg_cap)
+            CROSS JOIN LATERAL (
+                SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
+                WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
+                  AND c.class = 1
+                  AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
+                       OR c.started_at IS NOT NULL)
+                  AND NOT EXISTS (
+                      SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
+                        AND l.status = 'queued' AND l.due_at <= $1)
+                  AND (c.concurrency_key IS NULL OR $10::int8 IS NULL
+                       OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
+                           AND k.class = 1 AND k.status = 'running') < $10)
+                ORDER BY c.priority, c.due_at
+                LIMIT GREATEST(0, LEAST(q.quota, q.bg_cap - (
+                    SELECT count(*) FROM runs b WHERE b.provider = q.provider AND b.class = 1
+                      AND b.status = 'running')))
+                FOR UPDATE SKIP LOCKED
+            ) r
+        ) cand
+    ) ranked
+    WHERE concurrency_key IS NULL
+       OR (CASE WHEN class = 0 THEN $9::int8 ELSE $10::int8 END) IS NULL
+       OR key_rank + (SELECT count(*) FROM runs k WHERE k.concurrency_key = ranked.concurrency_key
+                      AND k.class = ranked.class AND k.status = 'running')
+          <= (CASE WHEN class = 0 THEN $9::int8 ELSE $10::int8 END)
+    ORDER BY class, priority, due_at
+    LIMIT $2
+)";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 #[derive(Clone)]
@@ -220,41 +283,32 @@ impl PgStore {
         worker: WorkerId,
         limit: usize,
         quotas: Option<&[ProviderQuota]>,
+        key_caps: KeyCaps,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
-        // Without quotas, one index scan in dispatch order. With quotas, one bounded scan
-        // per provider (each its own index range), merged in dispatch order.
+        // Without quotas, one index scan in dispatch order. With quotas, a bounded scan per
+        // provider and class (each its own index range) that honours the class and key caps,
+        // merged in dispatch order.
         let picked = if quotas.is_some() {
-            "picked AS (
-                SELECT id FROM (
-                    SELECT r.id, r.class, r.priority, r.due_at
-                    FROM unnest($5::text[], $6::int8[]) AS q(provider, quota)
-                    CROSS JOIN LATERAL (
-                        SELECT id, class, priority, due_at FROM runs
-                        WHERE status = 'queued' AND due_at <= $1 AND provider = q.provider
-                        ORDER BY class, priority, due_at
-                        LIMIT q.quota
-                        FOR UPDATE SKIP LOCKED
-                    ) r
-                ) candidates
-                ORDER BY class, priority, due_at
-                LIMIT $2
-             )"
+            QUOTA_PICK
         } else {
             "picked AS (
                 SELECT id FROM runs
                 WHERE status = 'queued' AND due_at <= $1
+                  AND (queue_deadline_at IS NULL OR queue_deadline_at > $1
+                       OR started_at IS NOT NULL)
                 ORDER BY class, priority, due_at
                 LIMIT $2
                 FOR UPDATE SKIP LOCKED
              )"
         };
-        let (names, caps): (Vec<&str>, Vec<i64>) = quotas
-            .unwrap_or_default()
-            .iter()
-            .map(|q| (q.provider.as_str(), q.max as i64))
-            .unzip();
+        let quotas = quotas.unwrap_or_default();
+        let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
+        let maxes: Vec<i64> = quotas.iter().map(|q| q.max as i64).collect();
+        let live_caps: Vec<Option<i64>> =
+            quotas.iter().map(|q| q.live_cap.map(i64::from)).collect();
+        let bg_caps: Vec<i64> = quotas.iter().map(|q| i64::from(q.background_cap)).collect();
         let sql = format!(
             "WITH {picked}, claimed AS (
                 UPDATE runs r
@@ -280,10 +334,28 @@ impl PgStore {
             .bind(limit as i64)
             .bind(worker.0)
             .bind(lease_until);
-        if quotas.is_some() {
-            query = query.bind(&names).bind(&caps);
-        }
-        let rows = query.fetch_all(&self.pool).await.map_err(db)?;
+        let rows = if quotas.is_empty() {
+            query.fetch_all(&self.pool).await.map_err(db)?
+        } else {
+            query = query
+                .bind(&names)
+                .bind(&maxes)
+                .bind(&live_caps)
+                .bind(&bg_caps)
+                .bind(key_caps.live.map(i64::from))
+                .bind(key_caps.background.map(i64::from));
+            // Caps count runs in flight across every process: claims that count take turns,
+            // so two processes cannot both see room for the last slot.
+            let mut tx = self.pool.begin().await.map_err(db)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(CLAIM_LOCK)
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+            let rows = query.fetch_all(&mut *tx).await.map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            rows
+        };
         let mut claimed = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {

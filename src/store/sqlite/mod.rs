@@ -5,6 +5,7 @@
 //!
 //! Layout: this file (state changes), `rows` (row mapping and event log).
 
+mod pick;
 mod rows;
 
 use rows::{EventScope, claimed_from_row, event_from_row, insert_event, view_from_row};
@@ -182,34 +183,16 @@ impl SqliteStore {
         worker: WorkerId,
         limit: usize,
         quotas: Option<&[ProviderQuota]>,
+        key_caps: KeyCaps,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
-        // With quotas: pick each provider's best candidates, then the best of those in
-        // dispatch order. SQLite has one writer, so nothing can take them meanwhile.
+        // With quotas: the rules of the PostgreSQL pick, applied here (one writer, so nothing
+        // can claim meanwhile).
         let ids: Option<Vec<Uuid>> = match quotas {
             None => None,
-            Some(quotas) => {
-                let mut candidates: Vec<(i64, i64, i64, Uuid)> = Vec::new();
-                for q in quotas.iter().filter(|q| q.max > 0) {
-                    let rows: Vec<(i64, i64, i64, Uuid)> = sqlx::query_as(
-                        "SELECT class, priority, due_at, id FROM runs
-                         WHERE status = 'queued' AND due_at <= ? AND provider = ?
-                         ORDER BY class, priority, due_at LIMIT ?",
-                    )
-                    .bind(ms(now))
-                    .bind(&q.provider)
-                    .bind(q.max.min(limit) as i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db)?;
-                    candidates.extend(rows);
-                }
-                candidates.sort();
-                candidates.truncate(limit);
-                Some(candidates.into_iter().map(|(_, _, _, id)| id).collect())
-            }
+            Some(quotas) => Some(pick::pick(&mut tx, quotas, key_caps, now, limit).await?),
         };
         let rows = match ids {
             None => sqlx::query(
@@ -219,6 +202,8 @@ impl SqliteStore {
                      WHERE id IN (
                         SELECT id FROM runs
                         WHERE status = 'queued' AND due_at <= ?3
+                          AND (queue_deadline_at IS NULL OR queue_deadline_at > ?3
+                               OR started_at IS NOT NULL)
                         ORDER BY class, priority, due_at
                         LIMIT ?4)
                      RETURNING id, attempts, max_attempts, provider, model, request, class,
