@@ -24,6 +24,8 @@ pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const RESCUED: &str = "sluice_runs_rescued_total";
 pub const DATABASE_UP: &str = "sluice_database_up";
+pub const DROPPED: &str = "sluice_background_dropped_total";
+pub const ADMISSION_REFUSED: &str = "sluice_admission_refused_total";
 pub const PROVIDER_TOKENS: &str = "sluice_provider_tokens_total";
 pub const PROVIDER_RATE: &str = "sluice_provider_rate_rpm";
 pub const PROVIDER_IN_FLIGHT: &str = "sluice_provider_in_flight";
@@ -108,6 +110,14 @@ fn describe() {
     describe_gauge!(
         DATABASE_UP,
         "1 when the last database round trip succeeded, else 0."
+    );
+    describe_counter!(
+        DROPPED,
+        "Background runs dropped, by reason (stale: past their queue deadline)."
+    );
+    describe_counter!(
+        ADMISSION_REFUSED,
+        "Background enqueues refused by admission control, by reason."
     );
     describe_counter!(
         PROVIDER_TOKENS,
@@ -218,4 +228,12 @@ pub fn provider_state(
         gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => "configured")
             .set(f64::from(rpm));
     }
+}
+
+pub fn dropped(reason: &'static str) {
+    counter!(DROPPED, "reason" => reason).increment(1);
+}
+
+pub fn admission_refused(reason: &'static str) {
+    counter!(ADMISSION_REFUSED, "reason" => reason).increment(1);
 }

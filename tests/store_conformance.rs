@@ -59,6 +59,9 @@ conformance!(
     hub_delivers_committed_events,
     quotas_bound_each_provider,
     provider_state_is_kept,
+    background_waits_for_live_and_its_cap,
+    key_caps_bound_runs_in_flight,
+    queue_deadlines_end_runs_that_never_started,
 );
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
@@ -1035,5 +1038,219 @@ async fn provider_state_is_kept(store: Store) {
             ("a".to_string(), serde_json::json!({"current_rpm": 45.5})),
             ("b".to_string(), serde_json::json!({"current_rpm": null})),
         ]
+    );
+}
+
+fn run_of(
+    now: chrono::DateTime<chrono::Utc>,
+    class: Class,
+    key: Option<&str>,
+) -> sluice::store::NewRun {
+    let mut r = new_run(now);
+    r.provider = "p".into();
+    r.class = class;
+    r.concurrency_key = key.map(str::to_string);
+    r
+}
+
+fn caps(background_cap: u32) -> Vec<ProviderQuota> {
+    vec![ProviderQuota {
+        provider: "p".into(),
+        max: 100,
+        live_cap: None,
+        background_cap,
+    }]
+}
+
+async fn background_waits_for_live_and_its_cap(store: Store) {
+    let now = t0();
+    let worker = WorkerId::new();
+    let mut delayed_live = run_of(now, Class::Live, None);
+    delayed_live.due_at = now + ms(1_000);
+    store
+        .enqueue(&[
+            run_of(now, Class::Background, None),
+            run_of(now, Class::Background, None),
+            run_of(now, Class::Live, None),
+            delayed_live,
+        ])
+        .await
+        .unwrap();
+    let got = store
+        .claim_due_within(worker, 10, &caps(1), KeyCaps::default(), now, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        vec![Class::Live],
+        "no background run while a live run of the provider is due"
+    );
+    let got = store
+        .claim_due_within(worker, 10, &caps(1), KeyCaps::default(), now, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "one background run: the cap is 1");
+    assert_eq!(got[0].class, Class::Background);
+    assert!(
+        store
+            .claim_due_within(worker, 10, &caps(1), KeyCaps::default(), now, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the cap counts runs in flight"
+    );
+    // A live run becoming due takes precedence again; the background one waits.
+    let got = store
+        .claim_due_within(
+            worker,
+            10,
+            &caps(5),
+            KeyCaps::default(),
+            now + ms(1_000),
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        vec![Class::Live]
+    );
+    let got = store
+        .claim_due_within(
+            worker,
+            10,
+            &caps(5),
+            KeyCaps::default(),
+            now + ms(1_000),
+            LEASE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        vec![Class::Background]
+    );
+}
+
+async fn key_caps_bound_runs_in_flight(store: Store) {
+    let now = t0();
+    let worker = WorkerId::new();
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(run_of(now, Class::Background, Some("style-a")));
+    }
+    runs.push(run_of(now, Class::Background, Some("style-b")));
+    for _ in 0..3 {
+        runs.push(run_of(now, Class::Live, Some("style-a")));
+    }
+    store.enqueue(&runs).await.unwrap();
+    let key_caps = KeyCaps {
+        live: Some(2),
+        background: Some(1),
+    };
+    let got = store
+        .claim_due_within(worker, 10, &caps(10), key_caps, now, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        2,
+        "two live runs of style-a (live key cap 2): {got:?}"
+    );
+    assert!(got.iter().all(|c| c.class == Class::Live));
+    // The third live run waits for its key; with no live run *claimable*, background still
+    // waits because a live run of the provider is due.
+    assert!(
+        store
+            .claim_due_within(worker, 10, &caps(10), key_caps, now, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for c in &got {
+        store
+            .mark_completed(worker, &[completion(c.id, c.attempt, now)])
+            .await
+            .unwrap();
+    }
+    let got = store
+        .claim_due_within(worker, 10, &caps(10), key_caps, now, LEASE)
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 1, "the last live run");
+    store
+        .mark_completed(worker, &[completion(got[0].id, got[0].attempt, now)])
+        .await
+        .unwrap();
+    let got = store
+        .claim_due_within(worker, 10, &caps(10), key_caps, now, LEASE)
+        .await
+        .unwrap();
+    let keys: Vec<_> = got
+        .iter()
+        .map(|c| c.concurrency_key.clone().unwrap())
+        .collect();
+    assert_eq!(got.len(), 2, "one background run per key: {keys:?}");
+    assert!(keys.contains(&"style-a".to_string()) && keys.contains(&"style-b".to_string()));
+    assert!(
+        store
+            .claim_due_within(worker, 10, &caps(10), key_caps, now, LEASE)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn queue_deadlines_end_runs_that_never_started(store: Store) {
+    let now = t0();
+    let mut live = run_of(now, Class::Live, None);
+    live.queue_deadline_at = Some(now + ms(100));
+    let mut background = run_of(now, Class::Background, None);
+    background.queue_deadline_at = Some(now + ms(100));
+    let mut patient = run_of(now, Class::Live, None);
+    patient.queue_deadline_at = Some(now + ms(10_000));
+    let (l, b, p) = (live.id, background.id, patient.id);
+    store.enqueue(&[live, background, patient]).await.unwrap();
+    assert!(
+        store
+            .expire_queued(now + ms(99), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Past the deadline they are never claimed, even before the sweep.
+    let claimed = store
+        .claim_due(WorkerId::new(), 10, now + ms(200), LEASE)
+        .await
+        .unwrap();
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), vec![p]);
+    let mut expired = store.expire_queued(now + ms(200), 10).await.unwrap();
+    expired.sort_by_key(|e| e.class);
+    assert_eq!(
+        expired.iter().map(|e| (e.id, e.status)).collect::<Vec<_>>(),
+        vec![(l, Status::TimedOut), (b, Status::Dropped)]
+    );
+    let view = store.get_run(l).await.unwrap().unwrap();
+    assert_eq!(view.status, Status::TimedOut);
+    assert_eq!(view.timeout_origin, Some(TimeoutOrigin::QueueWait));
+    assert_eq!(view.error.unwrap().kind, ErrorKind::Timeout);
+    let view = store.get_run(b).await.unwrap().unwrap();
+    assert_eq!(view.status, Status::Dropped);
+    assert_eq!(view.drop_reason.as_deref(), Some("stale"));
+    let events = store.events_for_run(b, 0).await.unwrap();
+    assert_eq!(
+        kinds(&events),
+        vec![(EventKind::Queued, None), (EventKind::Dropped, None)]
+    );
+    assert_eq!(data(&events[1])["reason"], "stale");
+    let events = store.events_for_run(l, 0).await.unwrap();
+    assert_eq!(data(&events[1])["timeout_origin"], "queue_wait");
+    assert!(
+        store
+            .expire_queued(now + ms(300), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "once"
     );
 }

@@ -41,6 +41,13 @@ CREATE INDEX runs_due ON runs (provider, class, priority, due_at) WHERE status =
 -- The rescuer's scan for expired leases.
 -- The producer's "when is the next run due" question.
 CREATE INDEX runs_next_due ON runs (due_at) WHERE status = 'queued';
+-- The sweeper's scan for runs past their queue deadline that never started.
+CREATE INDEX runs_deadline ON runs (queue_deadline_at)
+    WHERE status = 'queued' AND started_at IS NULL AND queue_deadline_at IS NOT NULL;
+-- Runs in flight per provider and class, and per concurrency key (the claim's caps).
+CREATE INDEX runs_running_provider ON runs (provider, class) WHERE status = 'running';
+CREATE INDEX runs_running_key ON runs (concurrency_key, class)
+    WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE status = 'running';
 CREATE UNIQUE INDEX runs_idem ON runs (idem_key) WHERE idem_key IS NOT NULL;
 

@@ -9,6 +9,7 @@
 //! - `completer`: writes finished attempts in batches and lets go of their leases.
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
 //!   (requeues the runs of a process that died).
+//! - `sweeper`: ends runs whose queue deadline passed before they started.
 //! - `wake`: the PostgreSQL LISTEN side of cross-process wake-ups.
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
@@ -18,6 +19,7 @@ mod enqueuer;
 mod gates;
 mod leases;
 mod producer;
+mod sweeper;
 mod wake;
 mod worker;
 
@@ -181,6 +183,7 @@ impl Dispatcher {
         tasks.spawn(completer::run(shared.clone(), finished_rx));
         tasks.spawn(leases::heartbeat(shared.clone()));
         tasks.spawn(leases::rescue(shared.clone()));
+        tasks.spawn(sweeper::run(shared.clone()));
         if let Some(pool) = shared.store.pg_pool() {
             tasks.spawn(wake::listen(shared.clone(), pool.clone()));
         }

@@ -308,6 +308,13 @@ impl Store {
         delegate!(self, s => s.load_provider_state().await)
     }
 
+    /// Ends queued runs whose queue deadline passed before they ever started: live runs
+    /// become `timed_out` (origin `queue_wait`), background runs `dropped` (reason `stale`).
+    pub async fn expire_queued(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Expired>> {
+        let written = delegate!(self, s => s.expire_queued(now, limit).await)?;
+        Ok(self.published(written))
+    }
+
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         delegate!(self, s => s.get_run(id).await)
     }

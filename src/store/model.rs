@@ -362,3 +362,30 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 fn json(value: &impl serde::Serialize) -> Box<RawValue> {
     serde_json::value::to_raw_value(value).expect("event data serialises")
 }
+
+/// The message of a live run that never started within its queue deadline.
+pub const QUEUE_WAIT_MESSAGE: &str = "not started within its queue deadline";
+
+/// Event data of a run that timed out waiting in the queue.
+pub fn queue_wait_data() -> Box<RawValue> {
+    json(&serde_json::json!({
+        "kind": "timeout",
+        "timeout_origin": "queue_wait",
+        "message": QUEUE_WAIT_MESSAGE,
+    }))
+}
+
+/// Event data of a background run dropped as stale.
+pub fn stale_data() -> Box<RawValue> {
+    json(&serde_json::json!({"reason": "stale"}))
+}
+
+/// A run the sweeper ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expired {
+    pub id: RunId,
+    pub class: Class,
+    /// `timed_out` (live, origin `queue_wait`) or `dropped` (background, reason `stale`).
+    pub status: Status,
+    pub created_at: DateTime<Utc>,
+}

@@ -771,6 +771,66 @@ impl PgStore {
         Ok(Some(view))
     }
 
+    pub(in crate::store) async fn expire_queued(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(Vec<Expired>, Vec<RunEvent>)> {
+        let rows = sqlx::query(
+            "WITH expired AS (
+                SELECT id FROM runs
+                WHERE status = 'queued' AND started_at IS NULL AND queue_deadline_at <= $1
+                ORDER BY queue_deadline_at
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+             ), ended AS (
+                UPDATE runs r
+                SET status = CASE WHEN r.class = 0 THEN 'timed_out' ELSE 'dropped' END,
+                    finished_at = $1,
+                    timeout_origin = CASE WHEN r.class = 0 THEN 'queue_wait' END,
+                    drop_reason = CASE WHEN r.class = 1 THEN 'stale' END,
+                    error_kind = CASE WHEN r.class = 0 THEN 'timeout' END,
+                    error_message = CASE WHEN r.class = 0 THEN $3 END,
+                    error_status = NULL
+                FROM expired e WHERE r.id = e.id
+                RETURNING r.id, r.status, r.class, r.tenant, r.batch, r.created_at
+             ), ev AS (
+                INSERT INTO run_events (run_id, kind, at, data, class, tenant, batch)
+                SELECT id, status, $1,
+                    CASE WHEN class = 0 THEN $4::json ELSE $5::json END, class, tenant, batch
+                FROM ended
+                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
+             )
+             SELECT ev.*, x.created_at AS run_created_at
+             FROM ev JOIN ended x ON x.id = ev.run_id ORDER BY ev.id",
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .bind(QUEUE_WAIT_MESSAGE)
+        .bind(queue_wait_data().get())
+        .bind(stale_data().get())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut expired = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let e = event_from_row(row)?;
+            expired.push(Expired {
+                id: e.run_id,
+                class: e.class,
+                status: if e.kind == EventKind::TimedOut {
+                    Status::TimedOut
+                } else {
+                    Status::Dropped
+                },
+                created_at: row.try_get("run_created_at").map_err(db)?,
+            });
+            events.push(e);
+        }
+        Ok((expired, events))
+    }
+
     pub(in crate::store) async fn save_provider_state(
         &self,
         states: &[(String, String)],

@@ -711,6 +711,54 @@ impl SqliteStore {
         Ok(Some(view))
     }
 
+    pub(in crate::store) async fn expire_queued(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(Vec<Expired>, Vec<RunEvent>)> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE runs
+             SET status = CASE WHEN class = 0 THEN 'timed_out' ELSE 'dropped' END,
+                 finished_at = ?1,
+                 timeout_origin = CASE WHEN class = 0 THEN 'queue_wait' END,
+                 drop_reason = CASE WHEN class = 1 THEN 'stale' END,
+                 error_kind = CASE WHEN class = 0 THEN 'timeout' END,
+                 error_message = CASE WHEN class = 0 THEN ?3 END,
+                 error_status = NULL
+             WHERE id IN (
+                SELECT id FROM runs
+                WHERE status = 'queued' AND started_at IS NULL AND queue_deadline_at <= ?1
+                ORDER BY queue_deadline_at LIMIT ?2)
+             RETURNING id, class, tenant, batch, created_at",
+        )
+        .bind(ms(now))
+        .bind(limit as i64)
+        .bind(QUEUE_WAIT_MESSAGE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut expired = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = RunId(row.try_get("id").map_err(db)?);
+            let scope = EventScope::from_row(row)?;
+            let (status, kind, data) = match scope.class {
+                Class::Live => (Status::TimedOut, EventKind::TimedOut, queue_wait_data()),
+                Class::Background => (Status::Dropped, EventKind::Dropped, stale_data()),
+            };
+            events.push(insert_event(&mut tx, id, kind, now, None, Some(data), &scope).await?);
+            expired.push(Expired {
+                id,
+                class: scope.class,
+                status,
+                created_at: from_ms(row.try_get("created_at").map_err(db)?)?,
+            });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok((expired, events))
+    }
+
     pub(in crate::store) async fn save_provider_state(
         &self,
         states: &[(String, String)],
