@@ -82,7 +82,7 @@ pub(super) async fn pick(
         );
         debug_assert!(taken <= q.max as i64);
     }
-    picked.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    picked.sort_by_key(|c| (c.0, c.1, c.2));
     picked.truncate(limit);
     Ok(picked.into_iter().map(|c| c.3).collect())
 }
