@@ -52,6 +52,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub queue: QueueConfig,
     pub http: HttpConfig,
+    pub admission: AdmissionConfig,
     pub providers: Vec<ProviderConfig>,
 }
 
@@ -64,6 +65,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             queue: QueueConfig::default(),
             http: HttpConfig::default(),
+            admission: AdmissionConfig::default(),
             providers: vec![ProviderConfig::sim("sim")],
         }
     }
@@ -208,6 +210,38 @@ impl Default for QueueConfig {
     }
 }
 
+/// Background admission control at `POST /enqueue` (live runs are never refused).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Background work is refused (`live_backlog`) while more live runs than this are due
+    /// and waiting for the provider.
+    pub live_backlog: u32,
+    /// Background runs a session may enqueue per rolling hour and concurrency key
+    /// (`quota`).
+    pub session_hourly_quota: u32,
+    /// Background work is refused (`provider_unhealthy`) while the provider's recent
+    /// share of attempts that timed out is above this.
+    pub timeout_rate_threshold: f64,
+    /// Half-life of the decaying window the timeout share is measured over.
+    #[serde(with = "duration")]
+    pub timeout_rate_half_life: Duration,
+    /// Attempts the window must hold before the timeout share is trusted.
+    pub timeout_rate_min_samples: u32,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        AdmissionConfig {
+            live_backlog: 0,
+            session_hourly_quota: 100,
+            timeout_rate_threshold: 0.25,
+            timeout_rate_half_life: Duration::from_secs(60),
+            timeout_rate_min_samples: 5,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
@@ -269,6 +303,10 @@ pub struct ProviderConfig {
     /// Most background runs of this provider in flight at once, across every process.
     #[serde(default = "default_background_max_in_flight")]
     pub background_max_in_flight: u32,
+    /// Background runs of this provider that may wait in the queue; beyond it, background
+    /// enqueues are refused (`background_queue_full`).
+    #[serde(default = "default_background_queue_max")]
+    pub background_queue_max: u32,
     /// Longest wait for the TCP/TLS connection to the provider.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
@@ -289,6 +327,10 @@ pub struct ProviderConfig {
 
 fn default_background_max_in_flight() -> u32 {
     1
+}
+
+fn default_background_queue_max() -> u32 {
+    100
 }
 
 fn default_connect_timeout() -> Duration {
@@ -369,6 +411,7 @@ impl ProviderConfig {
             max_concurrency: None,
             live_max_in_flight: None,
             background_max_in_flight: default_background_max_in_flight(),
+            background_queue_max: default_background_queue_max(),
             connect_timeout: default_connect_timeout(),
             read_timeout: default_read_timeout(),
             anthropic_version: default_anthropic_version(),
@@ -542,6 +585,19 @@ impl Config {
         }
         if self.queue.attempt_timeout.is_zero() {
             return Err(invalid("queue.attempt_timeout", "must be longer than zero"));
+        }
+        let a = &self.admission;
+        if !(a.timeout_rate_threshold > 0.0 && a.timeout_rate_threshold <= 1.0) {
+            return Err(invalid(
+                "admission.timeout_rate_threshold",
+                "must be above 0 and at most 1",
+            ));
+        }
+        if a.timeout_rate_half_life.is_zero() {
+            return Err(invalid(
+                "admission.timeout_rate_half_life",
+                "must be longer than zero",
+            ));
         }
         if self.http.body_limit < 1024 {
             return Err(invalid("http.body_limit", "must be at least 1024 bytes"));

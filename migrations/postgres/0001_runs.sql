@@ -48,6 +48,9 @@ CREATE INDEX runs_deadline ON runs (queue_deadline_at)
 CREATE INDEX runs_running_provider ON runs (provider, class) WHERE status = 'running';
 CREATE INDEX runs_running_key ON runs (concurrency_key, class)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
+-- Background quotas: a session's recent background runs per concurrency key.
+CREATE INDEX runs_session ON runs (session, concurrency_key, created_at)
+    WHERE class = 1 AND session IS NOT NULL;
 CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE status = 'running';
 CREATE UNIQUE INDEX runs_idem ON runs (idem_key) WHERE idem_key IS NOT NULL;
 

@@ -180,6 +180,21 @@ pub(super) async fn enqueue(
     let parsed = parse_body(&body)?;
     let run = build_run(&state, parsed)?;
     let class = run.class;
+    if let Err(refusal) = state.dispatcher.admit(&run).await? {
+        crate::metrics::admission_refused(refusal.reason);
+        tracing::info!(
+            provider = %run.provider,
+            session = run.session.as_deref().unwrap_or(""),
+            concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
+            reason = refusal.reason,
+            "background run refused"
+        );
+        return Err(ApiError::AdmissionRejected {
+            message: refusal.message,
+            reason: refusal.reason,
+            retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
+        });
+    }
     let enqueued = state.enqueuer.enqueue(run).await?;
     let id = enqueued.id();
     let (code, status) = match enqueued {

@@ -27,6 +27,53 @@ struct Gate {
     breaker: CircuitBreaker,
     live_cap: Option<u32>,
     background_cap: u32,
+    timeouts: TimeoutRate,
+}
+
+/// The share of recent attempts that timed out, over a window that decays with a
+/// half-life (old attempts fade rather than drop off a cliff).
+#[derive(Debug)]
+struct TimeoutRate {
+    half_life: std::time::Duration,
+    timed_out: f64,
+    total: f64,
+    at: Instant,
+}
+
+impl TimeoutRate {
+    fn decay(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        let keep = 0.5f64.powf(dt / self.half_life.as_secs_f64());
+        self.timed_out *= keep;
+        self.total *= keep;
+        self.at = now;
+    }
+
+    fn record(&mut self, now: Instant, timed_out: bool) {
+        self.decay(now);
+        self.total += 1.0;
+        if timed_out {
+            self.timed_out += 1.0;
+        }
+    }
+
+    /// The share, once the window holds at least `min_samples` (decayed) attempts.
+    fn share(&mut self, now: Instant, min_samples: u32) -> Option<f64> {
+        self.decay(now);
+        (self.total >= f64::from(min_samples)).then(|| self.timed_out / self.total)
+    }
+}
+
+/// Why a provider should not take background work now.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Unhealthy {
+    Breaker {
+        state: &'static str,
+        retry_in: Option<std::time::Duration>,
+    },
+    Timeouts {
+        share: f64,
+    },
 }
 
 pub(super) struct Gates {
@@ -108,6 +155,12 @@ impl Gates {
                     breaker: CircuitBreaker::new(&p.breaker),
                     live_cap: p.live_max_in_flight,
                     background_cap: p.background_max_in_flight,
+                    timeouts: TimeoutRate {
+                        half_life: config.admission.timeout_rate_half_life,
+                        timed_out: 0.0,
+                        total: 0.0,
+                        at,
+                    },
                 }),
             );
         }
@@ -169,6 +222,11 @@ impl Gates {
         let at = now();
         let mut g = gate.lock().expect("gate lock");
         let before = g.limiter.current_rpm();
+        match &report {
+            Report::Success { .. } => g.timeouts.record(at, false),
+            Report::Failure { kind, .. } => g.timeouts.record(at, *kind == ErrorKind::Timeout),
+            Report::Abandoned => {}
+        }
         let (tokens, verdict) = match report {
             Report::Success {
                 tokens,
@@ -216,6 +274,39 @@ impl Gates {
             && (a - b).abs() >= 1.0
         {
             tracing::info!(provider, from_rpm = b, to_rpm = a, "provider rate adapted");
+        }
+    }
+
+    /// Whether `provider` is unhealthy for background work: its breaker is not closed, or
+    /// its recent timeout share is above `threshold`.
+    pub(super) fn unhealthy(
+        &self,
+        provider: &str,
+        threshold: f64,
+        min_samples: u32,
+    ) -> Option<Unhealthy> {
+        let gate = self.by_name.get(provider)?;
+        let at = now();
+        let mut g = gate.lock().expect("gate lock");
+        log_transition(provider, g.breaker.poll(at));
+        match g.breaker.state() {
+            crate::limits::BreakerState::Closed => {}
+            crate::limits::BreakerState::Open { until } => {
+                return Some(Unhealthy::Breaker {
+                    state: "open",
+                    retry_in: Some(until.saturating_duration_since(at)),
+                });
+            }
+            crate::limits::BreakerState::HalfOpen { .. } => {
+                return Some(Unhealthy::Breaker {
+                    state: "half_open",
+                    retry_in: None,
+                });
+            }
+        }
+        match g.timeouts.share(at, min_samples) {
+            Some(share) if share > threshold => Some(Unhealthy::Timeouts { share }),
+            _ => None,
         }
     }
 

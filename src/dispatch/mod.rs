@@ -1,5 +1,7 @@
 //! The worker pool: everything between a queued row and a finished one.
 //!
+//! - `admission`: refuses background enqueues while live work waits, the background queue
+//!   is full, the provider is unhealthy or the session's quota is spent.
 //! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
 //! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
 //!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
@@ -14,6 +16,7 @@
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
 
+mod admission;
 mod completer;
 mod enqueuer;
 mod gates;
@@ -23,6 +26,7 @@ mod sweeper;
 mod wake;
 mod worker;
 
+pub use admission::Refusal;
 pub use enqueuer::{EnqueueError, Enqueuer};
 pub use gates::GateStatus;
 
@@ -109,6 +113,9 @@ struct Shared {
     store: Store,
     providers: Providers,
     gates: gates::Gates,
+    admission: crate::config::AdmissionConfig,
+    /// Each provider's `background_queue_max`.
+    background_queue_max: HashMap<String, u32>,
     clock: Arc<dyn Clock>,
     worker: WorkerId,
     settings: Settings,
@@ -162,6 +169,12 @@ impl Dispatcher {
             store,
             providers,
             gates: gates::Gates::new(config, saved),
+            admission: config.admission.clone(),
+            background_queue_max: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.background_queue_max))
+                .collect(),
             clock,
             worker: WorkerId::new(),
             slots: Arc::new(Semaphore::new(settings.slots)),

@@ -315,6 +315,23 @@ impl Store {
         Ok(self.published(written))
     }
 
+    /// For admission control: live runs of `provider` due and waiting at `now`, and its
+    /// background runs waiting (due or not).
+    pub async fn provider_backlog(&self, provider: &str, now: DateTime<Utc>) -> Result<(i64, i64)> {
+        delegate!(self, s => s.provider_backlog(provider, now).await)
+    }
+
+    /// Background runs `session` enqueued under `key` since `since`, and the oldest one's
+    /// time.
+    pub async fn session_background_since(
+        &self,
+        session: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        delegate!(self, s => s.session_background_since(session, key, since).await)
+    }
+
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         delegate!(self, s => s.get_run(id).await)
     }

@@ -831,6 +831,44 @@ impl PgStore {
         Ok((expired, events))
     }
 
+    pub(in crate::store) async fn provider_backlog(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT
+                (SELECT count(*) FROM runs WHERE provider = $1 AND class = 0
+                   AND status = 'queued' AND due_at <= $2),
+                (SELECT count(*) FROM runs WHERE provider = $1 AND class = 1
+                   AND status = 'queued')",
+        )
+        .bind(provider)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    pub(in crate::store) async fn session_background_since(
+        &self,
+        session: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM runs
+             WHERE session = $1 AND class = 1 AND concurrency_key IS NOT DISTINCT FROM $2
+               AND created_at > $3",
+        )
+        .bind(session)
+        .bind(key)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
     pub(in crate::store) async fn save_provider_state(
         &self,
         states: &[(String, String)],

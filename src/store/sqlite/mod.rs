@@ -759,6 +759,44 @@ impl SqliteStore {
         Ok((expired, events))
     }
 
+    pub(in crate::store) async fn provider_backlog(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT
+                (SELECT count(*) FROM runs WHERE provider = ?1 AND class = 0
+                   AND status = 'queued' AND due_at <= ?2),
+                (SELECT count(*) FROM runs WHERE provider = ?1 AND class = 1
+                   AND status = 'queued')",
+        )
+        .bind(provider)
+        .bind(ms(now))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)
+    }
+
+    pub(in crate::store) async fn session_background_since(
+        &self,
+        session: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM runs
+             WHERE session = ? AND class = 1 AND concurrency_key IS ? AND created_at > ?",
+        )
+        .bind(session)
+        .bind(key)
+        .bind(ms(since))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok((n, from_ms_opt(oldest)?))
+    }
+
     pub(in crate::store) async fn save_provider_state(
         &self,
         states: &[(String, String)],
