@@ -177,9 +177,21 @@ pub struct QueueConfig {
     /// Default deadline to first start for background runs.
     #[serde(with = "duration")]
     pub background_queue_timeout: Duration,
-    /// Per-attempt timeout when the request gives none.
+    /// Per-attempt timeout when the request gives none, until the provider has enough
+    /// successful samples for the adaptive timeout.
     #[serde(with = "duration")]
     pub attempt_timeout: Duration,
+    /// The adaptive timeout never goes below this.
+    #[serde(with = "duration")]
+    pub attempt_timeout_floor: Duration,
+    /// Successful attempts a provider needs before its timeout adapts.
+    pub adaptive_timeout_min_samples: u32,
+    /// Adaptive timeout = recent p95 successful latency × this factor + the depth penalty.
+    pub adaptive_timeout_factor: f64,
+    /// Added to the adaptive timeout per attempt in flight against the provider: a busy
+    /// provider answers slower.
+    #[serde(with = "duration")]
+    pub adaptive_timeout_penalty: Duration,
     /// Longest per-attempt timeout a live run may ask for.
     #[serde(with = "duration")]
     pub live_attempt_timeout_cap: Duration,
@@ -201,6 +213,10 @@ impl Default for QueueConfig {
             live_queue_timeout: Duration::from_secs(20),
             background_queue_timeout: Duration::from_secs(30),
             attempt_timeout: Duration::from_secs(60),
+            attempt_timeout_floor: Duration::from_secs(5),
+            adaptive_timeout_min_samples: 20,
+            adaptive_timeout_factor: 2.0,
+            adaptive_timeout_penalty: Duration::from_millis(50),
             live_attempt_timeout_cap: Duration::from_secs(120),
             background_attempt_timeout_cap: Duration::from_secs(300),
             live_key_cap: None,
@@ -567,6 +583,18 @@ impl Config {
             return Err(invalid(
                 "retry.backoff_base",
                 "must not be longer than retry.backoff_cap",
+            ));
+        }
+        if self.queue.adaptive_timeout_factor.is_nan() || self.queue.adaptive_timeout_factor < 1.0 {
+            return Err(invalid(
+                "queue.adaptive_timeout_factor",
+                "must be at least 1",
+            ));
+        }
+        if self.queue.live_attempt_timeout_cap > self.queue.background_attempt_timeout_cap {
+            return Err(invalid(
+                "queue.live_attempt_timeout_cap",
+                "must not be longer than queue.background_attempt_timeout_cap",
             ));
         }
         if self.queue.sweep_interval.is_zero() {

@@ -28,6 +28,60 @@ struct Gate {
     live_cap: Option<u32>,
     background_cap: u32,
     timeouts: TimeoutRate,
+    /// Durations of the most recent successful attempts, for the adaptive timeout.
+    latencies: std::collections::VecDeque<std::time::Duration>,
+}
+
+/// Successful latencies kept per provider for the adaptive timeout.
+const LATENCY_SAMPLES: usize = 200;
+
+/// The adaptive attempt timeout settings (from `[queue]`).
+#[derive(Clone, Debug)]
+pub(super) struct TimeoutPolicy {
+    pub default: std::time::Duration,
+    pub floor: std::time::Duration,
+    pub live_cap: std::time::Duration,
+    pub background_cap: std::time::Duration,
+    pub min_samples: u32,
+    pub factor: f64,
+    pub penalty: std::time::Duration,
+}
+
+impl TimeoutPolicy {
+    pub(super) fn from_config(q: &crate::config::QueueConfig) -> TimeoutPolicy {
+        TimeoutPolicy {
+            default: q.attempt_timeout,
+            floor: q.attempt_timeout_floor,
+            live_cap: q.live_attempt_timeout_cap,
+            background_cap: q.background_attempt_timeout_cap,
+            min_samples: q.adaptive_timeout_min_samples,
+            factor: q.adaptive_timeout_factor,
+            penalty: q.adaptive_timeout_penalty,
+        }
+    }
+
+    /// p95 of `samples` × factor + penalty × in flight, between the floor and the class
+    /// cap; the configured default (capped) until there are enough samples.
+    pub(super) fn timeout(
+        &self,
+        samples: &std::collections::VecDeque<std::time::Duration>,
+        in_flight: u32,
+        class: crate::run::Class,
+    ) -> std::time::Duration {
+        let cap = match class {
+            crate::run::Class::Live => self.live_cap,
+            crate::run::Class::Background => self.background_cap,
+        };
+        if samples.len() < self.min_samples as usize || samples.is_empty() {
+            return self.default.min(cap);
+        }
+        let mut sorted: Vec<std::time::Duration> = samples.iter().copied().collect();
+        sorted.sort_unstable();
+        let index = ((sorted.len() as f64) * 0.95).ceil() as usize;
+        let p95 = sorted[index.clamp(1, sorted.len()) - 1];
+        let adaptive = p95.mul_f64(self.factor) + self.penalty * in_flight;
+        adaptive.clamp(self.floor.min(cap), cap)
+    }
 }
 
 /// The share of recent attempts that timed out, over a window that decays with a
@@ -90,6 +144,7 @@ pub(super) struct Ticket {
 /// The result of an attempt, as the gates need it.
 pub(super) enum Report<'a> {
     Success {
+        took: std::time::Duration,
         tokens: Option<u32>,
         rate_limits: Option<&'a RateLimitInfo>,
     },
@@ -161,6 +216,7 @@ impl Gates {
                         total: 0.0,
                         at,
                     },
+                    latencies: std::collections::VecDeque::with_capacity(LATENCY_SAMPLES),
                 }),
             );
         }
@@ -223,7 +279,13 @@ impl Gates {
         let mut g = gate.lock().expect("gate lock");
         let before = g.limiter.current_rpm();
         match &report {
-            Report::Success { .. } => g.timeouts.record(at, false),
+            Report::Success { took, .. } => {
+                g.timeouts.record(at, false);
+                if g.latencies.len() == LATENCY_SAMPLES {
+                    g.latencies.pop_front();
+                }
+                g.latencies.push_back(*took);
+            }
             Report::Failure { kind, .. } => g.timeouts.record(at, *kind == ErrorKind::Timeout),
             Report::Abandoned => {}
         }
@@ -231,6 +293,7 @@ impl Gates {
             Report::Success {
                 tokens,
                 rate_limits,
+                ..
             } => {
                 g.limiter.on_success(at, rate_limits);
                 (tokens, Some(Outcome::Success))
@@ -310,6 +373,22 @@ impl Gates {
         }
     }
 
+    /// The attempt timeout for a run of `provider` that names none.
+    pub(super) fn attempt_timeout(
+        &self,
+        provider: &str,
+        class: crate::run::Class,
+        policy: &TimeoutPolicy,
+    ) -> std::time::Duration {
+        match self.by_name.get(provider) {
+            Some(gate) => {
+                let g = gate.lock().expect("gate lock");
+                policy.timeout(&g.latencies, g.limiter.in_flight(), class)
+            }
+            None => policy.default,
+        }
+    }
+
     /// Each provider's adapted limiter state, to persist.
     pub(super) fn snapshots(&self) -> Vec<(String, String)> {
         self.by_name
@@ -378,6 +457,62 @@ pub(super) fn estimate_tokens(request: &RawValue) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::Class;
+    use std::collections::VecDeque;
+    use std::time::Duration;
+
+    fn policy() -> TimeoutPolicy {
+        TimeoutPolicy {
+            default: Duration::from_secs(60),
+            floor: Duration::from_secs(5),
+            live_cap: Duration::from_secs(30),
+            background_cap: Duration::from_secs(120),
+            min_samples: 20,
+            factor: 2.0,
+            penalty: Duration::from_millis(100),
+        }
+    }
+
+    fn samples(ms: impl IntoIterator<Item = u64>) -> VecDeque<Duration> {
+        ms.into_iter().map(Duration::from_millis).collect()
+    }
+
+    #[test]
+    fn the_timeout_adapts_to_recent_latency_within_floor_and_caps() {
+        let p = policy();
+        // Too few samples: the default, under the class cap.
+        assert_eq!(
+            p.timeout(&samples([1000; 5]), 0, Class::Live),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.timeout(&samples([1000; 5]), 0, Class::Background),
+            Duration::from_secs(60)
+        );
+        // p95 of 1..=100 s-ish: 95 of 100 samples at 4 s, 5 at 9 s → p95 4 s → 8 s + penalty.
+        let mut s = samples(vec![4000; 95]);
+        s.extend(samples(vec![9000; 5]));
+        assert_eq!(p.timeout(&s, 0, Class::Live), Duration::from_secs(8));
+        assert_eq!(
+            p.timeout(&s, 10, Class::Live),
+            Duration::from_secs(9),
+            "depth penalty"
+        );
+        // Fast providers still get the floor; slow ones hit the class cap.
+        assert_eq!(
+            p.timeout(&samples(vec![50; 40]), 0, Class::Live),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            p.timeout(&samples(vec![40_000; 40]), 0, Class::Live),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.timeout(&samples(vec![40_000; 40]), 0, Class::Background),
+            Duration::from_secs(80),
+            "the background cap is higher"
+        );
+    }
 
     #[test]
     fn estimates_prompt_plus_completion() {

@@ -57,7 +57,7 @@ pub struct Settings {
     pub complete_batch: usize,
     pub enqueue_batch: usize,
     pub backoff: Backoff,
-    pub attempt_timeout: Duration,
+    timeouts: gates::TimeoutPolicy,
     pub key_caps: KeyCaps,
     pub sweep_interval: Duration,
 }
@@ -80,7 +80,7 @@ impl Settings {
                 cap: config.retry.backoff_cap,
                 provider_cap: config.retry.provider_delay_cap,
             },
-            attempt_timeout: config.queue.attempt_timeout,
+            timeouts: gates::TimeoutPolicy::from_config(&config.queue),
             key_caps: KeyCaps {
                 live: config.queue.live_key_cap,
                 background: config.queue.background_key_cap,

@@ -139,10 +139,14 @@ async fn attempt(
         )),
         Some(entry) => {
             let model = run.model.as_deref().unwrap_or(&entry.default_model);
-            let timeout = run
-                .timeout_ms
-                .map(|ms| Duration::from_millis(ms.max(1) as u64))
-                .unwrap_or(shared.settings.attempt_timeout);
+            let timeout = match run.timeout_ms {
+                Some(ms) => Duration::from_millis(ms.max(1) as u64),
+                None => shared.gates.attempt_timeout(
+                    &run.provider,
+                    run.class,
+                    &shared.settings.timeouts,
+                ),
+            };
             let deltas = run.stream.then(|| {
                 let hub = shared.store.hub().clone();
                 let (id, attempt) = (run.id, run.attempt);
@@ -191,6 +195,7 @@ async fn attempt(
         Outcome::Output(out) => {
             crate::metrics::tokens(&run.provider, out.prompt_tokens, out.completion_tokens);
             Report::Success {
+                took,
                 tokens: match (out.prompt_tokens, out.completion_tokens) {
                     (None, None) => None,
                     (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
