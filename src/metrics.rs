@@ -24,6 +24,7 @@ pub const HTTP_REQUESTS: &str = "sluice_http_requests_total";
 pub const HTTP_DURATION: &str = "sluice_http_request_duration_seconds";
 pub const RESCUED: &str = "sluice_runs_rescued_total";
 pub const DATABASE_UP: &str = "sluice_database_up";
+pub const KEYS_AT_CAP: &str = "sluice_concurrency_keys_at_cap";
 pub const DROPPED: &str = "sluice_background_dropped_total";
 pub const ADMISSION_REFUSED: &str = "sluice_admission_refused_total";
 pub const PROVIDER_TOKENS: &str = "sluice_provider_tokens_total";
@@ -110,6 +111,10 @@ fn describe() {
     describe_gauge!(
         DATABASE_UP,
         "1 when the last database round trip succeeded, else 0."
+    );
+    describe_gauge!(
+        KEYS_AT_CAP,
+        "Concurrency keys with as many runs in flight as their cap allows, by class (among the 100 busiest keys)."
     );
     describe_counter!(
         DROPPED,
@@ -236,4 +241,8 @@ pub fn dropped(reason: &'static str) {
 
 pub fn admission_refused(reason: &'static str) {
     counter!(ADMISSION_REFUSED, "reason" => reason).increment(1);
+}
+
+pub fn keys_at_cap(class: &'static str, n: usize) {
+    gauge!(KEYS_AT_CAP, "class" => class).set(n as f64);
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use super::openapi::{BackendName, HealthStatusName, ProviderKindName};
+use super::openapi::{BackendName, ClassName, HealthStatusName, ProviderKindName};
 use crate::run::{Class, Status};
 
 /// The server's health.
@@ -24,7 +24,23 @@ struct HealthBody {
     workers: WorkersBody,
     /// The configured providers.
     providers: Vec<ProviderBody>,
+    /// The concurrency keys with the most runs queued or in flight (at most 5).
+    busiest_keys: Vec<KeyBody>,
 }
+
+/// One concurrency key's load.
+#[derive(Serialize, ToSchema)]
+#[schema(as = HealthKey)]
+struct KeyBody {
+    key: String,
+    #[schema(value_type = ClassName)]
+    class: &'static str,
+    running: i64,
+    queued: i64,
+}
+
+/// How many keys `/health` lists.
+const BUSIEST_KEYS: usize = 5;
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = HealthDatabase)]
@@ -188,10 +204,30 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ok")
     };
+    let busiest_keys = if database.reachable {
+        match state.store.busiest_keys(BUSIEST_KEYS).await {
+            Ok(keys) => keys,
+            Err(e) => {
+                tracing::warn!(error = %e, "health: key loads unavailable");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
     let body = HealthBody {
         status,
         database,
         queues,
+        busiest_keys: busiest_keys
+            .into_iter()
+            .map(|k| KeyBody {
+                key: k.key,
+                class: k.class.as_str(),
+                running: k.running,
+                queued: k.queued,
+            })
+            .collect(),
         workers: WorkersBody {
             slots_total: pool.slots_total,
             slots_busy: pool.slots_busy,

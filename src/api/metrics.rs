@@ -8,6 +8,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::AppState;
+
+/// How many of the busiest keys the keys-at-cap gauge looks at.
+const KEYS_SAMPLED: usize = 100;
 use crate::run::{Class, Status};
 
 /// `GET /metrics`.
@@ -43,6 +46,20 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
         Err(e) => {
             crate::metrics::database_up(false);
             tracing::warn!(error = %e, "metrics: queue depth unavailable");
+        }
+    }
+    if let Ok(keys) = state.store.busiest_keys(KEYS_SAMPLED).await {
+        for class in Class::ALL {
+            let cap = match class {
+                Class::Live => state.config.queue.live_key_cap,
+                Class::Background => state.config.queue.background_key_cap,
+            };
+            let at_cap = cap.map_or(0, |cap| {
+                keys.iter()
+                    .filter(|k| k.class == class && k.running >= i64::from(cap))
+                    .count()
+            });
+            crate::metrics::keys_at_cap(class.as_str(), at_cap);
         }
     }
     let pool = state.dispatcher.status();

@@ -103,6 +103,7 @@ pub(super) async fn execute(
         class = run.class.as_str(),
         provider = %run.provider,
         attempt = run.attempt,
+        concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
     );
     let result = attempt(&shared, &run, ticket, &abort, &reason)
         .instrument(span)

@@ -332,6 +332,11 @@ impl Store {
         delegate!(self, s => s.session_background_since(session, key, since).await)
     }
 
+    /// The concurrency keys with the most runs queued or running, busiest first.
+    pub async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
+        delegate!(self, s => s.busiest_keys(limit).await)
+    }
+
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         delegate!(self, s => s.get_run(id).await)
     }

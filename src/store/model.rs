@@ -389,3 +389,12 @@ pub struct Expired {
     pub status: Status,
     pub created_at: DateTime<Utc>,
 }
+
+/// Runs of one concurrency key (and class) queued and in flight.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyLoad {
+    pub key: String,
+    pub class: Class,
+    pub running: i64,
+    pub queued: i64,
+}
