@@ -80,15 +80,28 @@ async fn the_session_quota_refuses_background_but_never_live() {
     let server = TestServer::start(&toml, &[]).await;
     let client = http();
     let mine = json!({"session": "s1", "concurrency_key": "style-7"});
+    let mut first = None;
     for i in 0..3 {
-        let (status, _, body) = post(&client, &server, run("background", mine.clone())).await;
+        let mut body = run("background", mine.clone());
+        body["idempotency_key"] = json!(format!("bg-{i}"));
+        let (status, _, body) = post(&client, &server, body).await;
         assert_eq!(status, 202, "background run {i} within the quota: {body}");
+        first.get_or_insert(body["id"].clone());
     }
     let (status, retry_after, body) = post(&client, &server, run("background", mine.clone())).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "admission_rejected");
     assert_eq!(body["error"]["reason"], "quota");
     let wait: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    // A repeat of an admitted run still answers with that run.
+    let mut repeat = run("background", mine.clone());
+    repeat["idempotency_key"] = json!("bg-0");
+    let (status, _, body) = post(&client, &server, repeat).await;
+    assert_eq!(
+        (status, &body["id"]),
+        (200, first.as_ref().unwrap()),
+        "{body}"
+    );
     assert!(
         (3000..=3600).contains(&wait),
         "retry when the oldest leaves the hour: {wait}"

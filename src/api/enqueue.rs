@@ -180,7 +180,10 @@ pub(super) async fn enqueue(
     let parsed = parse_body(&body)?;
     let run = build_run(&state, parsed)?;
     let class = run.class;
-    if let Err(refusal) = state.dispatcher.admit(&run).await? {
+    // A repeat of an admitted run answers with that run, whatever admission says now.
+    let repeat = run.class == crate::run::Class::Background
+        && state.store.find_idempotent(&run).await?.is_some();
+    if !repeat && let Err(refusal) = state.dispatcher.admit(&run).await? {
         crate::metrics::admission_refused(refusal.reason);
         tracing::info!(
             provider = %run.provider,

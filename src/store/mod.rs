@@ -337,6 +337,14 @@ impl Store {
         delegate!(self, s => s.busiest_keys(limit).await)
     }
 
+    /// The run holding an idempotency key (see [`NewRun::idem_key`]), if any.
+    pub async fn find_idempotent(&self, run: &NewRun) -> Result<Option<RunId>> {
+        match run.idem_key() {
+            Some(key) => delegate!(self, s => s.find_idempotent(&key).await),
+            None => Ok(None),
+        }
+    }
+
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         delegate!(self, s => s.get_run(id).await)
     }

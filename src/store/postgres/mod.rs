@@ -896,6 +896,15 @@ impl PgStore {
             .collect()
     }
 
+    pub(in crate::store) async fn find_idempotent(&self, idem_key: &str) -> Result<Option<RunId>> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = $1")
+            .bind(idem_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(id.map(RunId))
+    }
+
     pub(in crate::store) async fn save_provider_state(
         &self,
         states: &[(String, String)],
