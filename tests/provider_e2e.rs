@@ -134,9 +134,16 @@ impl Fake {
             match self.take() {
                 Ok(remaining) => {
                     if self.limit_headers {
+                        // Per-minute units, as OpenAI reports them; the reset is when the
+                        // bucket is full again.
                         headers.insert(
                             "x-ratelimit-remaining-requests",
                             (remaining * 60).to_string().parse().unwrap(),
+                        );
+                        let reset = f64::from(self.rate - remaining) / f64::from(self.rate);
+                        headers.insert(
+                            "x-ratelimit-reset-requests",
+                            format!("{reset:.3}s").parse().unwrap(),
                         );
                     }
                 }
@@ -293,7 +300,11 @@ async fn overload(limit_headers: bool) {
     let root = fake.clone().serve().await;
     let dir = tempfile::tempdir().unwrap();
     // No rpm configured: the limiter learns the provider's limit from its answers.
-    let server = TestServer::start(&server_config(&dir, "openai", &root, ""), &[]).await;
+    // Ten seconds of work at the provider's pace, longer on a loaded machine: the queue
+    // deadline must not be what ends a run here.
+    let toml = server_config(&dir, "openai", &root, "")
+        .replace("[retry]", "[queue]\nlive_queue_timeout = \"300s\"\n[retry]");
+    let server = TestServer::start(&toml, &[]).await;
     let client = http();
     let started = Instant::now();
     let mut ids = Vec::new();
@@ -314,12 +325,15 @@ async fn overload(limit_headers: bool) {
         .await;
         assert_eq!(run["status"], "completed", "every run completes: {run}");
     }
+    let took = started.elapsed();
     let all = fake.statuses_since(started);
     let after_warmup = fake.statuses_since(started + Duration::from_secs(2));
     let refused = after_warmup.iter().filter(|s| **s == 429).count();
     let share = refused as f64 / after_warmup.len().max(1) as f64;
     eprintln!(
-        "limit headers {limit_headers}: attempts {}, refused {} overall; after the first 2 s: {} of {} ({:.1}%)",
+        "limit headers {limit_headers}: {} runs in {took:?} ({:.1}/s against {R}/s allowed); attempts {}, refused {} overall; after the first 2 s: {} of {} ({:.1}%)",
+        ids.len(),
+        ids.len() as f64 / took.as_secs_f64(),
         all.len(),
         all.iter().filter(|s| **s == 429).count(),
         refused,

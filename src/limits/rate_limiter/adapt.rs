@@ -13,7 +13,7 @@
 //!   tightens before a 429 happens: the rate drops to what spreads the remaining budget
 //!   evenly until the reset (`remaining / time to reset`, a minute when no reset is named),
 //!   never below the floor and never raised by this rule; with nothing left it pauses until
-//!   the reset.
+//!   the reset and leaves the rate alone (the budget comes back whole then).
 //!
 //! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
 //! headers state, or else the pace of our starts over the last minute (it just refused that
@@ -175,16 +175,19 @@ impl RateLimiter {
             return false;
         }
         self.learn_ceiling(dim, now, Some(info));
+        if remaining == 0 {
+            // Spent: wait for the reset. The rate stays: the budget comes back whole then,
+            // and spreading nothing over the window would collapse it to the floor.
+            let pause = reading.reset.unwrap_or(self.settings.default_pause);
+            self.pause(pause_end(now, pause));
+            return true;
+        }
         let Some(bucket) = self.bucket_mut(dim) else {
             return false;
         };
         let spread = remaining as f64 / (window.as_secs_f64() / 60.0);
         if spread < bucket.rate() {
             bucket.set_rate(now, spread);
-        }
-        if remaining == 0 {
-            let pause = reading.reset.unwrap_or(self.settings.default_pause);
-            self.pause(pause_end(now, pause));
         }
         true
     }

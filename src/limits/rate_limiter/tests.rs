@@ -225,7 +225,11 @@ fn nothing_remaining_pauses_until_the_reset() {
     let t0 = Instant::now();
     let mut l = RateLimiter::new(&provider(Some(600), None, None), t0);
     l.on_success(t0, Some(&headers(600, 0, Some(secs(4)))));
-    assert_eq!(l.current_rpm(), Some(30.0), "the floor");
+    assert_eq!(
+        l.current_rpm(),
+        Some(600.0),
+        "the rate stays: the budget comes back whole at the reset"
+    );
     assert_eq!(l.paused_until(), Some(t0 + secs(4)));
     assert_eq!(l.available(t0 + secs(3)), 0);
 }
