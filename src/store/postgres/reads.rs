@@ -1,0 +1,165 @@
+//! Reads for the API, admission and health (runs, depths, backlogs, key loads), and the provider state.
+
+use super::*;
+
+impl PgStore {
+    pub(in crate::store) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = $1");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, finished_at, outcome, status, retry_after_ms, error_message
+             FROM run_attempts WHERE run_id = $1 ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        let mut view = view_from_row(&row)?;
+        view.attempt_log = attempts
+            .iter()
+            .map(|a| {
+                Ok(AttemptView {
+                    attempt: a.try_get::<i16, _>("attempt")? as u32,
+                    started_at: a.try_get("started_at")?,
+                    finished_at: a.try_get("finished_at")?,
+                    outcome: a.try_get("outcome")?,
+                    status: a.try_get("status")?,
+                    retry_after_ms: a.try_get("retry_after_ms")?,
+                    error_message: a.try_get("error_message")?,
+                })
+            })
+            .collect::<std::result::Result<_, sqlx::Error>>()
+            .map_err(db)?;
+        Ok(Some(view))
+    }
+
+    pub(in crate::store) async fn provider_backlog(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT
+                (SELECT count(*) FROM runs WHERE provider = $1 AND class = 0
+                   AND status = 'queued' AND due_at <= $2),
+                (SELECT count(*) FROM runs WHERE provider = $1 AND class = 1
+                   AND status = 'queued')",
+        )
+        .bind(provider)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    pub(in crate::store) async fn session_background_since(
+        &self,
+        session: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM runs
+             WHERE session = $1 AND class = 1 AND concurrency_key IS NOT DISTINCT FROM $2
+               AND created_at > $3",
+        )
+        .bind(session)
+        .bind(key)
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)
+    }
+
+    pub(in crate::store) async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
+        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
+            "SELECT concurrency_key, class,
+                    SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+                    SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued
+             FROM runs
+             WHERE status IN ('queued', 'running') AND concurrency_key IS NOT NULL
+             GROUP BY concurrency_key, class
+             ORDER BY 3 DESC, 4 DESC, 1
+             LIMIT $1",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(key, class, running, queued)| {
+                Ok(KeyLoad {
+                    key,
+                    class: parse_class(class)?,
+                    running,
+                    queued,
+                })
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn find_idempotent(&self, idem_key: &str) -> Result<Option<RunId>> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = $1")
+            .bind(idem_key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(id.map(RunId))
+    }
+
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (names, values): (Vec<&str>, Vec<&str>) =
+            states.iter().map(|(n, v)| (n.as_str(), v.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO provider_state (provider, limiter, updated_at)
+             SELECT p, l::json, $3 FROM unnest($1::text[], $2::text[]) AS t(p, l)
+             ON CONFLICT (provider) DO UPDATE
+             SET limiter = EXCLUDED.limiter, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&names)
+        .bind(&values)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(db)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT provider, limiter::text FROM provider_state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)
+    }
+
+    pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
+        let rows: Vec<(i16, String, i64)> = sqlx::query_as(
+            "SELECT class, status, count(*) FROM runs
+             WHERE status IN ('queued', 'running') GROUP BY class, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
+            .collect()
+    }
+
+    pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db)
+    }
+}

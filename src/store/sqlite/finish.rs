@@ -1,0 +1,379 @@
+//! Ending attempts and runs: completions, failures, releases, cancellations, rescues and queue-deadline expiry, each with its events.
+
+use super::*;
+
+impl SqliteStore {
+    pub(in crate::store) async fn mark_completed(
+        &self,
+        worker: WorkerId,
+        done: &[Completion],
+    ) -> Result<Vec<RunEvent>> {
+        let mut tx = self.begin().await?;
+        let mut events = Vec::with_capacity(done.len());
+        for c in done {
+            let hit = sqlx::query(
+                "UPDATE runs
+                 SET status = 'completed', finished_at = ?, output_content = ?, finish_reason = ?,
+                     prompt_tokens = ?, completion_tokens = ?, lease_owner = NULL,
+                     lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
+                     error_status = NULL
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
+            )
+            .bind(ms(c.finished_at))
+            .bind(&c.content)
+            .bind(&c.finish_reason)
+            .bind(c.prompt_tokens)
+            .bind(c.completion_tokens)
+            .bind(c.id.0)
+            .bind(worker.0)
+            .bind(c.attempt as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let Some(row) = hit else {
+                continue;
+            };
+            close_attempt(
+                &mut tx,
+                c.id,
+                c.attempt,
+                c.finished_at,
+                OUTCOME_COMPLETED,
+                None,
+            )
+            .await?;
+            let scope = EventScope::from_row(&row)?;
+            let e = insert_event(
+                &mut tx,
+                c.id,
+                EventKind::Completed,
+                c.finished_at,
+                Some(c.attempt),
+                None,
+                &scope,
+            )
+            .await?;
+            events.push(e);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(events)
+    }
+
+    pub(in crate::store) async fn mark_failed(
+        &self,
+        worker: WorkerId,
+        failed: &[Failure],
+    ) -> Result<Vec<RunEvent>> {
+        let mut tx = self.begin().await?;
+        let mut events = Vec::with_capacity(failed.len());
+        for f in failed {
+            let (status, due, finished, origin) = match f.next {
+                FailureNext::RetryAt(at) => (Status::Queued, Some(ms(at)), None, None),
+                FailureNext::Finish {
+                    status,
+                    timeout_origin,
+                } => (status, None, Some(ms(f.finished_at)), timeout_origin),
+            };
+            let hit = sqlx::query(
+                "UPDATE runs
+                 SET status = ?, due_at = COALESCE(?, due_at), finished_at = ?, timeout_origin = ?,
+                     error_kind = ?, error_message = ?, error_status = ?, lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
+            )
+            .bind(status.as_str())
+            .bind(due)
+            .bind(finished)
+            .bind(origin.map(TimeoutOrigin::as_str))
+            .bind(f.error.kind.as_str())
+            .bind(&f.error.message)
+            .bind(f.error.status)
+            .bind(f.id.0)
+            .bind(worker.0)
+            .bind(f.attempt as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let Some(row) = hit else {
+                continue;
+            };
+            sqlx::query(
+                "UPDATE run_attempts
+                 SET finished_at = ?, outcome = ?, status = ?, retry_after_ms = ?, error_message = ?
+                 WHERE run_id = ? AND attempt = ? AND finished_at IS NULL",
+            )
+            .bind(ms(f.finished_at))
+            .bind(f.error.kind.as_str())
+            .bind(f.error.status)
+            .bind(f.retry_after_ms)
+            .bind(&f.error.message)
+            .bind(f.id.0)
+            .bind(f.attempt as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            let scope = EventScope::from_row(&row)?;
+            let retry_at = match f.next {
+                FailureNext::RetryAt(at) => Some(at),
+                FailureNext::Finish { .. } => None,
+            };
+            let e = insert_event(
+                &mut tx,
+                f.id,
+                EventKind::AttemptFailed,
+                f.finished_at,
+                Some(f.attempt),
+                Some(attempt_failed_data(&f.error, retry_at)),
+                &scope,
+            )
+            .await?;
+            events.push(e);
+            if let Some(kind) = EventKind::terminal_for(status) {
+                let e = insert_event(
+                    &mut tx,
+                    f.id,
+                    kind,
+                    f.finished_at,
+                    Some(f.attempt),
+                    Some(final_failure_data(&f.error, origin)),
+                    &scope,
+                )
+                .await?;
+                events.push(e);
+            }
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(events)
+    }
+
+    pub(in crate::store) async fn release(
+        &self,
+        worker: WorkerId,
+        runs: &[(RunId, u32)],
+        now: DateTime<Utc>,
+    ) -> Result<(u64, Vec<RunEvent>)> {
+        let mut tx = self.begin().await?;
+        let mut events = Vec::with_capacity(runs.len());
+        for (id, attempt) in runs {
+            let hit = sqlx::query(
+                "UPDATE runs
+                 SET status = 'queued', attempts = attempts - 1, due_at = ?, lease_owner = NULL,
+                     lease_expires_at = NULL
+                 WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
+                 RETURNING class, tenant, batch",
+            )
+            .bind(ms(now))
+            .bind(id.0)
+            .bind(worker.0)
+            .bind(*attempt as i64)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+            let Some(row) = hit else {
+                continue;
+            };
+            close_attempt(&mut tx, *id, *attempt, now, OUTCOME_RELEASED, None).await?;
+            let data = RawValue::from_string(r#"{"reason":"released"}"#.to_string())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let scope = EventScope::from_row(&row)?;
+            let e = insert_event(
+                &mut tx,
+                *id,
+                EventKind::Queued,
+                now,
+                Some(*attempt),
+                Some(data),
+                &scope,
+            )
+            .await?;
+            events.push(e);
+        }
+        tx.commit().await.map_err(db)?;
+        Ok((events.len() as u64, events))
+    }
+
+    pub(in crate::store) async fn cancel(
+        &self,
+        id: RunId,
+        now: DateTime<Utc>,
+    ) -> Result<(CancelOutcome, Vec<RunEvent>)> {
+        let mut tx = self.begin().await?;
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?")
+            .bind(id.0)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        let Some(status) = status else {
+            return Ok((cancel_outcome(None)?, Vec::new()));
+        };
+        let hit = sqlx::query(
+            "UPDATE runs
+             SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,
+                 error_kind = 'cancelled', error_message = 'cancelled by request',
+                 error_status = NULL
+             WHERE id = ? AND status IN ('queued', 'running')
+             RETURNING attempts, class, tenant, batch",
+        )
+        .bind(ms(now))
+        .bind(id.0)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut events = Vec::new();
+        if let Some(row) = hit {
+            sqlx::query(
+                "UPDATE run_attempts SET finished_at = ?, outcome = 'cancelled'
+                 WHERE run_id = ? AND finished_at IS NULL",
+            )
+            .bind(ms(now))
+            .bind(id.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+            let attempts: i64 = row.try_get("attempts").map_err(db)?;
+            let data = RawValue::from_string(
+                r#"{"kind":"cancelled","message":"cancelled by request"}"#.to_string(),
+            )
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let scope = EventScope::from_row(&row)?;
+            let attempt = (attempts > 0).then_some(attempts as u32);
+            events.push(
+                insert_event(
+                    &mut tx,
+                    id,
+                    EventKind::Cancelled,
+                    now,
+                    attempt,
+                    Some(data),
+                    &scope,
+                )
+                .await?,
+            );
+        }
+        tx.commit().await.map_err(db)?;
+        let applied = events.len() as i64;
+        Ok((cancel_outcome(Some((status, applied)))?, events))
+    }
+
+    pub(in crate::store) async fn rescue_expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(Vec<(RunId, Status)>, Vec<RunEvent>)> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE runs
+             SET status = CASE WHEN attempts >= max_attempts THEN 'failed' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= max_attempts THEN ?1 ELSE NULL END,
+                 due_at = ?1, lease_owner = NULL, lease_expires_at = NULL,
+                 error_kind = 'timeout', error_message = ?2, error_status = NULL
+             WHERE id IN (
+                SELECT id FROM runs WHERE status = 'running' AND lease_expires_at < ?1
+                ORDER BY lease_expires_at LIMIT ?3)
+             RETURNING id, attempts, status, class, tenant, batch",
+        )
+        .bind(ms(now))
+        .bind(ABANDONED_MESSAGE)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = RunId(row.try_get("id").map_err(db)?);
+            let attempt = row.try_get::<i64, _>("attempts").map_err(db)? as u32;
+            let status = parse_status(&row.try_get::<String, _>("status").map_err(db)?)?;
+            close_attempt(
+                &mut tx,
+                id,
+                attempt,
+                now,
+                OUTCOME_ABANDONED,
+                Some(ABANDONED_MESSAGE),
+            )
+            .await?;
+            let scope = EventScope::from_row(row)?;
+            let requeued = status == Status::Queued;
+            events.push(
+                insert_event(
+                    &mut tx,
+                    id,
+                    EventKind::AttemptFailed,
+                    now,
+                    Some(attempt),
+                    Some(abandoned_data(requeued.then_some(now))),
+                    &scope,
+                )
+                .await?,
+            );
+            if !requeued {
+                events.push(
+                    insert_event(
+                        &mut tx,
+                        id,
+                        EventKind::Failed,
+                        now,
+                        Some(attempt),
+                        Some(abandoned_final_data()),
+                        &scope,
+                    )
+                    .await?,
+                );
+            }
+            out.push((id, status));
+        }
+        tx.commit().await.map_err(db)?;
+        Ok((out, events))
+    }
+
+    pub(in crate::store) async fn expire_queued(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<(Vec<Expired>, Vec<RunEvent>)> {
+        let mut tx = self.begin().await?;
+        let rows = sqlx::query(
+            "UPDATE runs
+             SET status = CASE WHEN class = 0 THEN 'timed_out' ELSE 'dropped' END,
+                 finished_at = ?1,
+                 timeout_origin = CASE WHEN class = 0 THEN 'queue_wait' END,
+                 drop_reason = CASE WHEN class = 1 THEN 'stale' END,
+                 error_kind = CASE WHEN class = 0 THEN 'timeout' END,
+                 error_message = CASE WHEN class = 0 THEN ?3 END,
+                 error_status = NULL
+             WHERE id IN (
+                SELECT id FROM runs
+                WHERE status = 'queued' AND started_at IS NULL AND queue_deadline_at <= ?1
+                ORDER BY queue_deadline_at LIMIT ?2)
+             RETURNING id, class, tenant, batch, created_at",
+        )
+        .bind(ms(now))
+        .bind(limit as i64)
+        .bind(QUEUE_WAIT_MESSAGE)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db)?;
+        let mut expired = Vec::with_capacity(rows.len());
+        let mut events = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id = RunId(row.try_get("id").map_err(db)?);
+            let scope = EventScope::from_row(row)?;
+            let (status, kind, data) = match scope.class {
+                Class::Live => (Status::TimedOut, EventKind::TimedOut, queue_wait_data()),
+                Class::Background => (Status::Dropped, EventKind::Dropped, stale_data()),
+            };
+            events.push(insert_event(&mut tx, id, kind, now, None, Some(data), &scope).await?);
+            expired.push(Expired {
+                id,
+                class: scope.class,
+                status,
+                created_at: from_ms(row.try_get("created_at").map_err(db)?)?,
+            });
+        }
+        tx.commit().await.map_err(db)?;
+        Ok((expired, events))
+    }
+}

@@ -1,0 +1,164 @@
+//! Reads for the API, admission and health (runs, depths, backlogs, key loads), and the provider state.
+
+use super::*;
+
+impl SqliteStore {
+    pub(in crate::store) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
+        let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
+        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id.0)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?
+        else {
+            return Ok(None);
+        };
+        let attempts = sqlx::query(
+            "SELECT attempt, started_at, finished_at, outcome, status, retry_after_ms, error_message
+             FROM run_attempts WHERE run_id = ? ORDER BY id",
+        )
+        .bind(id.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        let mut view = view_from_row(&row)?;
+        for a in &attempts {
+            view.attempt_log.push(AttemptView {
+                attempt: a.try_get::<i64, _>("attempt").map_err(db)? as u32,
+                started_at: from_ms(a.try_get("started_at").map_err(db)?)?,
+                finished_at: from_ms_opt(a.try_get("finished_at").map_err(db)?)?,
+                outcome: a.try_get("outcome").map_err(db)?,
+                status: a.try_get("status").map_err(db)?,
+                retry_after_ms: a.try_get("retry_after_ms").map_err(db)?,
+                error_message: a.try_get("error_message").map_err(db)?,
+            });
+        }
+        Ok(Some(view))
+    }
+
+    pub(in crate::store) async fn provider_backlog(
+        &self,
+        provider: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT
+                (SELECT count(*) FROM runs WHERE provider = ?1 AND class = 0
+                   AND status = 'queued' AND due_at <= ?2),
+                (SELECT count(*) FROM runs WHERE provider = ?1 AND class = 1
+                   AND status = 'queued')",
+        )
+        .bind(provider)
+        .bind(ms(now))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)
+    }
+
+    pub(in crate::store) async fn session_background_since(
+        &self,
+        session: &str,
+        key: Option<&str>,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        let (n, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT count(*), min(created_at) FROM runs
+             WHERE session = ? AND class = 1 AND concurrency_key IS ? AND created_at > ?",
+        )
+        .bind(session)
+        .bind(key)
+        .bind(ms(since))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(db)?;
+        Ok((n, from_ms_opt(oldest)?))
+    }
+
+    pub(in crate::store) async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
+        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
+            "SELECT concurrency_key, class,
+                    SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+                    SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued
+             FROM runs
+             WHERE status IN ('queued', 'running') AND concurrency_key IS NOT NULL
+             GROUP BY concurrency_key, class
+             ORDER BY 3 DESC, 4 DESC, 1
+             LIMIT ?",
+        )
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(key, class, running, queued)| {
+                Ok(KeyLoad {
+                    key,
+                    class: parse_class(class)?,
+                    running,
+                    queued,
+                })
+            })
+            .collect()
+    }
+
+    pub(in crate::store) async fn find_idempotent(&self, idem_key: &str) -> Result<Option<RunId>> {
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
+            .bind(idem_key)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db)?;
+        Ok(id.map(RunId))
+    }
+
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (name, value) in states {
+            sqlx::query(
+                "INSERT INTO provider_state (provider, limiter, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (provider) DO UPDATE
+                 SET limiter = excluded.limiter, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
+        sqlx::query_as("SELECT provider, limiter FROM provider_state")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db)
+    }
+
+    pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
+        let rows: Vec<(i16, String, i64)> = sqlx::query_as(
+            "SELECT class, status, count(*) FROM runs
+             WHERE status IN ('queued', 'running') GROUP BY class, status",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db)?;
+        rows.into_iter()
+            .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
+            .collect()
+    }
+
+    pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(db)?;
+        from_ms_opt(v)
+    }
+}
