@@ -17,7 +17,9 @@
 //!
 //! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
 //! headers state, or else the pace of our starts over the last minute (it just refused that
-//! pace, so that is an upper bound on what it accepts, and the decrease starts below it). A learned
+//! pace, so that is an upper bound on what it accepts, and the decrease starts below it).
+//! Each later bare 429 brings that learned ceiling down to the rate it refused, so the
+//! additive increase climbs back towards what was last too much. A learned
 //! ceiling follows later headers and lasts for the life of the process. Tokens learn only
 //! from a stated limit; without one the request rate carries the adaptation.
 
@@ -81,8 +83,18 @@ impl RateLimiter {
                 if named && !exhausted(dim) {
                     continue;
                 }
+                let stated = info.and_then(|i| dim.reading(i).limit).is_some();
+                let learned = !self.configured(dim) && !stated;
+                let fresh = self.bucket_mut(dim).is_none();
                 self.learn_ceiling(dim, now, info);
                 if let Some(bucket) = self.bucket_mut(dim) {
+                    // A learned ceiling comes down to the rate just refused: the additive
+                    // increase climbs back towards what was last too much, not towards a
+                    // first burst's pace, which would bring the next 429 within a second.
+                    if learned && !fresh {
+                        let refused = bucket.rate();
+                        bucket.set_ceiling(now, refused);
+                    }
                     let decreased = bucket.rate() * factor;
                     bucket.set_rate(now, decreased);
                 }

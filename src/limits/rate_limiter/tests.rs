@@ -332,3 +332,24 @@ fn a_huge_retry_after_cannot_overflow() {
     l.on_rate_limited(t0, Some(Duration::MAX), None);
     assert_eq!(l.paused_until(), Some(t0 + Duration::from_secs(24 * 3600)));
 }
+
+#[test]
+fn later_bare_429s_bring_a_learned_ceiling_down_to_the_refused_rate() {
+    let t0 = Instant::now();
+    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    // A first burst of 100 starts in one second reads as a pace of 6,000 a minute.
+    for _ in 0..100 {
+        let p = l.acquire(t0, 0).unwrap();
+        l.release(p, t0, None);
+    }
+    l.on_rate_limited(t0, Some(secs(1)), None);
+    assert_eq!(l.rpm_ceiling(), Some(6000.0));
+    assert_eq!(l.current_rpm(), Some(3000.0));
+    // Still too fast: the ceiling comes down to the refused 3,000 and the rate halves again,
+    // so successes now climb by 2% of 3,000, not of 6,000.
+    l.on_rate_limited(t0 + secs(2), Some(secs(1)), None);
+    assert_eq!(l.rpm_ceiling(), Some(3000.0));
+    assert_eq!(l.current_rpm(), Some(1500.0));
+    l.on_success(t0 + secs(4), None);
+    assert_eq!(l.current_rpm(), Some(1560.0));
+}
