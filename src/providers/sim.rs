@@ -100,7 +100,9 @@ impl Provider for SimProvider {
                     ..ProviderError::new(ErrorKind::Client, format!("invalid chat request: {e}"))
                 })?;
             let (latency, fate) = self.draw();
-            tokio::time::sleep(latency).await;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
             match fate {
                 Fate::ServerError => {
                     return Err(ProviderError {
