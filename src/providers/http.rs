@@ -113,6 +113,17 @@ impl ApiKey {
     }
 }
 
+/// Removes `key` (when there is one) from the error of a finished attempt.
+pub fn redact_with<T>(
+    key: Option<&ApiKey>,
+    result: Result<T, ProviderError>,
+) -> Result<T, ProviderError> {
+    result.map_err(|e| match key {
+        Some(key) => key.redact(e),
+        None => e,
+    })
+}
+
 /// Sends the request; a non-2xx answer becomes its classified error.
 pub async fn send(request: RequestBuilder) -> Result<Response, ProviderError> {
     let response = request.send().await.map_err(|e| transport(&e, None))?;

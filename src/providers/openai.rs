@@ -69,12 +69,7 @@ impl Provider for OpenAiProvider {
         &'a self,
         attempt: AttemptRequest<'a>,
     ) -> BoxFuture<'a, Result<ProviderOutput, ProviderError>> {
-        Box::pin(async move {
-            self.attempt(attempt).await.map_err(|e| match &self.key {
-                Some(key) => key.redact(e),
-                None => e,
-            })
-        })
+        Box::pin(async move { http::redact_with(self.key.as_ref(), self.attempt(attempt).await) })
     }
 }
 

@@ -12,8 +12,8 @@ mod reads;
 mod rows;
 
 pub(super) use rows::{
-    ABANDONED_MESSAGE, abandoned_data, abandoned_final_data, cancel_outcome, parse_class,
-    parse_status, raw_json,
+    ABANDONED_MESSAGE, BUSIEST_KEYS_SQL, abandoned_data, abandoned_final_data, cancel_outcome,
+    key_loads, parse_class, parse_status, raw_json,
 };
 use rows::{claimed_from_row, event_from_row, view_from_row};
 

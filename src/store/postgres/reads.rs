@@ -79,30 +79,13 @@ impl PgStore {
     }
 
     pub(in crate::store) async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
-        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(
-            "SELECT concurrency_key, class,
-                    SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
-                    SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued
-             FROM runs
-             WHERE status IN ('queued', 'running') AND concurrency_key IS NOT NULL
-             GROUP BY concurrency_key, class
-             ORDER BY 3 DESC, 4 DESC, 1
-             LIMIT $1",
-        )
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
-        rows.into_iter()
-            .map(|(key, class, running, queued)| {
-                Ok(KeyLoad {
-                    key,
-                    class: parse_class(class)?,
-                    running,
-                    queued,
-                })
-            })
-            .collect()
+        let sql = format!("{BUSIEST_KEYS_SQL}$1");
+        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        key_loads(rows)
     }
 
     pub(in crate::store) async fn find_idempotent(&self, idem_key: &str) -> Result<Option<RunId>> {

@@ -156,3 +156,27 @@ fn abandoned_error() -> RunError {
         status: None,
     }
 }
+
+/// The busiest-keys query, shared by both backends; each appends its own `LIMIT` placeholder.
+pub(crate) const BUSIEST_KEYS_SQL: &str = "SELECT concurrency_key, class,
+        SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
+        SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued
+     FROM runs
+     WHERE status IN ('queued', 'running') AND concurrency_key IS NOT NULL
+     GROUP BY concurrency_key, class
+     ORDER BY 3 DESC, 4 DESC, 1
+     LIMIT ";
+
+/// Rows of [`BUSIEST_KEYS_SQL`] as key loads.
+pub(crate) fn key_loads(rows: Vec<(String, i16, i64, i64)>) -> Result<Vec<KeyLoad>> {
+    rows.into_iter()
+        .map(|(key, class, running, queued)| {
+            Ok(KeyLoad {
+                key,
+                class: parse_class(class)?,
+                running,
+                queued,
+            })
+        })
+        .collect()
+}

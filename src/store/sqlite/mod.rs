@@ -28,8 +28,8 @@ use uuid::Uuid;
 
 use super::model::*;
 use super::postgres::{
-    ABANDONED_MESSAGE, abandoned_data, abandoned_final_data, cancel_outcome, parse_class,
-    parse_status,
+    ABANDONED_MESSAGE, BUSIEST_KEYS_SQL, abandoned_data, abandoned_final_data, cancel_outcome,
+    key_loads, parse_class, parse_status,
 };
 use super::{OpenOptions, Result, StoreError};
 use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
