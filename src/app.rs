@@ -63,12 +63,11 @@ pub async fn serve(
         clock.clone(),
     );
     let tasks = TaskTracker::new();
-    let waker = dispatcher.clone();
     let enqueuer = Enqueuer::start(
         store.clone(),
         config.dispatch.enqueue_batch,
         &tasks,
-        move || waker.wake(),
+        dispatcher.clone(),
     );
     let stopping = tokio_util::sync::CancellationToken::new();
     let pump_stop = stopping.clone();

@@ -9,7 +9,7 @@ use common::{ms, new_run, t0};
 use sluice::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 use sluice::store::{
     CancelOutcome, Completion, Enqueued, EventFilter, EventKind, Failure, FailureNext, KeyCaps,
-    ProviderQuota, RunError, RunEvent, Store,
+    ProviderQuota, RunError, RunEvent, StartNow, Store,
 };
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -62,6 +62,7 @@ conformance!(
     background_waits_for_live_and_its_cap,
     key_caps_bound_runs_in_flight,
     queue_deadlines_end_runs_that_never_started,
+    enqueue_starts_flagged_runs_that_overtake_nothing,
 );
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
@@ -1252,5 +1253,137 @@ async fn queue_deadlines_end_runs_that_never_started(store: Store) {
             .unwrap()
             .is_empty(),
         "once"
+    );
+}
+
+async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
+    let now = t0();
+    let worker = WorkerId::new();
+    let lease_until = now + ms(30_000);
+    // Nothing queued: the flagged run starts in the enqueue's commit, the other queues.
+    let a = new_run(now);
+    let b = new_run(now);
+    let (a_id, b_id) = (a.id, b.id);
+    let flags = [true, false];
+    let (out, started) = store
+        .enqueue_starting(
+            &[a, b],
+            Some(StartNow {
+                worker,
+                now,
+                lease_until,
+                runs: &flags,
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![Enqueued::Created(a_id), Enqueued::Created(b_id)]);
+    assert_eq!(started, vec![a_id]);
+    let view = store.get_run(a_id).await.unwrap().unwrap();
+    assert_eq!(view.status, Status::Running);
+    assert_eq!(view.attempts, 1);
+    assert_eq!(view.started_at, Some(now));
+    assert_eq!(view.attempt_log.len(), 1, "attempt 1 is open");
+    assert_eq!(view.attempt_log[0].finished_at, None);
+    let kinds: Vec<(EventKind, Option<u32>)> = store
+        .events_for_run(a_id, 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e.kind, e.attempt))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![(EventKind::Queued, None), (EventKind::Started, Some(1))]
+    );
+    assert_eq!(
+        store.get_run(b_id).await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    // The started run is leased like a claimed one: it completes under the same worker,
+    // and another worker cannot finish it.
+    assert!(
+        store
+            .mark_completed(WorkerId::new(), &[completion(a_id, 1, now + ms(5))])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .mark_completed(worker, &[completion(a_id, 1, now + ms(5))])
+            .await
+            .unwrap(),
+        vec![a_id]
+    );
+
+    // `b` (live, same provider) is due and queued: a new flagged run must not overtake it.
+    let c = new_run(now + ms(1));
+    let c_id = c.id;
+    let (_, started) = store
+        .enqueue_starting(
+            &[c],
+            Some(StartNow {
+                worker,
+                now: now + ms(1),
+                lease_until,
+                runs: &[true],
+            }),
+        )
+        .await
+        .unwrap();
+    assert!(
+        started.is_empty(),
+        "a due live run of the provider is ahead"
+    );
+    assert_eq!(
+        store.get_run(c_id).await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    assert_eq!(
+        claim_ids(&store, worker, 10, now + ms(2)).await,
+        vec![b_id, c_id],
+        "both wait in dispatch order"
+    );
+
+    // A run of another provider is not held back by them; one not due yet never starts;
+    // and a flag on a background run is refused.
+    let mut d = new_run(now + ms(3));
+    d.provider = "other".into();
+    let mut later = new_run(now + ms(3));
+    later.due_at = now + ms(60_000);
+    let (d_id, later_id) = (d.id, later.id);
+    let (_, started) = store
+        .enqueue_starting(
+            &[d, later],
+            Some(StartNow {
+                worker,
+                now: now + ms(3),
+                lease_until,
+                runs: &[true, true],
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(started, vec![d_id]);
+    assert_eq!(
+        store.get_run(later_id).await.unwrap().unwrap().status,
+        Status::Queued
+    );
+    let mut bg = new_run(now + ms(4));
+    bg.class = Class::Background;
+    assert!(
+        store
+            .enqueue_starting(
+                &[bg],
+                Some(StartNow {
+                    worker,
+                    now: now + ms(4),
+                    lease_until,
+                    runs: &[true],
+                }),
+            )
+            .await
+            .is_err()
     );
 }

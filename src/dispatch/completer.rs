@@ -1,6 +1,7 @@
 //! The completer: writes finished attempts in batches. Whatever finished while the previous
 //! batch was being written goes into the next one, so under load one statement carries many
-//! results and when idle a result is written at once.
+//! results and when idle a result is written at once. A slot comes free only once its
+//! result is written.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,8 +59,10 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     // What each run becomes if the write applies, for the metrics.
     let mut endings: HashMap<RunId, (Class, DateTime<Utc>, Status)> = HashMap::new();
     let mut retried = false;
+    let mut slots = Vec::with_capacity(batch.len());
     for f in batch.drain(..) {
         ids.push((f.id, f.attempt));
+        slots.extend(f.slot);
         match f.result {
             AttemptResult::Completed(c) => {
                 endings.insert(f.id, (f.class, f.created_at, Status::Completed));
@@ -115,6 +118,10 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
         }
     }
     shared.released.notify_waiters();
+    if !slots.is_empty() {
+        drop(slots);
+        shared.slot_freed.notify_one();
+    }
     if retried || !released.is_empty() {
         // A retry may be due soon, a released run is due now: let the producer look.
         shared.wake.notify_one();

@@ -29,7 +29,7 @@ struct Gate {
     background_cap: u32,
     timeouts: TimeoutRate,
     /// Durations of the most recent successful attempts, for the adaptive timeout.
-    latencies: std::collections::VecDeque<std::time::Duration>,
+    latencies: LatencyWindow,
 }
 
 /// Successful latencies kept per provider for the adaptive timeout.
@@ -60,11 +60,11 @@ impl TimeoutPolicy {
         }
     }
 
-    /// p95 of `samples` × factor + penalty × in flight, between the floor and the class
+    /// p95 of the window × factor + penalty × in flight, between the floor and the class
     /// cap; the configured default (capped) until there are enough samples.
     pub(super) fn timeout(
         &self,
-        samples: &std::collections::VecDeque<std::time::Duration>,
+        window: &mut LatencyWindow,
         in_flight: u32,
         class: crate::run::Class,
     ) -> std::time::Duration {
@@ -72,15 +72,65 @@ impl TimeoutPolicy {
             crate::run::Class::Live => self.live_cap,
             crate::run::Class::Background => self.background_cap,
         };
-        if samples.len() < self.min_samples as usize || samples.is_empty() {
+        if window.len() < self.min_samples.max(1) as usize {
             return self.default.min(cap);
         }
-        let mut sorted: Vec<std::time::Duration> = samples.iter().copied().collect();
-        sorted.sort_unstable();
-        let index = ((sorted.len() as f64) * 0.95).ceil() as usize;
-        let p95 = sorted[index.clamp(1, sorted.len()) - 1];
-        let adaptive = p95.mul_f64(self.factor) + self.penalty * in_flight;
+        let adaptive = window.p95().mul_f64(self.factor) + self.penalty * in_flight;
         adaptive.clamp(self.floor.min(cap), cap)
+    }
+}
+
+/// How many new samples a cached p95 may miss before it is worked out again.
+const P95_REFRESH: u32 = 16;
+
+/// The most recent successful latencies of a provider, with their p95 kept between
+/// calls: every attempt asks for its timeout, and ordering the whole window each time
+/// was a measurable share of the dispatch path.
+#[derive(Debug)]
+pub(super) struct LatencyWindow {
+    samples: std::collections::VecDeque<std::time::Duration>,
+    /// The p95 and how many samples arrived since it was worked out.
+    p95: Option<std::time::Duration>,
+    since: u32,
+    scratch: Vec<std::time::Duration>,
+}
+
+impl LatencyWindow {
+    pub(super) fn new() -> LatencyWindow {
+        LatencyWindow {
+            samples: std::collections::VecDeque::with_capacity(LATENCY_SAMPLES),
+            p95: None,
+            since: 0,
+            scratch: Vec::with_capacity(LATENCY_SAMPLES),
+        }
+    }
+
+    pub(super) fn push(&mut self, took: std::time::Duration) {
+        if self.samples.len() == LATENCY_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(took);
+        self.since += 1;
+    }
+
+    fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// The 95th percentile (nearest rank) of the window, which must not be empty.
+    fn p95(&mut self) -> std::time::Duration {
+        if let Some(p) = self.p95.filter(|_| self.since < P95_REFRESH) {
+            return p;
+        }
+        self.scratch.clear();
+        self.scratch.extend(self.samples.iter().copied());
+        let index = ((self.scratch.len() as f64) * 0.95).ceil() as usize;
+        let rank = index.clamp(1, self.scratch.len()) - 1;
+        let (_, p, _) = self.scratch.select_nth_unstable(rank);
+        let p = *p;
+        self.p95 = Some(p);
+        self.since = 0;
+        p
     }
 }
 
@@ -216,7 +266,7 @@ impl Gates {
                         total: 0.0,
                         at,
                     },
-                    latencies: std::collections::VecDeque::with_capacity(LATENCY_SAMPLES),
+                    latencies: LatencyWindow::new(),
                 }),
             );
         }
@@ -270,6 +320,27 @@ impl Gates {
         }
     }
 
+    /// Whether a run of `provider` may be started without counting its class's runs in
+    /// flight (the provider has no live cap).
+    pub(super) fn uncapped_live(&self, provider: &str) -> bool {
+        self.by_name
+            .get(provider)
+            .is_some_and(|g| g.lock().expect("gate lock").live_cap.is_none())
+    }
+
+    /// Hands back a ticket whose attempt never started: the provider saw nothing.
+    pub(super) fn unused(&self, provider: &str, ticket: Ticket) {
+        let Some(gate) = self.by_name.get(provider) else {
+            return;
+        };
+        let at = now();
+        let mut g = gate.lock().expect("gate lock");
+        g.limiter.cancel(ticket.permit, at);
+        if ticket.probe {
+            log_transition(provider, g.breaker.probe_abandoned(at));
+        }
+    }
+
     /// Reports how the attempt went and hands its ticket back.
     pub(super) fn report(&self, provider: &str, ticket: Ticket, report: Report<'_>) {
         let Some(gate) = self.by_name.get(provider) else {
@@ -281,10 +352,7 @@ impl Gates {
         match &report {
             Report::Success { took, .. } => {
                 g.timeouts.record(at, false);
-                if g.latencies.len() == LATENCY_SAMPLES {
-                    g.latencies.pop_front();
-                }
-                g.latencies.push_back(*took);
+                g.latencies.push(*took);
             }
             Report::Failure { kind, .. } => g.timeouts.record(at, *kind == ErrorKind::Timeout),
             Report::Abandoned => {}
@@ -382,8 +450,9 @@ impl Gates {
     ) -> std::time::Duration {
         match self.by_name.get(provider) {
             Some(gate) => {
-                let g = gate.lock().expect("gate lock");
-                policy.timeout(&g.latencies, g.limiter.in_flight(), class)
+                let mut g = gate.lock().expect("gate lock");
+                let in_flight = g.limiter.in_flight();
+                policy.timeout(&mut g.latencies, in_flight, class)
             }
             None => policy.default,
         }
@@ -458,7 +527,6 @@ pub(super) fn estimate_tokens(request: &RawValue) -> u32 {
 mod tests {
     use super::*;
     use crate::run::Class;
-    use std::collections::VecDeque;
     use std::time::Duration;
 
     fn policy() -> TimeoutPolicy {
@@ -473,8 +541,12 @@ mod tests {
         }
     }
 
-    fn samples(ms: impl IntoIterator<Item = u64>) -> VecDeque<Duration> {
-        ms.into_iter().map(Duration::from_millis).collect()
+    fn samples(ms: impl IntoIterator<Item = u64>) -> LatencyWindow {
+        let mut w = LatencyWindow::new();
+        for m in ms {
+            w.push(Duration::from_millis(m));
+        }
+        w
     }
 
     #[test]
@@ -482,36 +554,48 @@ mod tests {
         let p = policy();
         // Too few samples: the default, under the class cap.
         assert_eq!(
-            p.timeout(&samples([1000; 5]), 0, Class::Live),
+            p.timeout(&mut samples([1000; 5]), 0, Class::Live),
             Duration::from_secs(30)
         );
         assert_eq!(
-            p.timeout(&samples([1000; 5]), 0, Class::Background),
+            p.timeout(&mut samples([1000; 5]), 0, Class::Background),
             Duration::from_secs(60)
         );
         // p95 of 1..=100 s-ish: 95 of 100 samples at 4 s, 5 at 9 s → p95 4 s → 8 s + penalty.
-        let mut s = samples(vec![4000; 95]);
-        s.extend(samples(vec![9000; 5]));
-        assert_eq!(p.timeout(&s, 0, Class::Live), Duration::from_secs(8));
+        let mut s = samples(vec![4000; 95].into_iter().chain(vec![9000; 5]));
+        assert_eq!(p.timeout(&mut s, 0, Class::Live), Duration::from_secs(8));
         assert_eq!(
-            p.timeout(&s, 10, Class::Live),
+            p.timeout(&mut s, 10, Class::Live),
             Duration::from_secs(9),
             "depth penalty"
         );
         // Fast providers still get the floor; slow ones hit the class cap.
         assert_eq!(
-            p.timeout(&samples(vec![50; 40]), 0, Class::Live),
+            p.timeout(&mut samples(vec![50; 40]), 0, Class::Live),
             Duration::from_secs(5)
         );
         assert_eq!(
-            p.timeout(&samples(vec![40_000; 40]), 0, Class::Live),
+            p.timeout(&mut samples(vec![40_000; 40]), 0, Class::Live),
             Duration::from_secs(30)
         );
         assert_eq!(
-            p.timeout(&samples(vec![40_000; 40]), 0, Class::Background),
+            p.timeout(&mut samples(vec![40_000; 40]), 0, Class::Background),
             Duration::from_secs(80),
             "the background cap is higher"
         );
+    }
+
+    #[test]
+    fn the_kept_p95_follows_new_samples() {
+        let p = policy();
+        let mut w = samples(vec![50; 40]);
+        assert_eq!(p.timeout(&mut w, 0, Class::Live), Duration::from_secs(5));
+        // The provider slows down: within a refresh interval the timeout follows.
+        for _ in 0..LATENCY_SAMPLES {
+            w.push(Duration::from_secs(12));
+            p.timeout(&mut w, 0, Class::Live);
+        }
+        assert_eq!(p.timeout(&mut w, 0, Class::Live), Duration::from_secs(24));
     }
 
     #[test]

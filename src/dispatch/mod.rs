@@ -41,8 +41,9 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::providers::Providers;
-use crate::run::{Backoff, RunId, WorkerId};
-use crate::store::{KeyCaps, Store};
+use crate::run::{Backoff, Class, RunId, WorkerId};
+use crate::store::{ClaimedRun, KeyCaps, NewRun, Store};
+use chrono::{DateTime, Utc};
 
 /// The dispatch settings, taken from [`Config`] once.
 #[derive(Clone, Debug)]
@@ -142,6 +143,15 @@ pub struct Dispatcher {
     tasks: TaskTracker,
 }
 
+/// A worker slot, a provider ticket and a held lease set aside for a run that its enqueue
+/// may start (see [`Dispatcher::reserve`]).
+pub(crate) struct Reserved {
+    slot: tokio::sync::OwnedSemaphorePermit,
+    ticket: gates::Ticket,
+    abort: CancellationToken,
+    reason: Arc<Mutex<Option<AbortReason>>>,
+}
+
 /// A point-in-time view of the pool for `/health`.
 #[derive(Clone, Debug)]
 pub struct PoolStatus {
@@ -202,6 +212,90 @@ impl Dispatcher {
         }
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher
+    }
+
+    /// Sets a slot aside for `run`, so the commit that stores it can also start it (the
+    /// fast path from enqueue to a free slot), when that overtakes nothing and breaks no
+    /// limit: a live run due now, of a provider with no live cap, without a concurrency
+    /// key while live keys are capped, with a slot free and its provider's limiter and
+    /// breaker letting an attempt start. The store still starts it only if no live run of
+    /// its provider is due ahead of it.
+    pub(crate) fn reserve(&self, run: &NewRun, now: DateTime<Utc>) -> Option<Reserved> {
+        let s = &self.shared;
+        if s.stop_claiming.is_cancelled()
+            || run.class != Class::Live
+            || run.due_at > now
+            || (run.concurrency_key.is_some() && s.settings.key_caps.live.is_some())
+            || !s.gates.uncapped_live(&run.provider)
+        {
+            return None;
+        }
+        let slot = s.slots.clone().try_acquire_owned().ok()?;
+        let ticket = s.gates.admit(&run.provider, &run.request)?;
+        let (abort, reason) = worker::hold(s, run.id, 1);
+        Some(Reserved {
+            slot,
+            ticket,
+            abort,
+            reason,
+        })
+    }
+
+    /// The dispatcher's clock.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.shared.clock.now()
+    }
+
+    /// This process's worker id and a lease from `now`, for runs an enqueue starts.
+    pub(crate) fn lease_from(&self, now: DateTime<Utc>) -> (WorkerId, DateTime<Utc>) {
+        let lease = chrono::Duration::from_std(self.shared.settings.lease)
+            .unwrap_or(chrono::Duration::minutes(5));
+        (self.shared.worker, now + lease)
+    }
+
+    /// Runs the first attempt of a run its enqueue started, in the slot set aside for it.
+    pub(crate) fn launch(&self, run: NewRun, reserved: Reserved, now: DateTime<Utc>) {
+        let wait = (now - run.due_at).to_std().unwrap_or_default();
+        crate::metrics::queue_wait(run.class.as_str(), wait);
+        let claimed = ClaimedRun {
+            id: run.id,
+            attempt: 1,
+            max_attempts: u32::try_from(run.max_attempts).unwrap_or(1),
+            provider: run.provider,
+            model: run.model,
+            request: run.request,
+            class: run.class,
+            priority: run.priority,
+            tenant: run.tenant,
+            concurrency_key: run.concurrency_key,
+            stream: run.stream,
+            timeout_ms: run.timeout_ms,
+            created_at: run.created_at,
+            due_at: run.due_at,
+        };
+        self.tasks.spawn(worker::execute(
+            self.shared.clone(),
+            claimed,
+            reserved.slot,
+            reserved.ticket,
+            reserved.abort,
+            reserved.reason,
+        ));
+    }
+
+    /// Gives back what was set aside for a run its enqueue did not start.
+    pub(crate) fn unreserve(&self, id: RunId, provider: &str, reserved: Reserved) {
+        let s = &self.shared;
+        {
+            let mut held = s.held.lock().expect("held lock");
+            if held.get(&id).is_some_and(|h| h.attempt == 1) {
+                held.remove(&id);
+            }
+        }
+        s.gates.unused(provider, reserved.ticket);
+        drop(reserved.slot);
+        s.slot_freed.notify_one();
+        s.released.notify_waiters();
     }
 
     /// Tells the producer that runs may be due now (after an enqueue in this process).

@@ -32,6 +32,11 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
             }
         }
         let want = free.min(settings.claim_batch);
+        // The slots are set aside before the claim: an enqueue may take one for a run it
+        // starts itself meanwhile.
+        let Ok(mut slots) = shared.slots.clone().try_acquire_many_owned(want as u32) else {
+            continue;
+        };
         let now = shared.clock.now();
         let quotas = shared.gates.quotas(want);
         let allowed: usize = quotas.iter().map(|q| q.max).sum();
@@ -57,15 +62,14 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
             }
         };
         let got = claimed.len();
+        tracing::trace!(want, allowed, got, "claimed");
         for run in claimed {
             let wait = (now - run.due_at).to_std().unwrap_or_default();
             crate::metrics::queue_wait(run.class.as_str(), wait);
-            let permit = shared
-                .slots
-                .clone()
-                .try_acquire_owned()
-                .expect("the producer is the only one taking slots");
-            let (abort, reason) = worker::hold(&shared, &run);
+            let permit = slots
+                .split(1)
+                .expect("no more runs are claimed than slots set aside");
+            let (abort, reason) = worker::hold(&shared, run.id, run.attempt);
             let Some(ticket) = shared.gates.admit(&run.provider, &run.request) else {
                 // The provider cannot take it after all: back to the queue, no attempt spent.
                 drop(permit);
@@ -81,6 +85,8 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
                 reason,
             ));
         }
+        // Slots set aside and not used go back at once (an enqueue may want one).
+        drop(slots);
         if got == want && got > 0 {
             // There may be more due: go round again (the slot check throttles us).
             continue;
@@ -88,6 +94,12 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         // Something is due but its providers are at their limits: look again soon, as
         // capacity comes back with time (a limiter refills, a breaker half-opens).
         let held_back = allowed < want;
+        if got > 0 && !held_back {
+            // Fewer than asked: the due runs may have run out. The next claim tells, and
+            // costs less than asking for the next due time (whose index, right after a
+            // burst of claims, is mostly entries of rows that just left the queue).
+            continue;
+        }
         let sleep_for = match shared.store.next_due_at().await {
             Ok(Some(due)) => (due - shared.clock.now())
                 .to_std()

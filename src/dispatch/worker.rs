@@ -24,6 +24,10 @@ pub(super) struct Finished {
     pub class: Class,
     pub created_at: DateTime<Utc>,
     pub result: AttemptResult,
+    /// The worker slot, held until the result is written: a finished attempt whose result
+    /// is still on its way to the database keeps its run `running` there, so letting the
+    /// slot go earlier would let claims outrun the writes without bound.
+    pub slot: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Debug)]
@@ -41,14 +45,15 @@ pub(super) enum AttemptResult {
 /// Records the lease of a just-claimed run and returns its abort handles.
 pub(super) fn hold(
     shared: &Shared,
-    run: &ClaimedRun,
+    id: RunId,
+    attempt: u32,
 ) -> (CancellationToken, Arc<Mutex<Option<AbortReason>>>) {
     let abort = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
     let stale = shared.held.lock().expect("held lock").insert(
-        run.id,
+        id,
         Held {
-            attempt: run.attempt,
+            attempt,
             abort: abort.clone(),
             reason: reason.clone(),
         },
@@ -83,6 +88,7 @@ pub(super) async fn give_back(shared: &Shared, run: ClaimedRun) {
         result: AttemptResult::Released {
             attempt: run.attempt,
         },
+        slot: None,
     };
     if shared.finished.send(finished).await.is_err() {
         tracing::error!(run_id = %run.id, "completer is gone; the lease will expire and the run be rescued");
@@ -114,9 +120,8 @@ pub(super) async fn execute(
         class: run.class,
         created_at: run.created_at,
         result,
+        slot: Some(permit),
     };
-    drop(permit);
-    shared.slot_freed.notify_one();
     if shared.finished.send(finished).await.is_err() {
         tracing::error!(run_id = %run.id, "completer is gone; the lease will expire and the run be rescued");
     }

@@ -205,6 +205,18 @@ impl RateLimiter {
         }
     }
 
+    /// Takes back a start that never reached the provider: its request, its token
+    /// estimate and its in-flight slot are returned as if it had not been acquired.
+    pub fn cancel(&mut self, permit: Permit, now: Instant) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(requests) = &mut self.requests {
+            requests.give(now, 1.0);
+        }
+        if let (Some(tokens), true) = (&mut self.tokens, permit.charged) {
+            tokens.give(now, f64::from(permit.estimated_tokens));
+        }
+    }
+
     /// The adapted rates, for persisting.
     pub fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {

@@ -44,6 +44,8 @@ pub struct EventHub {
     /// Announces "run X has new deltas"; subscribers read them from `deltas`.
     delta_tx: broadcast::Sender<RunId>,
     deltas: Arc<Mutex<HashMap<RunId, DeltaLog>>>,
+    /// Wakes whoever feeds the hub when a subscriber arrives.
+    subscribed: Arc<tokio::sync::Notify>,
 }
 
 impl EventHub {
@@ -54,6 +56,7 @@ impl EventHub {
             tx,
             delta_tx,
             deltas: Arc::new(Mutex::new(HashMap::new())),
+            subscribed: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -65,7 +68,14 @@ impl EventHub {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RunEvent>> {
-        self.tx.subscribe()
+        let rx = self.tx.subscribe();
+        self.subscribed.notify_one();
+        rx
+    }
+
+    /// Resolves once a subscriber has arrived (at once if one arrived since the last call).
+    pub async fn subscribed(&self) {
+        self.subscribed.notified().await
     }
 
     pub fn subscribers(&self) -> usize {

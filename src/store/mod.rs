@@ -38,6 +38,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
+    #[error("invalid store call: {0}")]
+    Misuse(&'static str),
     #[error("cannot prepare the database file {path}: {source}")]
     Io {
         path: String,
@@ -178,11 +180,37 @@ impl Store {
     /// Inserts runs; an idempotency key already taken returns the existing run instead.
     /// The result has one entry per input, in input order.
     pub async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
+        Ok(self.enqueue_starting(runs, None).await?.0)
+    }
+
+    /// As [`Store::enqueue`], and starts the runs `start` flags where nothing is due ahead
+    /// of them (see [`StartNow`]); also returns the ids of the runs it started.
+    pub async fn enqueue_starting(
+        &self,
+        runs: &[NewRun],
+        start: Option<StartNow<'_>>,
+    ) -> Result<(Vec<Enqueued>, Vec<RunId>)> {
         if runs.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
-        let written = delegate!(self, s => s.enqueue(runs).await)?;
-        Ok(self.published(written))
+        if let Some(s) = &start
+            && (s.runs.len() != runs.len()
+                || runs
+                    .iter()
+                    .zip(s.runs)
+                    .any(|(r, f)| *f && r.class != Class::Live))
+        {
+            return Err(StoreError::Misuse(
+                "start flags must match the runs, and flag live runs only",
+            ));
+        }
+        let (enqueued, events) = delegate!(self, s => s.enqueue(runs, start).await)?;
+        let started = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Started)
+            .map(|e| e.run_id)
+            .collect();
+        Ok((self.published((enqueued, events)), started))
     }
 
     /// Claims up to `limit` due runs in dispatch order (live first, then priority, then due

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
-use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin};
+use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// A run to insert. Payloads stay raw JSON: the server stores and forwards them without
 /// re-encoding.
@@ -37,6 +37,19 @@ impl NewRun {
             .as_ref()
             .map(|k| format!("{}\u{1f}{}", self.tenant.as_deref().unwrap_or(""), k))
     }
+}
+
+/// Runs an enqueue starts in its own commit (the fast path from enqueue into a free
+/// worker slot): each flagged run that is created while no live run of its provider is
+/// due ahead of it is written `running` with attempt 1 open under `worker`'s lease,
+/// its `queued` and `started` events both in the log; the others are queued as usual.
+#[derive(Clone, Copy, Debug)]
+pub struct StartNow<'a> {
+    pub worker: WorkerId,
+    pub now: DateTime<Utc>,
+    pub lease_until: DateTime<Utc>,
+    /// One flag per run of the enqueue; only live runs may be flagged.
+    pub runs: &'a [bool],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

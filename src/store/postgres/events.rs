@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use sqlx::Row;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +29,8 @@ const MAX_GAPS: i64 = 10_000;
 const PUMP_BATCH: i64 = 2000;
 /// Safety net: the pump also looks without a notification this often.
 const PUMP_IDLE_POLL: Duration = Duration::from_secs(1);
+/// Least time between two reads while no one in this process is subscribed.
+const PUMP_UNWATCHED_INTERVAL: Duration = Duration::from_millis(100);
 
 const EVENT_COLUMNS: &str =
     "id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch";
@@ -82,7 +86,11 @@ impl PgStore {
     }
 
     /// Publishes every committed event (this process's and others') to `hub`, starting
-    /// from the newest event at start, until `stop` fires.
+    /// from the newest event at start, until `stop` fires. Each commit that writes events
+    /// notifies; notifications that pile up while a read runs are answered by one read.
+    /// While nobody in this process is subscribed, reads happen at most every
+    /// [`PUMP_UNWATCHED_INTERVAL`] (a new subscriber brings the next one forward): they only
+    /// keep the cursor current, and under load they were the most frequent statement.
     pub(in crate::store) async fn pump_events(&self, hub: EventHub, stop: CancellationToken) {
         let mut pump = Pump {
             cursor: None,
@@ -100,6 +108,7 @@ impl PgStore {
                 }
             }
             // Read after (re)subscribing, so nothing committed in between is missed.
+            let read_at = tokio::time::Instant::now();
             if let Err(e) = pump.read(self, &hub).await {
                 tracing::warn!(error = %e, "event pump read failed");
             }
@@ -121,6 +130,32 @@ impl PgStore {
                 },
                 _ = stop.cancelled() => break,
             }
+            if hub.subscribers() == 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(read_at + PUMP_UNWATCHED_INTERVAL) => {}
+                    _ = hub.subscribed() => {}
+                    _ = stop.cancelled() => break,
+                }
+            }
+            // Whatever was announced up to now is covered by the next read.
+            if let Some(l) = listener.as_mut()
+                && !drain_notifications(l)
+            {
+                listener = None;
+            }
+        }
+    }
+}
+
+/// Takes every notification already received without waiting; false when the connection
+/// is gone.
+fn drain_notifications(listener: &mut PgListener) -> bool {
+    while listener.next_buffered().is_some() {}
+    loop {
+        match listener.try_recv().now_or_never() {
+            Some(Ok(Some(_))) => {}
+            Some(Ok(None)) | Some(Err(_)) => return false,
+            None => return true,
         }
     }
 }
@@ -142,31 +177,53 @@ impl Pump {
         self.gaps
             .retain(|_, since| now.duration_since(*since) < GAP_PATIENCE);
         let gaps: Vec<i64> = self.gaps.keys().copied().collect();
+        // With nobody subscribed the events need not be read, only their ids, to keep
+        // the cursor and the gaps right for whoever subscribes next.
+        let watched = hub.subscribers() > 0;
+        let (columns, limit) = if watched {
+            (EVENT_COLUMNS, PUMP_BATCH)
+        } else {
+            ("id", PUMP_BATCH * 10)
+        };
+        // Two index lookups, not one `id > $1 OR id = ANY($2)`: the planner answers that
+        // by walking the whole primary key from its start, which grows with the log.
         let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM run_events WHERE id > $1 OR id = ANY($2)
-             ORDER BY id LIMIT $3"
+            "SELECT {columns} FROM (
+                (SELECT {columns} FROM run_events WHERE id > $1 ORDER BY id LIMIT $3)
+                UNION ALL
+                (SELECT {columns} FROM run_events WHERE id = ANY($2))
+             ) e ORDER BY id LIMIT $3"
         );
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(cursor)
             .bind(&gaps)
-            .bind(PUMP_BATCH)
+            .bind(limit)
             .fetch_all(store.pool())
             .await
             .map_err(db)?;
-        let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
+        let (ids, events): (Vec<i64>, Vec<RunEvent>) = if watched {
+            let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
+            (events.iter().map(|e| e.id).collect(), events)
+        } else {
+            let ids = rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0).map_err(db))
+                .collect::<Result<_>>()?;
+            (ids, Vec::new())
+        };
         let mut high = cursor;
-        for e in &events {
-            self.gaps.remove(&e.id);
-            if e.id > high {
+        for &id in &ids {
+            self.gaps.remove(&id);
+            if id > high {
                 // Bounded: only transactions in flight at this moment can leave holes.
-                for missing in (high + 1).max(e.id - MAX_GAPS)..e.id {
+                for missing in (high + 1).max(id - MAX_GAPS)..id {
                     self.gaps.insert(missing, now);
                 }
-                high = e.id;
+                high = id;
             }
         }
         self.cursor = Some(high);
-        let full = events.len() as i64 == PUMP_BATCH;
+        let full = ids.len() as i64 == limit;
         hub.publish(events);
         if full {
             // More is waiting; read again without waiting for a notification.

@@ -59,9 +59,10 @@ const QUOTA_PICK: &str = "picked AS (
                        OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
                            AND k.class = 0 AND k.status = 'running') < $9)
                 ORDER BY c.priority, c.due_at
-                LIMIT GREATEST(0, LEAST(q.quota, COALESCE(q.live_cap - (
-                    SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
-                      AND l.status = 'running'), q.quota)))
+                LIMIT GREATEST(0, CASE WHEN q.live_cap IS NULL THEN q.quota
+                    ELSE LEAST(q.quota, q.live_cap - (
+                        SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
+                          AND l.status = 'running')) END)
                 FOR UPDATE SKIP LOCKED
             ) r
             UNION ALL
@@ -96,6 +97,36 @@ const QUOTA_PICK: &str = "picked AS (
     LIMIT $2
 )";
 
+/// Live runs of providers whose live runs have no cap, when live concurrency keys have none
+/// either (parameters: $1 now, $2 limit, $5 providers, $6 how many may start): nothing to
+/// count, so no turn to take. Each provider's due live runs in dispatch order, merged.
+const LIVE_PICK: &str = "picked AS (
+    SELECT r.id FROM unnest($5::text[], $6::int8[]) AS q(provider, quota)
+    CROSS JOIN LATERAL (
+        SELECT c.id, c.priority, c.due_at FROM runs c
+        WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
+          AND c.class = 0
+          AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
+               OR c.started_at IS NOT NULL)
+        ORDER BY c.priority, c.due_at
+        LIMIT q.quota
+        FOR UPDATE SKIP LOCKED
+    ) r
+    ORDER BY r.priority, r.due_at
+    LIMIT $2
+)";
+
+/// The pick without quotas: one index scan in dispatch order.
+const PLAIN_PICK: &str = "picked AS (
+    SELECT id FROM runs
+    WHERE status = 'queued' AND due_at <= $1
+      AND (queue_deadline_at IS NULL OR queue_deadline_at > $1
+           OR started_at IS NOT NULL)
+    ORDER BY class, priority, due_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)";
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 #[derive(Clone)]
@@ -117,7 +148,12 @@ impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {
         let connect = PgConnectOptions::from_str(url)
             .map_err(db)?
-            .application_name("sluice");
+            .application_name("sluice")
+            // Sluice's statements are short and run thousands of times a second; the JIT
+            // compiler (on by default) would compile the claim's plan on every execution
+            // once the table is large enough to cross `jit_above_cost`, which in a 100,000-run
+            // drain spent more CPU than executing the statements.
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
@@ -139,6 +175,7 @@ impl PgStore {
     pub(in crate::store) async fn enqueue(
         &self,
         runs: &[NewRun],
+        start: Option<StartNow<'_>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let n = runs.len();
         let mut ids = Vec::with_capacity(n);
@@ -179,31 +216,57 @@ impl PgStore {
             due.push(r.due_at);
             created.push(r.created_at);
         }
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let flags: Vec<bool> = match &start {
+            Some(s) => s.runs.to_vec(),
+            None => vec![false; n],
+        };
+        // One statement, so one round trip and one commit: the rows, their events, the
+        // attempts of the runs started at once, and the wake-up of the producers when
+        // anything was left queued. A flagged run starts only if no live run of its
+        // provider is due ahead of it (as of the statement's snapshot).
         let event_rows = sqlx::query(
-            "WITH ins AS (
+            "WITH t AS (
+                SELECT t.*, t.start AND t.due_at <= $20 AND NOT EXISTS (
+                    SELECT 1 FROM runs q WHERE q.status = 'queued' AND q.provider = t.provider
+                      AND q.class = 0 AND q.due_at <= $20) AS go
+                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[],
+                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                    $13::bool[], $14::int2[], $15::int4[], $16::timestamptz[], $17::timestamptz[],
+                    $18::timestamptz[], $19::bool[])
+                  AS t(id, provider, model, request, class, priority, tenant, concurrency_key,
+                       session, batch, idem_key, metadata, stream, max_attempts, timeout_ms,
+                       queue_deadline_at, due_at, created_at, start)
+             ), ins AS (
              INSERT INTO runs (id, provider, model, request, class, priority, tenant, \
                 concurrency_key, session, batch, idem_key, metadata, stream, max_attempts, \
-                timeout_ms, queue_deadline_at, due_at, created_at, status, attempts)
+                timeout_ms, queue_deadline_at, due_at, created_at, status, attempts, \
+                lease_owner, lease_expires_at, started_at)
              SELECT t.id, t.provider, t.model, t.request::json, t.class, t.priority, t.tenant,
                 t.concurrency_key, t.session, t.batch, t.idem_key, t.metadata::json, t.stream,
                 t.max_attempts, t.timeout_ms, t.queue_deadline_at, t.due_at, t.created_at,
-                'queued', 0
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[],
-                $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                $13::bool[], $14::int2[], $15::int4[], $16::timestamptz[], $17::timestamptz[],
-                $18::timestamptz[])
-               AS t(id, provider, model, request, class, priority, tenant, concurrency_key,
-                    session, batch, idem_key, metadata, stream, max_attempts, timeout_ms,
-                    queue_deadline_at, due_at, created_at)
+                CASE WHEN t.go THEN 'running' ELSE 'queued' END,
+                CASE WHEN t.go THEN 1 ELSE 0 END,
+                CASE WHEN t.go THEN $21::uuid END,
+                CASE WHEN t.go THEN $22::timestamptz END,
+                CASE WHEN t.go THEN $20::timestamptz END
+             FROM t
              ON CONFLICT DO NOTHING
-             RETURNING id, class, tenant, batch, created_at
+             RETURNING id, status, class, tenant, batch, created_at
+             ), opened AS (
+                INSERT INTO run_attempts (run_id, attempt, worker, started_at)
+                SELECT id, 1, $21, $20 FROM ins WHERE status = 'running'
+             ), woken AS (
+                SELECT pg_notify($23, '') FROM ins WHERE status = 'queued' LIMIT 1
              ), ev AS (
-                INSERT INTO run_events (run_id, kind, at, class, tenant, batch)
-                SELECT id, 'queued', created_at, class, tenant, batch FROM ins
+                INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
+                SELECT i.id, e.kind, CASE WHEN e.ord = 1 THEN i.created_at ELSE $20 END,
+                    CASE WHEN e.ord = 2 THEN 1 END, i.class, i.tenant, i.batch
+                FROM ins i CROSS JOIN LATERAL (VALUES (1, 'queued'), (2, 'started')) AS e(ord, kind)
+                WHERE e.ord = 1 OR i.status = 'running'
+                ORDER BY e.ord
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
-             SELECT * FROM ev ORDER BY id",
+             SELECT ev.* FROM ev LEFT JOIN woken ON TRUE ORDER BY ev.id",
         )
         .bind(&ids)
         .bind(&providers)
@@ -223,22 +286,31 @@ impl PgStore {
         .bind(&deadlines)
         .bind(&due)
         .bind(&created)
-        .fetch_all(&mut *tx)
+        .bind(&flags)
+        .bind(start.as_ref().map(|s| s.now))
+        .bind(start.as_ref().map(|s| s.worker.0))
+        .bind(start.as_ref().map(|s| s.lease_until))
+        .bind(WAKE_CHANNEL)
+        .fetch_all(&self.pool)
         .await
         .map_err(db)?;
         let events: Vec<RunEvent> = event_rows
             .iter()
             .map(event_from_row)
             .collect::<Result<_>>()?;
-        let inserted: Vec<Uuid> = events.iter().map(|e| e.run_id.0).collect();
+        let inserted: std::collections::HashSet<Uuid> = events
+            .iter()
+            .filter(|e| e.kind == EventKind::Queued)
+            .map(|e| e.run_id.0)
+            .collect();
 
         let mut out = Vec::with_capacity(n);
         if inserted.len() == n {
             out.extend(runs.iter().map(|r| Enqueued::Created(r.id)));
         } else {
             // Some idempotency keys were taken (by an earlier run or by another row of this
-            // very batch): answer those with the run that holds the key.
-            let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+            // very batch): answer those with the run that holds the key. The holders are
+            // committed: a conflicting insert waits for the other transaction to end.
             let missing: Vec<String> = runs
                 .iter()
                 .filter(|r| !inserted.contains(&r.id.0))
@@ -247,7 +319,7 @@ impl PgStore {
             let holders: Vec<(String, Uuid)> =
                 sqlx::query_as("SELECT idem_key, id FROM runs WHERE idem_key = ANY($1)")
                     .bind(&missing)
-                    .fetch_all(&mut *tx)
+                    .fetch_all(&self.pool)
                     .await
                     .map_err(db)?;
             let holders: std::collections::HashMap<String, Uuid> = holders.into_iter().collect();
@@ -268,16 +340,6 @@ impl PgStore {
                 out.push(Enqueued::Existing(RunId(holder)));
             }
         }
-        if out.iter().any(|e| matches!(e, Enqueued::Created(_))) {
-            // Identical notifications in one transaction are folded into one by PostgreSQL,
-            // so a batch wakes each listening producer once.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(WAKE_CHANNEL)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-        }
-        tx.commit().await.map_err(db)?;
         Ok((out, events))
     }
 
@@ -290,93 +352,83 @@ impl PgStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
-        // Without quotas, one index scan in dispatch order. With quotas, a bounded scan per
-        // provider and class (each its own index range) that honours the class and key caps,
-        // merged in dispatch order.
-        let picked = if quotas.is_some() {
-            QUOTA_PICK
-        } else {
-            "picked AS (
-                SELECT id FROM runs
-                WHERE status = 'queued' AND due_at <= $1
-                  AND (queue_deadline_at IS NULL OR queue_deadline_at > $1
-                       OR started_at IS NOT NULL)
-                ORDER BY class, priority, due_at
-                LIMIT $2
-                FOR UPDATE SKIP LOCKED
-             )"
+        let claim = |picked: &str, limit: usize| {
+            sqlx::query(sqlx::AssertSqlSafe(claim_sql(picked)))
+                .bind(now)
+                .bind(limit as i64)
+                .bind(worker.0)
+                .bind(lease_until)
         };
-        let quotas = quotas.unwrap_or_default();
+        let Some(quotas) = quotas else {
+            let rows = claim(PLAIN_PICK, limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+            return claimed_runs(&rows, now);
+        };
         let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
-        let maxes: Vec<i64> = quotas.iter().map(|q| q.max as i64).collect();
+        let mut maxes: Vec<i64> = quotas.iter().map(|q| q.max as i64).collect();
+        let mut first = Vec::new();
+        if key_caps.live.is_none() {
+            // Live runs with nothing to count first, without taking turns: a claim that
+            // fills up on them (a busy drain) is a single statement.
+            let live: Vec<i64> = quotas
+                .iter()
+                .zip(&maxes)
+                .map(|(q, m)| if q.live_cap.is_some() { 0 } else { *m })
+                .collect();
+            if live.iter().any(|m| *m > 0) {
+                first = claim(LIVE_PICK, limit)
+                    .bind(&names)
+                    .bind(&live)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db)?;
+                // A provider that had live runs due has had its turn: its background runs
+                // wait while its live runs are due, as in a single pick.
+                for row in &first {
+                    let provider: &str = row.try_get("provider").map_err(db)?;
+                    if let Some(i) = names.iter().position(|n| *n == provider) {
+                        maxes[i] = 0;
+                    }
+                }
+            }
+        }
+        let left = limit - first.len().min(limit);
+        if left == 0 || maxes.iter().all(|m| *m <= 0) {
+            return claimed_runs(&first, now);
+        }
         let live_caps: Vec<Option<i64>> =
             quotas.iter().map(|q| q.live_cap.map(i64::from)).collect();
         let bg_caps: Vec<i64> = quotas.iter().map(|q| i64::from(q.background_cap)).collect();
-        let sql = format!(
-            "WITH {picked}, claimed AS (
-                UPDATE runs r
-                SET status = 'running', attempts = r.attempts + 1, lease_owner = $3,
-                    lease_expires_at = $4, started_at = COALESCE(r.started_at, $1)
-                FROM picked WHERE r.id = picked.id
-                RETURNING r.id, r.attempts, r.max_attempts, r.provider, r.model,
-                    r.request::text AS request, r.class, r.priority, r.tenant, r.batch,
-                    r.concurrency_key, r.stream, r.timeout_ms, r.created_at, r.due_at
-             ), opened AS (
-                INSERT INTO run_attempts (run_id, attempt, worker, started_at)
-                SELECT id, attempts, $3, $1 FROM claimed
-             ), ev AS (
-                INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
-                SELECT id, 'started', $1, attempts, class, tenant, batch FROM claimed
-                RETURNING id AS event_id, run_id
-             )
-             SELECT claimed.*, ev.event_id FROM claimed JOIN ev ON ev.run_id = claimed.id
-             ORDER BY class, priority, due_at"
-        );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now)
-            .bind(limit as i64)
-            .bind(worker.0)
-            .bind(lease_until);
-        let rows = if quotas.is_empty() {
-            query.fetch_all(&self.pool).await.map_err(db)?
-        } else {
-            query = query
-                .bind(&names)
-                .bind(&maxes)
-                .bind(&live_caps)
-                .bind(&bg_caps)
-                .bind(key_caps.live.map(i64::from))
-                .bind(key_caps.background.map(i64::from));
-            // Caps count runs in flight across every process: claims that count take turns,
-            // so two processes cannot both see room for the last slot.
-            let mut tx = self.pool.begin().await.map_err(db)?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(CLAIM_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
-            let rows = query.fetch_all(&mut *tx).await.map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            rows
-        };
-        let mut claimed = Vec::with_capacity(rows.len());
-        let mut events = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let run = claimed_from_row(row)?;
-            events.push(RunEvent {
-                id: row.try_get("event_id").map_err(db)?,
-                run_id: run.id,
-                kind: EventKind::Started,
-                at: now,
-                attempt: Some(run.attempt),
-                data: None,
-                class: run.class,
-                tenant: run.tenant.clone(),
-                batch: row.try_get("batch").map_err(db)?,
-            });
-            claimed.push(run);
+        let query = claim(QUOTA_PICK, left)
+            .bind(&names)
+            .bind(&maxes)
+            .bind(&live_caps)
+            .bind(&bg_caps)
+            .bind(key_caps.live.map(i64::from))
+            .bind(key_caps.background.map(i64::from));
+        // Caps count runs in flight across every process: claims that count take turns,
+        // so two processes cannot both see room for the last slot.
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(CLAIM_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        if first.is_empty() {
+            return claimed_runs(&rows, now);
         }
-        Ok((claimed, events))
+        let (mut claimed, mut events) = claimed_runs(&first, now)?;
+        let (more, more_events) = claimed_runs(&rows, now)?;
+        claimed.extend(more);
+        events.extend(more_events);
+        // Both in dispatch order, as one claim's result is.
+        let mut both: Vec<(ClaimedRun, RunEvent)> = claimed.into_iter().zip(events).collect();
+        both.sort_by_key(|(c, _)| (c.class, c.priority, c.due_at));
+        Ok(both.into_iter().unzip())
     }
 
     pub(in crate::store) async fn extend_leases(
@@ -410,4 +462,53 @@ impl PgStore {
     pub(in crate::store) async fn close(&self) {
         self.pool.close().await
     }
+}
+
+/// The claim statement around a pick: marks the picked runs running under the lease,
+/// opens their attempts and writes their `started` events, in dispatch order.
+fn claim_sql(picked: &str) -> String {
+    format!(
+        "WITH {picked}, claimed AS (
+            UPDATE runs r
+            SET status = 'running', attempts = r.attempts + 1, lease_owner = $3,
+                lease_expires_at = $4, started_at = COALESCE(r.started_at, $1)
+            FROM picked WHERE r.id = picked.id
+            RETURNING r.id, r.attempts, r.max_attempts, r.provider, r.model,
+                r.request::text AS request, r.class, r.priority, r.tenant, r.batch,
+                r.concurrency_key, r.stream, r.timeout_ms, r.created_at, r.due_at
+         ), opened AS (
+            INSERT INTO run_attempts (run_id, attempt, worker, started_at)
+            SELECT id, attempts, $3, $1 FROM claimed
+         ), ev AS (
+            INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
+            SELECT id, 'started', $1, attempts, class, tenant, batch FROM claimed
+            RETURNING id AS event_id, run_id
+         )
+         SELECT claimed.*, ev.event_id FROM claimed JOIN ev ON ev.run_id = claimed.id
+         ORDER BY class, priority, due_at"
+    )
+}
+
+fn claimed_runs(
+    rows: &[sqlx::postgres::PgRow],
+    now: DateTime<Utc>,
+) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
+    let mut claimed = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
+    for row in rows {
+        let run = claimed_from_row(row)?;
+        events.push(RunEvent {
+            id: row.try_get("event_id").map_err(db)?,
+            run_id: run.id,
+            kind: EventKind::Started,
+            at: now,
+            attempt: Some(run.attempt),
+            data: None,
+            class: run.class,
+            tenant: run.tenant.clone(),
+            batch: row.try_get("batch").map_err(db)?,
+        });
+        claimed.push(run);
+    }
+    Ok((claimed, events))
 }

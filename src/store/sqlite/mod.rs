@@ -110,11 +110,32 @@ impl SqliteStore {
     pub(in crate::store) async fn enqueue(
         &self,
         runs: &[NewRun],
+        start: Option<StartNow<'_>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(runs.len());
         let mut events = Vec::with_capacity(runs.len());
-        for r in runs {
+        // Whether each run may start at once, decided before any of this batch is written
+        // (as on PostgreSQL, where the batch is one statement).
+        let mut go = vec![false; runs.len()];
+        if let Some(s) = &start {
+            for (i, r) in runs.iter().enumerate() {
+                if !s.runs[i] || r.due_at > s.now {
+                    continue;
+                }
+                let ahead: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued' AND provider = ?
+                        AND class = 0 AND due_at <= ?)",
+                )
+                .bind(&r.provider)
+                .bind(ms(s.now))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db)?;
+                go[i] = !ahead;
+            }
+        }
+        for (i, r) in runs.iter().enumerate() {
             let idem = r.idem_key();
             let inserted = sqlx::query(
                 "INSERT INTO runs (id, provider, model, request, class, priority, tenant,
@@ -163,6 +184,9 @@ impl SqliteStore {
                 .await?;
                 events.push(e);
                 out.push(Enqueued::Created(r.id));
+                if let (Some(s), true) = (&start, go[i]) {
+                    events.push(start_now(&mut tx, r, s, &scope).await?);
+                }
                 continue;
             }
             let holder: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
@@ -391,4 +415,34 @@ async fn close_attempt(
     .await
     .map_err(db)?;
     Ok(())
+}
+
+/// Starts a run just inserted by the same transaction: attempt 1 under the lease.
+async fn start_now(
+    tx: &mut Transaction<'static, Sqlite>,
+    r: &NewRun,
+    s: &StartNow<'_>,
+    scope: &EventScope,
+) -> Result<RunEvent> {
+    sqlx::query(
+        "UPDATE runs SET status = 'running', attempts = 1, lease_owner = ?, lease_expires_at = ?,
+            started_at = ? WHERE id = ?",
+    )
+    .bind(s.worker.0)
+    .bind(ms(s.lease_until))
+    .bind(ms(s.now))
+    .bind(r.id.0)
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    sqlx::query(
+        "INSERT INTO run_attempts (run_id, attempt, worker, started_at) VALUES (?, 1, ?, ?)",
+    )
+    .bind(r.id.0)
+    .bind(s.worker.0)
+    .bind(ms(s.now))
+    .execute(&mut **tx)
+    .await
+    .map_err(db)?;
+    insert_event(tx, r.id, EventKind::Started, s.now, Some(1), None, scope).await
 }
