@@ -96,6 +96,8 @@ pub async fn serve(
     let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
         shutdown.await;
         stop_claims.stop_claiming();
+        // Logged once claiming has stopped: no attempt starts later than this line.
+        tracing::info!("claims stopped: no attempt starts from here on");
         signalled.cancel();
     });
     let drain_limit = config.http.request_timeout;

@@ -376,6 +376,11 @@ pub struct LimiterConfig {
     /// Pause after a 429 that names no reset time.
     #[serde(with = "duration")]
     pub default_pause: Duration,
+    /// With no `rpm` configured, attempts in flight start limited to this window, which
+    /// grows by one per success (doubling per round trip) until the provider states its
+    /// limit, refuses (a ceiling is learned) or the window reaches
+    /// [`SLOW_START_END`](crate::limits::SLOW_START_END). 0 turns slow start off.
+    pub slow_start_window: u32,
 }
 
 impl Default for LimiterConfig {
@@ -386,6 +391,7 @@ impl Default for LimiterConfig {
             min_share: 0.05,
             remaining_threshold: 0.1,
             default_pause: Duration::from_secs(1),
+            slow_start_window: 8,
         }
     }
 }

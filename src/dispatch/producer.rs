@@ -38,6 +38,11 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
             continue;
         };
         let now = shared.clock.now();
+        // Looked at again after the time is taken: once claiming has stopped, no claim
+        // carries a later start time.
+        if shared.stop_claiming.is_cancelled() {
+            break;
+        }
         let quotas = shared.gates.quotas(want);
         let allowed: usize = quotas.iter().map(|q| q.max).sum();
         let claimed = match shared

@@ -22,6 +22,10 @@ use std::time::{Duration, Instant};
 /// claim batch, small enough that adding it up across providers cannot overflow a `u32`.
 pub const UNLIMITED: u32 = 1 << 20;
 
+/// The slow-start window at which a provider that never refused nor stated a limit is
+/// taken as unlimited.
+pub const SLOW_START_END: u32 = 1024;
+
 /// The longest pause a provider can impose through its headers. A larger `retry-after`
 /// (a daily quota, or a garbled header) is cut to this; the limiter then simply tries again
 /// and is told again.

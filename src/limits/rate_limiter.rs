@@ -80,6 +80,9 @@ pub struct RateLimiter {
     recent_starts: RecentStarts,
     /// Running average of token estimates, to tell how many attempts a token balance covers.
     typical_estimate: Option<f64>,
+    /// The slow-start window on attempts in flight while requests have no limit yet (see
+    /// `adapt.rs`); `None` once it ended or when it is off.
+    slow_start: Option<u32>,
 }
 
 impl RateLimiter {
@@ -98,6 +101,8 @@ impl RateLimiter {
             paused_until: None,
             recent_starts: RecentStarts::new(now),
             typical_estimate: None,
+            slow_start: (config.rpm.is_none() && settings_window(&config.limiter) > 0)
+                .then(|| settings_window(&config.limiter)),
         }
     }
 
@@ -112,7 +117,7 @@ impl RateLimiter {
         if let Some(requests) = &self.requests {
             n = n.min(requests.whole(now, UNLIMITED));
         }
-        if let Some(max) = self.max_concurrency {
+        if let Some(max) = self.concurrency_limit() {
             n = n.min(max.saturating_sub(self.in_flight));
         }
         if let Some(tokens) = &self.tokens {
@@ -130,7 +135,7 @@ impl RateLimiter {
 
     /// Why an attempt could not start now, or `None` when it could.
     pub fn wait(&self, now: Instant) -> Option<Wait> {
-        if let Some(max) = self.max_concurrency
+        if let Some(max) = self.concurrency_limit()
             && self.in_flight >= max
         {
             return Some(Wait {
@@ -283,6 +288,20 @@ impl RateLimiter {
         self.paused_until.is_some_and(|until| now < until)
     }
 
+    /// The cap on attempts in flight: the configured one, or the slow-start window while
+    /// it lasts, whichever is less.
+    fn concurrency_limit(&self) -> Option<u32> {
+        match (self.max_concurrency, self.slow_start) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The slow-start window while it lasts.
+    pub fn slow_start_window(&self) -> Option<u32> {
+        self.slow_start
+    }
+
     fn pause(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
     }
@@ -294,3 +313,7 @@ mod adapt;
 mod props;
 #[cfg(test)]
 mod tests;
+
+fn settings_window(settings: &LimiterConfig) -> u32 {
+    settings.slow_start_window
+}

@@ -15,6 +15,13 @@
 //!   never below the floor and never raised by this rule; with nothing left it pauses until
 //!   the reset and leaves the rate alone (the budget comes back whole then).
 //!
+//! A provider with no configured `rpm` starts in slow start: attempts in flight are capped
+//! by a window (`limiter.slow_start_window`, 8) that grows by one per success, so it doubles
+//! per round trip, instead of the first backlog going out all at once and coming back as a
+//! wall of 429s. Slow start ends at the first 429 (a ceiling is learned, below), when the
+//! provider states its request limit (that limit becomes the ceiling), or when the window
+//! reaches [`SLOW_START_END`].
+//!
 //! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
 //! headers state, or else the pace of our starts over the last minute (it just refused that
 //! pace, so that is an upper bound on what it accepts, and the decrease starts below it).
@@ -26,6 +33,7 @@
 use std::time::{Duration, Instant};
 
 use super::RateLimiter;
+use crate::limits::SLOW_START_END;
 use crate::limits::bucket::Bucket;
 use crate::limits::pause_end;
 use crate::providers::RateLimitInfo;
@@ -75,6 +83,7 @@ impl RateLimiter {
         info: Option<&RateLimitInfo>,
     ) {
         self.follow_stated_limits(now, info);
+        self.slow_start = None;
         let exhausted = |dim: Dimension| info.is_some_and(|i| dim.reading(i).remaining == Some(0));
         let named = exhausted(Dimension::Requests) || exhausted(Dimension::Tokens);
         if !self.is_paused(now) {
@@ -115,6 +124,18 @@ impl RateLimiter {
     /// climb back towards the ceiling (not while paused).
     pub fn on_success(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
         self.follow_stated_limits(now, info);
+        if let Some(window) = self.slow_start {
+            let stated = info.and_then(|i| i.limit_requests);
+            if let Some(limit) = stated.filter(|_| self.requests.is_none()) {
+                // The provider says what it allows: that is the ceiling from now on.
+                let min_share = self.settings.min_share;
+                self.requests = Some(Bucket::full(limit as f64, min_share, now));
+                self.slow_start = None;
+            } else {
+                let grown = window.saturating_add(1);
+                self.slow_start = (grown < SLOW_START_END).then_some(grown);
+            }
+        }
         for dim in [Dimension::Requests, Dimension::Tokens] {
             let tightened = info.is_some_and(|i| self.tighten(dim, now, i));
             if tightened || self.is_paused(now) {

@@ -32,7 +32,9 @@ fn headers(limit: u64, remaining: u64, reset: Option<Duration>) -> RateLimitInfo
 #[test]
 fn nothing_configured_means_unlimited() {
     let t0 = Instant::now();
-    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    let mut p = provider(None, None, None);
+    p.limiter.slow_start_window = 0;
+    let mut l = RateLimiter::new(&p, t0);
     assert_eq!(l.available(t0), UNLIMITED);
     for _ in 0..1000 {
         let _ = l.acquire(t0, 500).expect("unlimited");
@@ -352,4 +354,63 @@ fn later_bare_429s_bring_a_learned_ceiling_down_to_the_refused_rate() {
     assert_eq!(l.current_rpm(), Some(1500.0));
     l.on_success(t0 + secs(4), None);
     assert_eq!(l.current_rpm(), Some(1560.0));
+}
+
+#[test]
+fn slow_start_doubles_the_window_per_round_trip() {
+    let t0 = Instant::now();
+    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    assert_eq!(
+        l.available(t0),
+        8,
+        "the first backlog goes out eight at a time"
+    );
+    let round: Vec<Permit> = (0..8).map(|_| l.acquire(t0, 1).unwrap()).collect();
+    assert_eq!(
+        l.acquire(t0, 1).unwrap_err().reason,
+        WaitReason::Concurrency
+    );
+    for permit in round {
+        l.on_success(t0 + ms(100), None);
+        l.release(permit, t0 + ms(100), None);
+    }
+    assert_eq!(l.slow_start_window(), Some(16));
+    assert_eq!(l.available(t0 + ms(100)), 16);
+    // Enough successes and the provider is taken as unlimited.
+    for _ in 0..crate::limits::SLOW_START_END {
+        l.on_success(t0 + ms(200), None);
+    }
+    assert_eq!(l.slow_start_window(), None);
+    assert_eq!(l.available(t0 + ms(200)), UNLIMITED);
+    assert_eq!(l.current_rpm(), None);
+}
+
+#[test]
+fn slow_start_ends_at_the_first_refusal_or_a_stated_limit() {
+    let t0 = Instant::now();
+    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    for _ in 0..8 {
+        let p = l.acquire(t0, 1).unwrap();
+        l.release(p, t0, None);
+    }
+    l.on_rate_limited(t0, Some(secs(1)), None);
+    assert_eq!(l.slow_start_window(), None);
+    assert!(l.current_rpm().is_some(), "a ceiling was learned");
+
+    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    l.on_success(t0, Some(&headers(600, 599, None)));
+    assert_eq!(l.slow_start_window(), None);
+    assert_eq!(
+        l.current_rpm(),
+        Some(600.0),
+        "the stated limit is the ceiling"
+    );
+    assert_eq!(l.available(t0), 10, "a second's worth of it");
+
+    // A configured rpm needs no slow start.
+    let l = RateLimiter::new(&provider(Some(600), None, None), t0);
+    assert_eq!(l.slow_start_window(), None);
+    // A configured concurrency below the window wins.
+    let l = RateLimiter::new(&provider(None, None, Some(3)), t0);
+    assert_eq!(l.available(t0), 3);
 }
