@@ -25,8 +25,8 @@
 //! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
 //! headers state, or else the pace of our starts over the last minute (it just refused that
 //! pace, so that is an upper bound on what it accepts, and the decrease starts below it).
-//! Each later bare 429 brings that learned ceiling down to the rate it refused, so the
-//! additive increase climbs back towards what was last too much. A learned
+//! Each later bare 429 brings that learned ceiling down to 5% under the rate it refused, so
+//! the additive increase levels off just below what was last too much. A learned
 //! ceiling follows later headers and lasts for the life of the process. Tokens learn only
 //! from a stated limit; without one the request rate carries the adaptation.
 
@@ -37,6 +37,11 @@ use crate::limits::SLOW_START_END;
 use crate::limits::bucket::Bucket;
 use crate::limits::pause_end;
 use crate::providers::RateLimitInfo;
+
+/// A learned ceiling settles this share below the rate a bare 429 refused, so the additive
+/// increase levels off under the provider's limit instead of running into it again and
+/// again.
+const LEARNED_CEILING_MARGIN: f64 = 0.05;
 
 /// How long a per-minute budget takes to reset when the provider names no reset time.
 const DEFAULT_RESET_WINDOW: Duration = Duration::from_secs(60);
@@ -97,12 +102,12 @@ impl RateLimiter {
                 let fresh = self.bucket_mut(dim).is_none();
                 self.learn_ceiling(dim, now, info);
                 if let Some(bucket) = self.bucket_mut(dim) {
-                    // A learned ceiling comes down to the rate just refused: the additive
-                    // increase climbs back towards what was last too much, not towards a
+                    // A learned ceiling comes down to just under the rate just refused: the
+                    // additive increase levels off below what was last too much, not at a
                     // first burst's pace, which would bring the next 429 within a second.
                     if learned && !fresh {
                         let refused = bucket.rate();
-                        bucket.set_ceiling(now, refused);
+                        bucket.set_ceiling(now, refused * (1.0 - LEARNED_CEILING_MARGIN));
                     }
                     let decreased = bucket.rate() * factor;
                     bucket.set_rate(now, decreased);

@@ -347,13 +347,18 @@ fn later_bare_429s_bring_a_learned_ceiling_down_to_the_refused_rate() {
     l.on_rate_limited(t0, Some(secs(1)), None);
     assert_eq!(l.rpm_ceiling(), Some(6000.0));
     assert_eq!(l.current_rpm(), Some(3000.0));
-    // Still too fast: the ceiling comes down to the refused 3,000 and the rate halves again,
-    // so successes now climb by 2% of 3,000, not of 6,000.
+    // Still too fast: the ceiling comes down to 5% under the refused 3,000 and the rate
+    // halves again, so successes now climb by 2% of 2,850, not of 6,000, and level off
+    // below the pace that was refused.
     l.on_rate_limited(t0 + secs(2), Some(secs(1)), None);
-    assert_eq!(l.rpm_ceiling(), Some(3000.0));
-    assert_eq!(l.current_rpm(), Some(1500.0));
+    assert_eq!(l.rpm_ceiling(), Some(2850.0));
+    assert_eq!(l.current_rpm(), Some(1425.0));
     l.on_success(t0 + secs(4), None);
-    assert_eq!(l.current_rpm(), Some(1560.0));
+    assert_eq!(l.current_rpm(), Some(1482.0));
+    for _ in 0..100 {
+        l.on_success(t0 + secs(5), None);
+    }
+    assert_eq!(l.current_rpm(), Some(2850.0));
 }
 
 #[test]
