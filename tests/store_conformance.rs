@@ -1274,6 +1274,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
                 lease_until,
                 runs: &flags,
             }),
+            None,
         )
         .await
         .unwrap();
@@ -1329,6 +1330,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
                 lease_until,
                 runs: &[true],
             }),
+            None,
         )
         .await
         .unwrap();
@@ -1362,6 +1364,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
                 lease_until,
                 runs: &[true, true],
             }),
+            None,
         )
         .await
         .unwrap();
@@ -1382,6 +1385,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
                     lease_until,
                     runs: &[true],
                 }),
+                None,
             )
             .await
             .is_err()

@@ -46,9 +46,13 @@ struct Cli {
     /// Requests in flight during bulk enqueues.
     #[arg(long, default_value_t = 128)]
     concurrency: usize,
-    /// `dispatch.slots` of the server (all scenarios but live-first).
+    /// `dispatch.slots` of the server (all scenarios but the drain and live-first).
     #[arg(long, default_value_t = 1000)]
     slots: usize,
+    /// `dispatch.slots` of the server in the drain (a zero-latency provider needs many
+    /// attempts in flight to keep the claim and completion statements busy).
+    #[arg(long, default_value_t = 4000)]
+    drain_slots: usize,
     #[arg(long, default_value_t = 1000)]
     claim_batch: usize,
     #[arg(long, default_value_t = 1000)]
@@ -286,7 +290,7 @@ async fn main() -> anyhow::Result<()> {
     scenario!(
         "drain",
         format!("1. Drain of {n} runs (zero-latency sim)"),
-        scenarios::drain(&ctx, n)
+        scenarios::drain(&ctx, n, cli.drain_slots)
     );
     scenario!(
         "steady",
@@ -491,9 +495,10 @@ async fn main() -> anyhow::Result<()> {
             scenario: "1. Drain, zero-latency provider".into(),
             figure: rps.map_or("error".into(), |r| {
                 format!(
-                    "{} runs/s (N = {}; T0 to all finished: {}/s)",
+                    "{} runs/s (N = {}, {} slots; T0 to all finished: {}/s)",
                     fmt_int(r),
                     fmt_int(n as f64),
+                    fmt_int(cli.drain_slots as f64),
                     fmt_int(f(d, &["runs_per_sec_t0_to_observed"]).unwrap_or(0.0))
                 )
             }),
@@ -747,6 +752,7 @@ async fn main() -> anyhow::Result<()> {
                 "dispatch.slots": base.slots, "dispatch.claim_batch": base.claim_batch,
                 "dispatch.complete_batch": base.complete_batch, "dispatch.enqueue_batch": base.enqueue_batch,
                 "database.max_connections": base.max_connections, "SLUICE_LOG": base.log,
+                "drain.slots": cli.drain_slots,
                 "live_first.slots": 100, "other keys": "defaults",
             },
         },

@@ -96,8 +96,13 @@ pub async fn idle_rss(ctx: &Ctx) -> anyhow::Result<Value> {
 // 1a. Drain
 // ---------------------------------------------------------------------------------------
 
-pub async fn drain(ctx: &Ctx, n: u64) -> anyhow::Result<Value> {
-    let cfg = ctx.config(sim(0));
+pub async fn drain(ctx: &Ctx, n: u64, slots: usize) -> anyhow::Result<Value> {
+    // A zero-latency provider needs many attempts in flight to keep both the claim and
+    // the completion statements busy: the drain runs with its own slot count.
+    let cfg = ServerConfig {
+        slots,
+        ..ctx.config(sim(0))
+    };
     // Pilot: how fast does this machine enqueue over HTTP? It sets how far ahead the
     // drain's common start time T0 must lie so that every run is stored before any starts.
     let pilot_n = (n / 10).clamp(1000, 5000);

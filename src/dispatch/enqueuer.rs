@@ -81,12 +81,19 @@ async fn run(
                 runs: &flags,
             }
         });
-        match store.enqueue_starting(&runs, start).await {
+        let horizon = dispatcher.notify_horizon(now);
+        match store.enqueue_starting(&runs, start, Some(horizon)).await {
             Ok((results, started)) => {
                 let started: HashSet<RunId> = started.into_iter().collect();
-                let queued = results
+                // The earliest due time of the runs left queued.
+                let queued = runs
                     .iter()
-                    .any(|r| matches!(r, Enqueued::Created(id) if !started.contains(id)));
+                    .zip(&results)
+                    .filter(|(run, r)| {
+                        matches!(r, Enqueued::Created(id) if !started.contains(id) && *id == run.id)
+                    })
+                    .map(|(run, _)| run.due_at)
+                    .min();
                 for (run, reserved) in runs.into_iter().zip(reserved) {
                     let Some(reserved) = reserved else { continue };
                     if started.contains(&run.id) {
@@ -95,8 +102,8 @@ async fn run(
                         dispatcher.unreserve(run.id, &run.provider, reserved);
                     }
                 }
-                if queued {
-                    dispatcher.wake();
+                if let Some(due) = queued {
+                    dispatcher.wake_for(due);
                 }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));

@@ -91,6 +91,9 @@ impl Settings {
     }
 }
 
+/// `Shared::sleeping_until` while the producer is not asleep on its timer.
+const AWAKE: i64 = i64::MIN;
+
 /// Why an in-flight attempt is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum AbortReason {
@@ -125,6 +128,10 @@ struct Shared {
     held: Mutex<HashMap<RunId, Held>>,
     /// Wakes the producer: something may be due.
     wake: Notify,
+    /// When the producer will look again by itself (unix microseconds) while it sleeps
+    /// on its timer, [`AWAKE`] otherwise: a run enqueued here that is due later than that
+    /// needs no wake-up.
+    sleeping_until: std::sync::atomic::AtomicI64,
     /// Wakes the producer: a slot came free.
     slot_freed: Notify,
     /// Wakes a shutdown waiting for `held` to empty.
@@ -191,6 +198,7 @@ impl Dispatcher {
             settings,
             held: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            sleeping_until: std::sync::atomic::AtomicI64::new(AWAKE),
             slot_freed: Notify::new(),
             released: Notify::new(),
             stop_claiming: CancellationToken::new(),
@@ -301,6 +309,25 @@ impl Dispatcher {
     /// Tells the producer that runs may be due now (after an enqueue in this process).
     pub fn wake(&self) {
         self.shared.wake.notify_one();
+    }
+
+    /// Tells the producer about runs just queued here that become due at `due`, unless
+    /// it will look by itself before then.
+    pub(crate) fn wake_for(&self, due: DateTime<Utc>) {
+        let until = self
+            .shared
+            .sleeping_until
+            .load(std::sync::atomic::Ordering::SeqCst);
+        if until == AWAKE || due.timestamp_micros() <= until {
+            self.wake();
+        }
+    }
+
+    /// How far ahead a run queued now must be due for other processes' producers to be
+    /// told at once; later ones they find by their own periodic look.
+    pub(crate) fn notify_horizon(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        now + chrono::Duration::from_std(self.shared.settings.idle_poll)
+            .unwrap_or(chrono::Duration::seconds(5))
     }
 
     /// Stops an in-flight attempt of a run that was just cancelled in the store. Returns

@@ -3,11 +3,12 @@
 //! busy-polls: with nothing due it sleeps until woken or until the next due time.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use super::{Shared, worker};
+use super::{AWAKE, Shared, worker};
 
 /// How long to back off after the database refused a claim.
 const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -127,11 +128,18 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         } else {
             sleep_for
         };
+        // Enqueues of runs due after this wake-up need not wake us (see `Shared::sleeping_until`).
+        let until = shared.clock.now()
+            + chrono::Duration::from_std(sleep_for).unwrap_or(chrono::Duration::zero());
+        shared
+            .sleeping_until
+            .store(until.timestamp_micros(), Ordering::SeqCst);
         tokio::select! {
             _ = shared.wake.notified() => {}
             _ = tokio::time::sleep(sleep_for) => {}
             _ = shared.stop_claiming.cancelled() => break,
         }
+        shared.sleeping_until.store(AWAKE, Ordering::SeqCst);
     }
     tracing::debug!("producer stopped");
 }

@@ -180,15 +180,18 @@ impl Store {
     /// Inserts runs; an idempotency key already taken returns the existing run instead.
     /// The result has one entry per input, in input order.
     pub async fn enqueue(&self, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
-        Ok(self.enqueue_starting(runs, None).await?.0)
+        Ok(self.enqueue_starting(runs, None, None).await?.0)
     }
 
     /// As [`Store::enqueue`], and starts the runs `start` flags where nothing is due ahead
-    /// of them (see [`StartNow`]); also returns the ids of the runs it started.
+    /// of them (see [`StartNow`]); also returns the ids of the runs it started. On
+    /// PostgreSQL, other processes' producers are notified of the runs left queued when one
+    /// is due by `notify_until` (always when `None`).
     pub async fn enqueue_starting(
         &self,
         runs: &[NewRun],
         start: Option<StartNow<'_>>,
+        notify_until: Option<DateTime<Utc>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunId>)> {
         if runs.is_empty() {
             return Ok((Vec::new(), Vec::new()));
@@ -204,7 +207,7 @@ impl Store {
                 "start flags must match the runs, and flag live runs only",
             ));
         }
-        let (enqueued, events) = delegate!(self, s => s.enqueue(runs, start).await)?;
+        let (enqueued, events) = delegate!(self, s => s.enqueue(runs, start, notify_until).await)?;
         let started = events
             .iter()
             .filter(|e| e.kind == EventKind::Started)

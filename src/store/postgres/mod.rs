@@ -176,6 +176,7 @@ impl PgStore {
         &self,
         runs: &[NewRun],
         start: Option<StartNow<'_>>,
+        notify_until: Option<DateTime<Utc>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let n = runs.len();
         let mut ids = Vec::with_capacity(n);
@@ -222,7 +223,7 @@ impl PgStore {
         };
         // One statement, so one round trip and one commit: the rows, their events, the
         // attempts of the runs started at once, and the wake-up of the producers when
-        // anything was left queued. A flagged run starts only if no live run of its
+        // anything was left queued that is due soon (later ones their periodic look finds). A flagged run starts only if no live run of its
         // provider is due ahead of it (as of the statement's snapshot).
         let event_rows = sqlx::query(
             "WITH t AS (
@@ -251,12 +252,13 @@ impl PgStore {
                 CASE WHEN t.go THEN $20::timestamptz END
              FROM t
              ON CONFLICT DO NOTHING
-             RETURNING id, status, class, tenant, batch, created_at
+             RETURNING id, status, class, tenant, batch, created_at, due_at
              ), opened AS (
                 INSERT INTO run_attempts (run_id, attempt, worker, started_at)
                 SELECT id, 1, $21, $20 FROM ins WHERE status = 'running'
              ), woken AS (
-                SELECT pg_notify($23, '') FROM ins WHERE status = 'queued' LIMIT 1
+                SELECT pg_notify($23, '') FROM ins WHERE status = 'queued'
+                  AND ($24::timestamptz IS NULL OR due_at <= $24) LIMIT 1
              ), ev AS (
                 INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
                 SELECT i.id, e.kind, CASE WHEN e.ord = 1 THEN i.created_at ELSE $20 END,
@@ -291,6 +293,7 @@ impl PgStore {
         .bind(start.as_ref().map(|s| s.worker.0))
         .bind(start.as_ref().map(|s| s.lease_until))
         .bind(WAKE_CHANNEL)
+        .bind(notify_until)
         .fetch_all(&self.pool)
         .await
         .map_err(db)?;

@@ -111,6 +111,8 @@ impl SqliteStore {
         &self,
         runs: &[NewRun],
         start: Option<StartNow<'_>>,
+        // One process per file: there is nobody else to notify.
+        _notify_until: Option<DateTime<Utc>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let mut out = Vec::with_capacity(runs.len());
