@@ -26,6 +26,16 @@ pub fn http_client() -> reqwest::Client {
 #[derive(Clone)]
 pub struct Body(pub Arc<Vec<u8>>);
 
+impl Body {
+    /// The same body with the message content `m<n>`, so the bench's stub provider can tell
+    /// which request it is serving.
+    pub fn marked(&self, n: u64) -> Body {
+        let text = String::from_utf8_lossy(&self.0);
+        let marked = text.replacen("\"content\":\"x\"", &format!("\"content\":\"m{n}\""), 1);
+        Body(Arc::new(marked.into_bytes()))
+    }
+}
+
 pub struct BodySpec<'a> {
     pub provider: &'a str,
     pub class: &'a str,
@@ -86,6 +96,8 @@ pub struct Sent {
     pub id: String,
     pub t_req: i64,
     pub t_resp: i64,
+    /// The marker of its body (see [`Body::marked`]), when it was marked.
+    pub mark: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -185,6 +197,7 @@ pub async fn offer(
     duration: Duration,
     max_in_flight: usize,
     keep_runs: bool,
+    mark: bool,
 ) -> OfferResult {
     let sem = Arc::new(Semaphore::new(max_in_flight));
     let ok = Arc::new(AtomicU64::new(0));
@@ -206,7 +219,12 @@ pub async fn offer(
             let permit = sem.clone().acquire_owned().await.expect("semaphore");
             let lag = start.elapsed().as_secs_f64() - scheduled;
             max_lag = max_lag.max(lag * 1000.0);
-            let (http, base, body) = (http.clone(), base.to_string(), body.clone());
+            let marker = mark.then_some(sent);
+            let body = match marker {
+                Some(n) => body.marked(n),
+                None => body.clone(),
+            };
+            let (http, base) = (http.clone(), base.to_string());
             let (ok, errors, first_error, runs) = (
                 ok.clone(),
                 errors.clone(),
@@ -220,7 +238,12 @@ pub async fn offer(
                         let t_resp = now_us();
                         ok.fetch_add(1, Ordering::Relaxed);
                         if keep_runs {
-                            runs.lock().unwrap().push(Sent { id, t_req, t_resp });
+                            runs.lock().unwrap().push(Sent {
+                                id,
+                                t_req,
+                                t_resp,
+                                mark: marker,
+                            });
                         }
                     }
                     Err(e) => {

@@ -306,6 +306,7 @@ async fn steady_step(
         step,
         max_in_flight,
         false,
+        false,
     )
     .await;
     let activity = activity.finish(8).await;
@@ -381,14 +382,25 @@ async fn one_at_a_time(
     body: &client::Body,
     count: usize,
     gap: Duration,
+    mark_from: Option<u64>,
 ) -> anyhow::Result<Vec<(Sent, i64)>> {
     let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
+        let mark = mark_from.map(|m| m + i as u64);
+        let marked = mark.map(|m| body.marked(m));
         let t_req = now_us();
-        let id = client::enqueue(&ctx.http, &server.base, body).await?;
+        let id = client::enqueue(&ctx.http, &server.base, marked.as_ref().unwrap_or(body)).await?;
         let t_resp = now_us();
         let seen = events.wait_started(&id, Duration::from_secs(30)).await?;
-        out.push((Sent { id, t_req, t_resp }, seen));
+        out.push((
+            Sent {
+                id,
+                t_req,
+                t_resp,
+                mark,
+            },
+            seen,
+        ));
         if !gap.is_zero() {
             tokio::time::sleep(gap).await;
         }
@@ -439,23 +451,38 @@ async fn start_latencies(pool: &PgPool, sent: &[(Sent, i64)]) -> anyhow::Result<
 }
 
 pub async fn latency(ctx: &Ctx, samples: usize, warmup: usize) -> anyhow::Result<Value> {
-    let cfg = ctx.config(sim(0));
+    // A zero-latency provider over HTTP that records when each request arrives: the
+    // run's start as the provider sees it.
+    let stub = Stub::start_fixed(Duration::ZERO).await?;
+    let cfg = ctx.config(vec![Provider::OpenAi {
+        name: "stub".into(),
+        base_url: stub.base_url.clone(),
+    }]);
     let (server, pool) = ctx.start("latency", &cfg).await?;
     let events = EventRecorder::connect(&server.base).await?;
     let body = BodySpec {
-        provider: "sim",
+        provider: "stub",
         class: "live",
         run_at: None,
         queue_timeout_ms: None,
         max_attempts: None,
     }
     .build();
-    one_at_a_time(ctx, &server, &events, &body, warmup, Duration::ZERO).await?;
+    one_at_a_time(
+        ctx,
+        &server,
+        &events,
+        &body,
+        warmup,
+        Duration::ZERO,
+        Some(1_000_000),
+    )
+    .await?;
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warm: std::collections::HashSet<String> = db::run_times(&pool).await?.into_keys().collect();
     let t = Instant::now();
-    let sent = one_at_a_time(ctx, &server, &events, &body, samples, Duration::ZERO).await?;
+    let sent = one_at_a_time(ctx, &server, &events, &body, samples, Duration::ZERO, Some(0)).await?;
     let secs = t.elapsed().as_secs_f64();
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     let sent: Vec<(Sent, i64)> = sent
@@ -463,11 +490,21 @@ pub async fn latency(ctx: &Ctx, samples: usize, warmup: usize) -> anyhow::Result
         .filter(|(s, _)| !warm.contains(&s.id))
         .collect();
     let l = start_latencies(&pool, &sent).await?;
+    let served = stub.served();
+    let at_provider: Vec<f64> = sent
+        .iter()
+        .filter_map(|(s, _)| {
+            let p = served.get(&s.mark?)?;
+            Some((p.arrived_us - s.t_req) as f64 / 1e3)
+        })
+        .collect();
     let (rss, _) = server.rss_mib();
     events.close();
     let warnings = ctx.finish("latency", server, pool).await?;
+    stub.stop();
     Ok(json!({
         "samples": sent.len(), "warmup": warmup, "secs": r3(secs),
+        "request_at_provider_ms": dist(&at_provider),
         "db_ms": dist(&l.db),
         "sse_ms": dist(&l.sse),
         "enqueue_answer_ms": dist(&l.answer),
@@ -476,7 +513,7 @@ pub async fn latency(ctx: &Ctx, samples: usize, warmup: usize) -> anyhow::Result
         "db_claim_stamp_to_finished_ms": dist(&l.claim_to_finish),
         "server_rss_mib_after": r1(rss),
         "server_warnings": warnings,
-        "method": "one run at a time, the next sent when the previous one's `started` event arrived on GET /events. db_ms: run_attempts.started_at (server wall clock, microseconds, stamped when the claim is made) minus the client's wall-clock time just before the POST; sse_ms: arrival of the `started` event at the client minus the same; enqueue_answer_ms: the 202 round trip; db_finished_ms: runs.finished_at (the zero-latency attempt's end) minus the request time, an upper bound on the real start",
+        "method": "one run at a time against the bench's OpenAI-compatible stub provider over HTTP answering at once, the next sent when the previous one's `started` event arrived on GET /events. request_at_provider_ms: the arrival of the run's request at the provider minus the client's wall-clock time just before the POST (the headline: the start as the provider sees it, the commit that starts the run and the provider call included); db_ms: run_attempts.started_at (server wall clock, microseconds, stamped when the commit that starts the run or the claim is made, before it) minus the same; sse_ms: arrival of the `started` event at the client minus the same; enqueue_answer_ms: the 202 round trip; db_finished_ms: runs.finished_at (the zero-latency attempt's end) minus the request time, an upper bound on the real start",
     }))
 }
 
@@ -490,11 +527,15 @@ pub async fn overhead(
     step: Duration,
     latency_ms: u64,
 ) -> anyhow::Result<Value> {
-    let cfg = ctx.config(sim(latency_ms));
+    let stub = Stub::start_fixed(Duration::from_millis(latency_ms)).await?;
+    let cfg = ctx.config(vec![Provider::OpenAi {
+        name: "stub".into(),
+        base_url: stub.base_url.clone(),
+    }]);
     let (server, pool) = ctx.start("overhead", &cfg).await?;
     let events = EventRecorder::connect(&server.base).await?;
     let body = BodySpec {
-        provider: "sim",
+        provider: "stub",
         class: "live",
         run_at: None,
         queue_timeout_ms: Some(LONG_QUEUE_TIMEOUT_MS),
@@ -510,12 +551,13 @@ pub async fn overhead(
         Duration::from_secs(1),
         512,
         false,
+        true,
     )
     .await;
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     let mut out = Vec::new();
     for &rate in rates {
-        let res = client::offer(&ctx.http, &server.base, &body, rate, step, 2048, true).await;
+        let res = client::offer(&ctx.http, &server.base, &body, rate, step, 2048, true, true).await;
         let drained =
             db::wait_drained(&pool, Duration::from_secs(120), Duration::from_millis(50)).await?;
         // Let the last `completed` events arrive.
@@ -529,22 +571,33 @@ pub async fn overhead(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let times = db::run_times(&pool).await?;
-        let lat = latency_ms as f64;
+        let served = stub.served();
         let mut by_db = Vec::new();
         let mut by_sse = Vec::new();
         let mut start_db = Vec::new();
+        let mut at_provider = Vec::new();
+        let mut provider_ms = Vec::new();
         let mut not_completed = 0;
         let mut missing_events = 0;
+        let mut not_served = 0;
         for s in &res.sent_runs {
+            // The provider's own time for this run's request, as the stub measured it.
+            let Some(p) = s.mark.and_then(|m| served.get(&m)) else {
+                not_served += 1;
+                continue;
+            };
+            let own = (p.answered_us - p.arrived_us) as f64 / 1e3;
+            provider_ms.push(own);
+            at_provider.push((p.arrived_us - s.t_req) as f64 / 1e3);
             match times.get(&s.id) {
                 Some(t) if t.status == "completed" => {
-                    by_db.push((t.finished.unwrap_or(t.started) - s.t_req) as f64 / 1e3 - lat);
+                    by_db.push((t.finished.unwrap_or(t.started) - s.t_req) as f64 / 1e3 - own);
                     start_db.push((t.started - s.t_req) as f64 / 1e3);
                 }
                 _ => not_completed += 1,
             }
             match events.completed_at(&s.id) {
-                Some(at) => by_sse.push((at - s.t_req) as f64 / 1e3 - lat),
+                Some(at) => by_sse.push((at - s.t_req) as f64 / 1e3 - own),
                 None => missing_events += 1,
             }
         }
@@ -563,15 +616,19 @@ pub async fn overhead(
             "drained": drained,
             "not_completed": not_completed,
             "missing_completed_events": missing_events,
+            "not_served_by_the_stub": not_served,
             "overhead_db_ms": dist(&by_db),
             "overhead_sse_ms": dist(&by_sse),
             "start_db_ms": dist(&start_db),
+            "request_at_provider_ms": dist(&at_provider),
+            "provider_own_ms": dist(&provider_ms),
         }));
     }
     let lagged = events.lagged();
     let received = events.events();
     events.close();
     let warnings = ctx.finish("overhead", server, pool).await?;
+    stub.stop();
     Ok(json!({
         "provider_latency_ms": latency_ms,
         "step_secs": step.as_secs_f64(),
@@ -579,7 +636,7 @@ pub async fn overhead(
         "event_stream_lagged": lagged,
         "events_received": received,
         "server_warnings": warnings,
-        "method": "open-loop producer at each offered rate against the sim provider with a fixed latency (jitter 0). overhead_db_ms: runs.finished_at (stamped by the worker when the provider call returned, before the completion is written) minus the request time minus the provider latency; overhead_sse_ms: arrival of the run's `completed` event on GET /events (after its commit) minus the request time minus the provider latency. The sim's sleep is a tokio timer (1 ms resolution), so up to ~1 ms of each figure is the timer's",
+        "method": "open-loop producer at each offered rate against the bench's OpenAI-compatible stub provider over HTTP, which answers every request after a fixed latency and records, per request (each body carries a marker), when it arrived and when it was answered. The provider's own time is that span (the fixed latency plus its timer's overshoot), subtracted per run. overhead_db_ms: runs.finished_at (stamped by the worker when the provider call returned, before the completion is written) minus the request time minus the provider's own time; overhead_sse_ms: arrival of the run's `completed` event on GET /events (after its commit) minus the request time minus the provider's own time; request_at_provider_ms: the request's arrival at the provider minus the enqueue request time (enqueue to start, as the provider sees it); provider_own_ms: the provider's own time",
     }))
 }
 
@@ -708,7 +765,7 @@ pub async fn live_first(
         max_attempts: None,
     }
     .build();
-    one_at_a_time(ctx, &server, &events, &live, 20, Duration::ZERO).await?;
+    one_at_a_time(ctx, &server, &events, &live, 20, Duration::ZERO, None).await?;
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     let idle = one_at_a_time(
         ctx,
@@ -717,6 +774,7 @@ pub async fn live_first(
         &live,
         idle_probes,
         Duration::from_millis(5),
+        None,
     )
     .await?;
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
@@ -731,7 +789,8 @@ pub async fn live_first(
     let mut enqueued_secs = None;
     loop {
         let mut batch =
-            one_at_a_time(ctx, &server, &events, &live, 10, Duration::from_millis(5)).await?;
+            one_at_a_time(ctx, &server, &events, &live, 10, Duration::from_millis(5), None)
+                .await?;
         under.append(&mut batch);
         if flooding.is_finished() && enqueued_secs.is_none() {
             enqueued_secs = Some(t_flood.elapsed().as_secs_f64());

@@ -27,10 +27,32 @@ pub struct Hit {
     pub ok: bool,
 }
 
+/// One request served in fixed-latency mode: its body's marker and when it arrived and
+/// was answered (wall clock, µs).
+#[derive(Clone, Copy, Debug)]
+pub struct Served {
+    pub mark: u64,
+    pub arrived_us: i64,
+    pub answered_us: i64,
+}
+
 struct Inner {
     bucket: Bucket,
     start: Instant,
     hits: Vec<Hit>,
+    /// Fixed-latency mode: every request is answered after this long, never refused.
+    latency: Option<std::time::Duration>,
+    served: Vec<Served>,
+}
+
+/// The `m<N>` marker of a chat request's first message (see `client::Body::marked`).
+fn marker(body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v["messages"][0]["content"]
+        .as_str()?
+        .strip_prefix('m')?
+        .parse()
+        .ok()
 }
 
 #[derive(Clone)]
@@ -42,7 +64,21 @@ pub struct Stub {
 
 const REPLY: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","model":"x","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#;
 
-async fn chat(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
+async fn chat(State(inner): State<Arc<Mutex<Inner>>>, body: axum::body::Bytes) -> Response {
+    let fixed = inner.lock().unwrap().latency;
+    if let Some(latency) = fixed {
+        let arrived_us = crate::stats::now_us();
+        tokio::time::sleep(latency).await;
+        if let Some(mark) = marker(&body) {
+            let answered_us = crate::stats::now_us();
+            inner.lock().unwrap().served.push(Served {
+                mark,
+                arrived_us,
+                answered_us,
+            });
+        }
+        return ([(header::CONTENT_TYPE, "application/json")], REPLY).into_response();
+    }
     let (ok, wait) = {
         let mut g = inner.lock().unwrap();
         let now = Instant::now();
@@ -77,7 +113,19 @@ async fn chat(State(inner): State<Arc<Mutex<Inner>>>) -> Response {
 }
 
 impl Stub {
+    /// A provider allowing `rpm` requests a minute (a token bucket with one second of
+    /// burst), answering at once and refusing beyond it with 429 and `retry-after`.
     pub async fn start(rpm: f64) -> anyhow::Result<Stub> {
+        Stub::launch(rpm, None).await
+    }
+
+    /// A provider that answers every request after exactly `latency` (its timer's
+    /// precision) and records, per marked request, when it arrived and was answered.
+    pub async fn start_fixed(latency: std::time::Duration) -> anyhow::Result<Stub> {
+        Stub::launch(f64::from(u32::MAX), Some(latency)).await
+    }
+
+    async fn launch(rpm: f64, latency: Option<std::time::Duration>) -> anyhow::Result<Stub> {
         let per_sec = rpm / 60.0;
         let capacity = per_sec.max(1.0);
         let now = Instant::now();
@@ -90,6 +138,8 @@ impl Stub {
             },
             start: now,
             hits: Vec::new(),
+            latency,
+            served: Vec::new(),
         }));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -113,6 +163,17 @@ impl Stub {
 
     pub fn hits(&self) -> Vec<Hit> {
         self.inner.lock().unwrap().hits.clone()
+    }
+
+    /// The requests served in fixed-latency mode, by marker.
+    pub fn served(&self) -> std::collections::HashMap<u64, Served> {
+        self.inner
+            .lock()
+            .unwrap()
+            .served
+            .iter()
+            .map(|s| (s.mark, *s))
+            .collect()
     }
 
     pub fn stop(&self) {

@@ -132,7 +132,12 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres")
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Connections for the enqueue statement only (see `connect`).
+    enqueue_pool: PgPool,
 }
+
+/// Connections of the enqueue pool: the group-commit enqueuer runs one statement at a time.
+const ENQUEUE_CONNECTIONS: u32 = 2;
 
 pub(super) fn db(e: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(e)
@@ -157,10 +162,21 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect)
+            .connect_with(connect.clone())
             .await
             .map_err(db)?;
-        Ok(PgStore { pool })
+        // The enqueue statement is planned anew on every execution under the default plan
+        // cache mode (its custom plans look cheaper than the generic one), and planning it
+        // cost three times executing it: enqueues run on their own connections, which keep
+        // one generic plan. Batched claims and completions stay on custom plans, which
+        // size their joins by the batch.
+        let enqueue_pool = PgPoolOptions::new()
+            .max_connections(ENQUEUE_CONNECTIONS)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_with(connect.options([("plan_cache_mode", "force_generic_plan")]))
+            .await
+            .map_err(db)?;
+        Ok(PgStore { pool, enqueue_pool })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -294,7 +310,7 @@ impl PgStore {
         .bind(start.as_ref().map(|s| s.lease_until))
         .bind(WAKE_CHANNEL)
         .bind(notify_until)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.enqueue_pool)
         .await
         .map_err(db)?;
         let events: Vec<RunEvent> = event_rows
@@ -463,6 +479,7 @@ impl PgStore {
     }
 
     pub(in crate::store) async fn close(&self) {
+        self.enqueue_pool.close().await;
         self.pool.close().await
     }
 }
