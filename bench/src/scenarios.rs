@@ -823,6 +823,6 @@ pub async fn live_first(
         "idle": {"probes": idle.len(), "queue_wait_db_ms": dist(&li.db), "queue_wait_sse_ms": dist(&li.sse)},
         "under_flood": {"probes": under.len(), "queue_wait_db_ms": dist(&lu.db), "queue_wait_sse_ms": dist(&lu.sse)},
         "server_warnings": warnings,
-        "method": "live runs sent one at a time (5 ms apart), idle and then while a flood of background runs is enqueued and drained; queue wait = attempt started_at (db) or `started` event arrival (sse) minus the request time. The server orders live before background in its claim (class, then priority, then due time); it has no reserved live capacity or background admission control yet, so a live run under the flood waits for a slot to come free",
+        "method": "live runs sent one at a time (5 ms apart), idle and then while a flood of background runs is enqueued and drained; queue wait = attempt started_at (db) or `started` event arrival (sse) minus the request time. The server orders live before background in its claim (class, then priority, then due time), refuses background enqueues while live runs of the provider are due (429 live_backlog) and caps background runs in flight per provider; a live run under the flood still waits for a slot to come free when every slot is busy",
     }))
 }
