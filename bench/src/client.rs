@@ -189,6 +189,15 @@ impl OfferResult {
 /// An open-loop producer: request i leaves at start + i/rate (in 1 ms ticks), whatever the
 /// answers, with at most `max_in_flight` open (beyond that it falls behind, which is
 /// reported as lag).
+/// What `offer` keeps of the runs it sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keep {
+    Nothing,
+    /// Each run's id and times, each body marked (see [`Body::marked`]) for the stub
+    /// provider.
+    MarkedRuns,
+}
+
 pub async fn offer(
     http: &reqwest::Client,
     base: &str,
@@ -196,9 +205,10 @@ pub async fn offer(
     rate: f64,
     duration: Duration,
     max_in_flight: usize,
-    keep_runs: bool,
-    mark: bool,
+    keep: Keep,
 ) -> OfferResult {
+    let keep_runs = keep == Keep::MarkedRuns;
+    let mark = keep_runs;
     let sem = Arc::new(Semaphore::new(max_in_flight));
     let ok = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));

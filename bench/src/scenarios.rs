@@ -305,8 +305,7 @@ async fn steady_step(
         rate,
         step,
         max_in_flight,
-        false,
-        false,
+        client::Keep::Nothing,
     )
     .await;
     let activity = activity.finish(8).await;
@@ -482,7 +481,16 @@ pub async fn latency(ctx: &Ctx, samples: usize, warmup: usize) -> anyhow::Result
     tokio::time::sleep(Duration::from_millis(500)).await;
     let warm: std::collections::HashSet<String> = db::run_times(&pool).await?.into_keys().collect();
     let t = Instant::now();
-    let sent = one_at_a_time(ctx, &server, &events, &body, samples, Duration::ZERO, Some(0)).await?;
+    let sent = one_at_a_time(
+        ctx,
+        &server,
+        &events,
+        &body,
+        samples,
+        Duration::ZERO,
+        Some(0),
+    )
+    .await?;
     let secs = t.elapsed().as_secs_f64();
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     let sent: Vec<(Sent, i64)> = sent
@@ -550,14 +558,22 @@ pub async fn overhead(
         200.0,
         Duration::from_secs(1),
         512,
-        false,
-        true,
+        client::Keep::MarkedRuns,
     )
     .await;
     db::wait_drained(&pool, Duration::from_secs(30), Duration::from_millis(50)).await?;
     let mut out = Vec::new();
     for &rate in rates {
-        let res = client::offer(&ctx.http, &server.base, &body, rate, step, 2048, true, true).await;
+        let res = client::offer(
+            &ctx.http,
+            &server.base,
+            &body,
+            rate,
+            step,
+            2048,
+            client::Keep::MarkedRuns,
+        )
+        .await;
         let drained =
             db::wait_drained(&pool, Duration::from_secs(120), Duration::from_millis(50)).await?;
         // Let the last `completed` events arrive.
@@ -788,9 +804,16 @@ pub async fn live_first(
     let mut under = Vec::new();
     let mut enqueued_secs = None;
     loop {
-        let mut batch =
-            one_at_a_time(ctx, &server, &events, &live, 10, Duration::from_millis(5), None)
-                .await?;
+        let mut batch = one_at_a_time(
+            ctx,
+            &server,
+            &events,
+            &live,
+            10,
+            Duration::from_millis(5),
+            None,
+        )
+        .await?;
         under.append(&mut batch);
         if flooding.is_finished() && enqueued_secs.is_none() {
             enqueued_secs = Some(t_flood.elapsed().as_secs_f64());
