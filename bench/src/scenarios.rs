@@ -453,10 +453,7 @@ pub async fn latency(ctx: &Ctx, samples: usize, warmup: usize) -> anyhow::Result
     // A zero-latency provider over HTTP that records when each request arrives: the
     // run's start as the provider sees it.
     let stub = Stub::start_fixed(Duration::ZERO).await?;
-    let cfg = ctx.config(vec![Provider::OpenAi {
-        name: "stub".into(),
-        base_url: stub.base_url.clone(),
-    }]);
+    let cfg = ctx.config(stub.provider("stub"));
     let (server, pool) = ctx.start("latency", &cfg).await?;
     let events = EventRecorder::connect(&server.base).await?;
     let body = BodySpec {
@@ -536,10 +533,7 @@ pub async fn overhead(
     latency_ms: u64,
 ) -> anyhow::Result<Value> {
     let stub = Stub::start_fixed(Duration::from_millis(latency_ms)).await?;
-    let cfg = ctx.config(vec![Provider::OpenAi {
-        name: "stub".into(),
-        base_url: stub.base_url.clone(),
-    }]);
+    let cfg = ctx.config(stub.provider("stub"));
     let (server, pool) = ctx.start("overhead", &cfg).await?;
     let events = EventRecorder::connect(&server.base).await?;
     let body = BodySpec {
@@ -662,10 +656,7 @@ pub async fn overhead(
 
 pub async fn goodput(ctx: &Ctx, rpm: f64, window: Duration) -> anyhow::Result<Value> {
     let stub = Stub::start(rpm).await?;
-    let cfg = ctx.config(vec![Provider::OpenAi {
-        name: "limited".into(),
-        base_url: stub.base_url.clone(),
-    }]);
+    let cfg = ctx.config(stub.provider("limited"));
     let (server, pool) = ctx.start("goodput", &cfg).await?;
     let body = BodySpec {
         provider: "limited",

@@ -165,6 +165,14 @@ impl Stub {
         self.inner.lock().unwrap().hits.clone()
     }
 
+    /// This stub as an OpenAI-compatible provider entry of the server's config.
+    pub fn provider(&self, name: &str) -> Vec<crate::server::Provider> {
+        vec![crate::server::Provider::OpenAi {
+            name: name.into(),
+            base_url: self.base_url.clone(),
+        }]
+    }
+
     /// The requests served in fixed-latency mode, by marker.
     pub fn served(&self) -> std::collections::HashMap<u64, Served> {
         self.inner

@@ -89,9 +89,7 @@ async fn run(
                 let queued = runs
                     .iter()
                     .zip(&results)
-                    .filter(|(run, r)| {
-                        matches!(r, Enqueued::Created(id) if !started.contains(id) && *id == run.id)
-                    })
+                    .filter(|(_, r)| matches!(r, Enqueued::Created(id) if !started.contains(id)))
                     .map(|(run, _)| run.due_at)
                     .min();
                 for (run, reserved) in runs.into_iter().zip(reserved) {

@@ -101,8 +101,8 @@ impl RateLimiter {
             paused_until: None,
             recent_starts: RecentStarts::new(now),
             typical_estimate: None,
-            slow_start: (config.rpm.is_none() && settings_window(&config.limiter) > 0)
-                .then(|| settings_window(&config.limiter)),
+            slow_start: Some(config.limiter.slow_start_window)
+                .filter(|w| config.rpm.is_none() && *w > 0),
         }
     }
 
@@ -313,7 +313,3 @@ mod adapt;
 mod props;
 #[cfg(test)]
 mod tests;
-
-fn settings_window(settings: &LimiterConfig) -> u32 {
-    settings.slow_start_window
-}

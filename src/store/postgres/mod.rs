@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::{Row, postgres::PgConnectOptions};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 use super::model::*;
@@ -126,6 +127,11 @@ const PLAIN_PICK: &str = "picked AS (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 )";
+
+/// The three claim statements, built once.
+static PLAIN_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(PLAIN_PICK));
+static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(LIVE_PICK));
+static QUOTA_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(QUOTA_PICK));
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -371,15 +377,15 @@ impl PgStore {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
-        let claim = |picked: &str, limit: usize| {
-            sqlx::query(sqlx::AssertSqlSafe(claim_sql(picked)))
+        let claim = |sql: &'static str, limit: usize| {
+            sqlx::query(sql)
                 .bind(now)
                 .bind(limit as i64)
                 .bind(worker.0)
                 .bind(lease_until)
         };
         let Some(quotas) = quotas else {
-            let rows = claim(PLAIN_PICK, limit)
+            let rows = claim(&PLAIN_CLAIM, limit)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db)?;
@@ -397,7 +403,7 @@ impl PgStore {
                 .map(|(q, m)| if q.live_cap.is_some() { 0 } else { *m })
                 .collect();
             if live.iter().any(|m| *m > 0) {
-                first = claim(LIVE_PICK, limit)
+                first = claim(&LIVE_CLAIM, limit)
                     .bind(&names)
                     .bind(&live)
                     .fetch_all(&self.pool)
@@ -420,7 +426,7 @@ impl PgStore {
         let live_caps: Vec<Option<i64>> =
             quotas.iter().map(|q| q.live_cap.map(i64::from)).collect();
         let bg_caps: Vec<i64> = quotas.iter().map(|q| i64::from(q.background_cap)).collect();
-        let query = claim(QUOTA_PICK, left)
+        let query = claim(&QUOTA_CLAIM, left)
             .bind(&names)
             .bind(&maxes)
             .bind(&live_caps)
