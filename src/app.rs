@@ -1,4 +1,4 @@
-//! Wiring: opens the store, starts the worker pool and the enqueuer, serves HTTP until the
+//! Wiring: opens the store, starts the worker pool (with its enqueuer), serves HTTP until the
 //! shutdown future resolves, then drains in order: HTTP first (no new work), then the
 //! worker pool (in-flight attempts finish or are released), then the database.
 
@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{AppState, router};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Enqueuer};
+use crate::dispatch::Dispatcher;
 use crate::providers::Providers;
 use crate::store::{OpenOptions, Store};
 
@@ -63,12 +63,6 @@ pub async fn serve(
         clock.clone(),
     );
     let tasks = TaskTracker::new();
-    let enqueuer = Enqueuer::start(
-        store.clone(),
-        config.dispatch.enqueue_batch,
-        &tasks,
-        dispatcher.clone(),
-    );
     let stopping = tokio_util::sync::CancellationToken::new();
     let pump_stop = stopping.clone();
     let pump_store = store.clone();
@@ -76,7 +70,6 @@ pub async fn serve(
     let state = AppState {
         config: config.clone(),
         store: store.clone(),
-        enqueuer,
         dispatcher: dispatcher.clone(),
         providers,
         clock,

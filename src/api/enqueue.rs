@@ -1,4 +1,5 @@
-//! `POST /enqueue`: validate, build the run, hand it to the group-commit enqueuer.
+//! `POST /enqueue`: validate the body, build the run, hand it to `Dispatcher::submit`,
+//! render the answer.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -15,7 +16,7 @@ use super::error::Body as ErrorBody;
 use super::openapi::{ClassName, StatusName};
 use super::{ApiError, AppState};
 use crate::run::{Class, RunId};
-use crate::store::{Enqueued, NewRun};
+use crate::store::NewRun;
 
 /// Longest accepted value for the short string fields (names, keys, tenant, batch).
 const MAX_NAME_LEN: usize = 256;
@@ -179,38 +180,12 @@ pub(super) async fn enqueue(
     })?;
     let parsed = parse_body(&body)?;
     let run = build_run(&state, parsed)?;
-    let class = run.class;
-    // A repeat of an admitted run answers with that run, whatever admission says now.
-    let repeat = run.class == crate::run::Class::Background
-        && state.store.find_idempotent(&run).await?.is_some();
-    if !repeat && let Err(refusal) = state.dispatcher.admit(&run).await? {
-        crate::metrics::admission_refused(refusal.reason);
-        tracing::info!(
-            provider = %run.provider,
-            session = run.session.as_deref().unwrap_or(""),
-            concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
-            reason = refusal.reason,
-            "background run refused"
-        );
-        return Err(ApiError::AdmissionRejected {
-            message: refusal.message,
-            reason: refusal.reason,
-            retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
-        });
-    }
-    let enqueued = state.enqueuer.enqueue(run).await?;
-    let id = enqueued.id();
-    let (code, status) = match enqueued {
-        Enqueued::Created(_) => {
-            crate::metrics::run_enqueued(class.as_str());
-            (StatusCode::ACCEPTED, "queued")
-        }
-        Enqueued::Existing(_) => {
-            // A repeat answers with the first run as it stands now.
-            let current = state.store.get_run(id).await?;
-            let status = current.map(|r| r.status.as_str()).unwrap_or("queued");
-            (StatusCode::OK, status)
-        }
+    let submitted = state.dispatcher.submit(run).await?;
+    let (id, status) = (submitted.id, submitted.status.as_str());
+    let code = if submitted.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
     };
     let reply = EnqueueReply {
         id,

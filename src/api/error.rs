@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::dispatch::EnqueueError;
+use crate::dispatch::SubmitError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -124,15 +124,20 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<EnqueueError> for ApiError {
-    fn from(e: EnqueueError) -> ApiError {
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> ApiError {
         match e {
-            EnqueueError::Closed => ApiError::Unavailable("the server is shutting down".into()),
-            EnqueueError::Store(e) if e.is_unavailable() => {
+            SubmitError::Refused(refusal) => ApiError::AdmissionRejected {
+                message: refusal.message,
+                reason: refusal.reason,
+                retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
+            },
+            SubmitError::Closed => ApiError::Unavailable("the server is shutting down".into()),
+            SubmitError::Store(e) if e.is_unavailable() => {
                 tracing::warn!(error = %e, "database unavailable");
                 ApiError::Unavailable("the database is unreachable; try again shortly".into())
             }
-            EnqueueError::Store(e) => ApiError::Internal(e.to_string()),
+            SubmitError::Store(e) => ApiError::Internal(e.to_string()),
         }
     }
 }

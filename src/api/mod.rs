@@ -1,5 +1,6 @@
-//! The HTTP API (axum). Handlers validate input, call the store, the enqueuer and the
-//! dispatcher, and render JSON; they never write SQL.
+//! The HTTP API (axum). Handlers parse input, call the dispatcher (which owns every
+//! step of taking in and cancelling a run) or read the store, and render JSON; they never
+//! write SQL.
 //!
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
 //! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`),
@@ -33,7 +34,7 @@ use utoipa_axum::routes;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::dispatch::{Dispatcher, Enqueuer};
+use crate::dispatch::Dispatcher;
 use crate::providers::Providers;
 use crate::store::Store;
 
@@ -42,7 +43,6 @@ use crate::store::Store;
 pub struct AppState {
     pub config: Arc<Config>,
     pub store: Store,
-    pub enqueuer: Enqueuer,
     pub dispatcher: Dispatcher,
     pub providers: Providers,
     pub clock: Arc<dyn Clock>,

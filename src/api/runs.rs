@@ -9,8 +9,9 @@ use utoipa::ToSchema;
 use super::error::Body as ApiErrorBody;
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState, time};
+use crate::dispatch::Cancelled;
 use crate::run::{RunId, Status};
-use crate::store::{CancelOutcome, RunView};
+use crate::store::RunView;
 
 /// A run: one request to one provider, and the record of its whole life. Every field is
 /// always present; absent values are `null`. Times are RFC 3339 in UTC with millisecond
@@ -252,26 +253,11 @@ pub(super) async fn cancel_run(
     Path(raw): Path<String>,
 ) -> Result<Json<RunBody>, ApiError> {
     let id = parse_id(&raw)?;
-    match state.store.cancel(id, state.clock.now()).await? {
-        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no run with id {id}"))),
-        CancelOutcome::AlreadyTerminal(status) => Err(ApiError::Conflict(format!(
+    match state.dispatcher.cancel(id).await? {
+        Cancelled::NotFound => Err(ApiError::NotFound(format!("no run with id {id}"))),
+        Cancelled::AlreadyTerminal(status) => Err(ApiError::Conflict(format!(
             "run {id} is already {status}; only queued or running runs can be cancelled"
         ))),
-        CancelOutcome::Cancelled { was } => {
-            if was == Status::Running {
-                state.dispatcher.abort_cancelled(id);
-            }
-            tracing::info!(run_id = %id, was = was.as_str(), "run cancelled");
-            let run = state
-                .store
-                .get_run(id)
-                .await?
-                .ok_or_else(|| ApiError::Internal(format!("run {id} vanished after cancel")))?;
-            let took = (state.clock.now() - run.created_at)
-                .to_std()
-                .unwrap_or_default();
-            crate::metrics::run_finished(run.class.as_str(), Status::Cancelled.as_str(), took);
-            Ok(Json(run.into()))
-        }
+        Cancelled::Done(run) => Ok(Json((*run).into())),
     }
 }

@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-
 use tokio::sync::mpsc;
 
 use super::Shared;
+use super::endings::{self, Ending};
 use super::worker::{AttemptResult, Finished};
-use crate::run::{Class, RunId, Status};
+use crate::run::{RunId, Status};
 use crate::store::{Completion, Failure, FailureNext};
 
 /// Backoff between attempts to write a batch while the database is unreachable.
@@ -57,22 +56,32 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     let mut released: Vec<(RunId, u32)> = Vec::new();
     let mut ids: Vec<(RunId, u32)> = Vec::with_capacity(batch.len());
     // What each run becomes if the write applies, for the metrics.
-    let mut endings: HashMap<RunId, (Class, DateTime<Utc>, Status)> = HashMap::new();
+    let mut endings: HashMap<RunId, Ending> = HashMap::new();
     let mut retried = false;
     let mut slots = Vec::with_capacity(batch.len());
     for f in batch.drain(..) {
         ids.push((f.id, f.attempt));
         slots.extend(f.slot);
+        let ending = |status, timeout_origin| Ending {
+            id: f.id,
+            class: f.class,
+            created_at: f.created_at,
+            status,
+            timeout_origin,
+        };
         match f.result {
             AttemptResult::Completed(c) => {
-                endings.insert(f.id, (f.class, f.created_at, Status::Completed));
+                endings.insert(f.id, ending(Status::Completed, None));
                 completed.push(c);
             }
             AttemptResult::Failed(failure) => {
                 match failure.next {
                     FailureNext::RetryAt(_) => retried = true,
-                    FailureNext::Finish { status, .. } => {
-                        endings.insert(f.id, (f.class, f.created_at, status));
+                    FailureNext::Finish {
+                        status,
+                        timeout_origin,
+                    } => {
+                        endings.insert(f.id, ending(status, timeout_origin));
                     }
                 }
                 failed.push(failure);
@@ -87,8 +96,8 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
             Ok(applied) => {
                 let now = shared.clock.now();
                 for id in applied {
-                    if let Some((class, created_at, status)) = endings.get(&id) {
-                        record_ending(*class, *created_at, *status, now);
+                    if let Some(ending) = endings.get(&id) {
+                        endings::record(ending, now);
                     }
                 }
                 break;
@@ -125,14 +134,6 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
     if retried || !released.is_empty() {
         // A retry may be due soon, a released run is due now: let the producer look.
         shared.wake.notify_one();
-    }
-}
-
-fn record_ending(class: Class, created_at: DateTime<Utc>, status: Status, now: DateTime<Utc>) {
-    let took = (now - created_at).to_std().unwrap_or_default();
-    crate::metrics::run_finished(class.as_str(), status.as_str(), took);
-    if status == Status::TimedOut {
-        crate::metrics::timed_out(crate::run::TimeoutOrigin::Generation.as_str());
     }
 }
 

@@ -1,24 +1,20 @@
 //! Group commit for enqueues: concurrent requests share one transaction. Whatever arrived
 //! while the previous transaction was committing goes into the next, up to
 //! `dispatch.enqueue_batch` rows, so there is no added wait when idle and far fewer commits
-//! under load. Each request is answered only after its row is committed.
-//!
-//! The fast path: a live run due now, whose provider can take an attempt, is started by
-//! the very commit that stores it when a worker slot is free (and nothing of its provider
-//! is due ahead of it), so it does not wait for the producer's next claim.
+//! under load. Each request is answered only after its row is committed. A run that may
+//! start at once is started by that same commit (see [`super::fast_path`]).
 
 use std::sync::Arc;
 
-use std::collections::HashSet;
-
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
-use super::{Dispatcher, Reserved};
-use crate::run::RunId;
-use crate::store::{Enqueued, NewRun, StartNow, Store, StoreError};
+use super::Shared;
+use super::fast_path::FastPath;
+use crate::store::{Enqueued, NewRun, StoreError};
 
 #[derive(Debug, thiserror::Error, Clone)]
-pub enum EnqueueError {
+pub(super) enum EnqueueError {
     #[error("{0}")]
     Store(Arc<StoreError>),
     #[error("the server is shutting down")]
@@ -27,29 +23,23 @@ pub enum EnqueueError {
 
 type Reply = oneshot::Sender<Result<Enqueued, EnqueueError>>;
 
-/// Handle for submitting runs.
+/// Handle for submitting runs to the batching task.
 #[derive(Clone)]
-pub struct Enqueuer {
+pub(super) struct Enqueuer {
     tx: mpsc::Sender<(NewRun, Reply)>,
 }
 
 impl Enqueuer {
-    /// Starts the batching task. A run that can start at once is started by the commit
-    /// that stores it, in a slot set aside by `dispatcher` (see
-    /// [`Dispatcher::reserve`]); when a commit leaves runs queued, the local producer is
-    /// woken.
-    pub fn start(
-        store: Store,
-        max_batch: usize,
-        tasks: &tokio_util::task::TaskTracker,
-        dispatcher: Dispatcher,
-    ) -> Enqueuer {
+    /// Starts the batching task on `tasks`; it ends once every handle is gone or the
+    /// dispatcher's services stop.
+    pub(super) fn start(shared: Arc<Shared>, tasks: &TaskTracker) -> Enqueuer {
+        let max_batch = shared.settings.enqueue_batch;
         let (tx, rx) = mpsc::channel(max_batch * 4);
-        tasks.spawn(run(store, rx, max_batch, dispatcher));
+        tasks.spawn(run(shared, rx, max_batch, tasks.clone()));
         Enqueuer { tx }
     }
 
-    pub async fn enqueue(&self, run: NewRun) -> Result<Enqueued, EnqueueError> {
+    pub(super) async fn enqueue(&self, run: NewRun) -> Result<Enqueued, EnqueueError> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send((run, reply))
@@ -60,60 +50,39 @@ impl Enqueuer {
 }
 
 async fn run(
-    store: Store,
+    shared: Arc<Shared>,
     mut rx: mpsc::Receiver<(NewRun, Reply)>,
     max_batch: usize,
-    dispatcher: Dispatcher,
+    tasks: TaskTracker,
 ) {
     let mut pending: Vec<(NewRun, Reply)> = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut pending, max_batch).await > 0 {
+    loop {
+        tokio::select! {
+            biased;
+            got = rx.recv_many(&mut pending, max_batch) => if got == 0 { break },
+            // HTTP has stopped before the services do: nothing more can arrive.
+            _ = shared.stop_services.cancelled() => break,
+        }
         let (runs, replies): (Vec<NewRun>, Vec<Reply>) = pending.drain(..).unzip();
-        let now = dispatcher.now();
-        let reserved: Vec<Option<Reserved>> =
-            runs.iter().map(|r| dispatcher.reserve(r, now)).collect();
-        let flags: Vec<bool> = reserved.iter().map(Option::is_some).collect();
-        let start = flags.contains(&true).then(|| {
-            let (worker, lease_until) = dispatcher.lease_from(now);
-            StartNow {
-                worker,
-                now,
-                lease_until,
-                runs: &flags,
-            }
-        });
-        let horizon = dispatcher.notify_horizon(now);
-        match store.enqueue_starting(&runs, start, Some(horizon)).await {
+        let fast = FastPath::reserve(&shared, &runs);
+        let written = shared
+            .store
+            .enqueue_starting(
+                &runs,
+                fast.start_now(&shared),
+                Some(fast.notify_horizon(&shared)),
+            )
+            .await;
+        match written {
             Ok((results, started)) => {
-                let started: HashSet<RunId> = started.into_iter().collect();
-                // The earliest due time of the runs left queued.
-                let queued = runs
-                    .iter()
-                    .zip(&results)
-                    .filter(|(_, r)| matches!(r, Enqueued::Created(id) if !started.contains(id)))
-                    .map(|(run, _)| run.due_at)
-                    .min();
-                for (run, reserved) in runs.into_iter().zip(reserved) {
-                    let Some(reserved) = reserved else { continue };
-                    if started.contains(&run.id) {
-                        dispatcher.launch(run, reserved, now);
-                    } else {
-                        dispatcher.unreserve(run.id, &run.provider, reserved);
-                    }
-                }
-                if let Some(due) = queued {
-                    dispatcher.wake_for(due);
-                }
+                fast.settle(&shared, &tasks, runs, Some((&results, &started)));
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(Ok(result));
                 }
             }
             Err(e) => {
-                for (run, reserved) in runs.iter().zip(reserved) {
-                    if let Some(reserved) = reserved {
-                        dispatcher.unreserve(run.id, &run.provider, reserved);
-                    }
-                }
                 tracing::warn!(error = %e, runs = runs.len(), "enqueue transaction failed");
+                fast.settle(&shared, &tasks, runs, None);
                 let e = EnqueueError::Store(Arc::new(e));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
@@ -121,4 +90,5 @@ async fn run(
             }
         }
     }
+    tracing::debug!("enqueuer stopped");
 }

@@ -1,8 +1,12 @@
 //! The worker pool: everything between a queued row and a finished one.
 //!
+//! - `submit`: takes a run in: idempotent repeats, admission, the enqueue, the answer.
 //! - `admission`: refuses background enqueues while live work waits, the background queue
 //!   is full, the provider is unhealthy or the session's quota is spent.
 //! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
+//! - `fast_path`: starts a live run due now in the very commit that stores it.
+//! - `reservation`: the slot, provider start and held lease an attempt needs, taken in
+//!   one place for both ways a run starts.
 //! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
 //!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
 //! - `gates`: each provider's rate limiter and circuit breaker; the producer claims only
@@ -12,23 +16,31 @@
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
 //!   (requeues the runs of a process that died).
 //! - `sweeper`: ends runs whose queue deadline passed before they started.
+//! - `cancel`: cancels a run in the store and stops its attempt wherever it runs.
+//! - `endings`: records a run's terminal status in the metrics, whoever ended it.
 //! - `wake`: the PostgreSQL LISTEN side of cross-process wake-ups.
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
 
 mod admission;
+mod cancel;
 mod completer;
+mod endings;
 mod enqueuer;
+mod fast_path;
 mod gates;
 mod leases;
 mod producer;
+mod reservation;
+mod submit;
 mod sweeper;
 mod wake;
 mod worker;
 
 pub use admission::Refusal;
-pub use enqueuer::{EnqueueError, Enqueuer};
+pub use cancel::Cancelled;
 pub use gates::GateStatus;
+pub use submit::{SubmitError, Submitted};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -41,9 +53,8 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::providers::Providers;
-use crate::run::{Backoff, Class, RunId, WorkerId};
-use crate::store::{ClaimedRun, KeyCaps, NewRun, Store};
-use chrono::{DateTime, Utc};
+use crate::run::{Backoff, RunId, WorkerId};
+use crate::store::{KeyCaps, Store};
 
 /// The dispatch settings, taken from [`Config`] once.
 #[derive(Clone, Debug)]
@@ -148,15 +159,7 @@ struct Shared {
 pub struct Dispatcher {
     shared: Arc<Shared>,
     tasks: TaskTracker,
-}
-
-/// A worker slot, a provider ticket and a held lease set aside for a run that its enqueue
-/// may start (see [`Dispatcher::reserve`]).
-pub(crate) struct Reserved {
-    slot: tokio::sync::OwnedSemaphorePermit,
-    ticket: gates::Ticket,
-    abort: CancellationToken,
-    reason: Arc<Mutex<Option<AbortReason>>>,
+    enqueuer: enqueuer::Enqueuer,
 }
 
 /// A point-in-time view of the pool for `/health`.
@@ -169,8 +172,8 @@ pub struct PoolStatus {
 }
 
 impl Dispatcher {
-    /// Starts the producer, completer, heartbeater, rescuer and (on PostgreSQL) the
-    /// listener. Nothing is spawned outside the returned handle's task tracker.
+    /// Starts the producer, completer, enqueuer, heartbeater, rescuer, sweeper and (on
+    /// PostgreSQL) the listener. Nothing is spawned outside the returned handle's task tracker.
     /// `saved` is each provider's persisted limiter state, so a restart resumes at the
     /// adapted rate rather than the configured ceiling.
     pub fn start(
@@ -209,6 +212,7 @@ impl Dispatcher {
         let dispatcher = Dispatcher {
             shared: shared.clone(),
             tasks: tasks.clone(),
+            enqueuer: enqueuer::Enqueuer::start(shared.clone(), &tasks),
         };
         tasks.spawn(producer::run(shared.clone(), tasks.clone()));
         tasks.spawn(completer::run(shared.clone(), finished_rx));
@@ -220,120 +224,6 @@ impl Dispatcher {
         }
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher
-    }
-
-    /// Sets a slot aside for `run`, so the commit that stores it can also start it (the
-    /// fast path from enqueue to a free slot), when that overtakes nothing and breaks no
-    /// limit: a live run due now, of a provider with no live cap, without a concurrency
-    /// key while live keys are capped, with a slot free and its provider's limiter and
-    /// breaker letting an attempt start. The store still starts it only if no live run of
-    /// its provider is due ahead of it.
-    pub(crate) fn reserve(&self, run: &NewRun, now: DateTime<Utc>) -> Option<Reserved> {
-        let s = &self.shared;
-        if s.stop_claiming.is_cancelled()
-            || run.class != Class::Live
-            || run.due_at > now
-            || (run.concurrency_key.is_some() && s.settings.key_caps.live.is_some())
-            || !s.gates.uncapped_live(&run.provider)
-        {
-            return None;
-        }
-        let slot = s.slots.clone().try_acquire_owned().ok()?;
-        let ticket = s.gates.admit(&run.provider, &run.request)?;
-        let (abort, reason) = worker::hold(s, run.id, 1);
-        Some(Reserved {
-            slot,
-            ticket,
-            abort,
-            reason,
-        })
-    }
-
-    /// The dispatcher's clock.
-    pub(crate) fn now(&self) -> DateTime<Utc> {
-        self.shared.clock.now()
-    }
-
-    /// This process's worker id and a lease from `now`, for runs an enqueue starts.
-    pub(crate) fn lease_from(&self, now: DateTime<Utc>) -> (WorkerId, DateTime<Utc>) {
-        let lease = chrono::Duration::from_std(self.shared.settings.lease)
-            .unwrap_or(chrono::Duration::minutes(5));
-        (self.shared.worker, now + lease)
-    }
-
-    /// Runs the first attempt of a run its enqueue started, in the slot set aside for it.
-    pub(crate) fn launch(&self, run: NewRun, reserved: Reserved, now: DateTime<Utc>) {
-        let wait = (now - run.due_at).to_std().unwrap_or_default();
-        crate::metrics::queue_wait(run.class.as_str(), wait);
-        let claimed = ClaimedRun {
-            id: run.id,
-            attempt: 1,
-            max_attempts: u32::try_from(run.max_attempts).unwrap_or(1),
-            provider: run.provider,
-            model: run.model,
-            request: run.request,
-            class: run.class,
-            priority: run.priority,
-            tenant: run.tenant,
-            concurrency_key: run.concurrency_key,
-            stream: run.stream,
-            timeout_ms: run.timeout_ms,
-            created_at: run.created_at,
-            due_at: run.due_at,
-        };
-        self.tasks.spawn(worker::execute(
-            self.shared.clone(),
-            claimed,
-            reserved.slot,
-            reserved.ticket,
-            reserved.abort,
-            reserved.reason,
-        ));
-    }
-
-    /// Gives back what was set aside for a run its enqueue did not start.
-    pub(crate) fn unreserve(&self, id: RunId, provider: &str, reserved: Reserved) {
-        let s = &self.shared;
-        {
-            let mut held = s.held.lock().expect("held lock");
-            if held.get(&id).is_some_and(|h| h.attempt == 1) {
-                held.remove(&id);
-            }
-        }
-        s.gates.unused(provider, reserved.ticket);
-        drop(reserved.slot);
-        s.slot_freed.notify_one();
-        s.released.notify_waiters();
-    }
-
-    /// Tells the producer that runs may be due now (after an enqueue in this process).
-    pub fn wake(&self) {
-        self.shared.wake.notify_one();
-    }
-
-    /// Tells the producer about runs just queued here that become due at `due`, unless
-    /// it will look by itself before then.
-    pub(crate) fn wake_for(&self, due: DateTime<Utc>) {
-        let until = self
-            .shared
-            .sleeping_until
-            .load(std::sync::atomic::Ordering::SeqCst);
-        if until == AWAKE || due.timestamp_micros() <= until {
-            self.wake();
-        }
-    }
-
-    /// How far ahead a run queued now must be due for other processes' producers to be
-    /// told at once; later ones they find by their own periodic look.
-    pub(crate) fn notify_horizon(&self, now: DateTime<Utc>) -> DateTime<Utc> {
-        now + chrono::Duration::from_std(self.shared.settings.idle_poll)
-            .unwrap_or(chrono::Duration::seconds(5))
-    }
-
-    /// Stops an in-flight attempt of a run that was just cancelled in the store. Returns
-    /// whether this process was running it.
-    pub fn abort_cancelled(&self, id: RunId) -> bool {
-        abort(&self.shared, id, AbortReason::Cancelled)
     }
 
     /// Each provider's breaker and limiter state.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
+use super::reservation::Reservation;
 use super::{AWAKE, Shared, worker};
 
 /// How long to back off after the database refused a claim.
@@ -75,21 +76,19 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
             let permit = slots
                 .split(1)
                 .expect("no more runs are claimed than slots set aside");
-            let (abort, reason) = worker::hold(&shared, run.id, run.attempt);
-            let Some(ticket) = shared.gates.admit(&run.provider, &run.request) else {
+            let Some(reservation) = Reservation::take(
+                &shared,
+                run.id,
+                run.attempt,
+                &run.provider,
+                &run.request,
+                permit,
+            ) else {
                 // The provider cannot take it after all: back to the queue, no attempt spent.
-                drop(permit);
                 worker::give_back(&shared, run).await;
                 continue;
             };
-            tasks.spawn(worker::execute(
-                shared.clone(),
-                run,
-                permit,
-                ticket,
-                abort,
-                reason,
-            ));
+            tasks.spawn(worker::execute(shared.clone(), run, reservation));
         }
         // Slots set aside and not used go back at once (an enqueue may want one).
         drop(slots);

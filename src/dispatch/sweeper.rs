@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use super::Shared;
-use crate::run::Status;
+use super::endings::{self, Ending};
+use crate::run::{Status, TimeoutOrigin};
 
 /// Most runs ended by one statement.
 const SWEEP_BATCH: usize = 1000;
@@ -22,16 +23,16 @@ pub(super) async fn run(shared: Arc<Shared>) {
         let now = shared.clock.now();
         match shared.store.expire_queued(now, SWEEP_BATCH).await {
             Ok(expired) => {
-                for e in &expired {
-                    let waited = (now - e.created_at).to_std().unwrap_or_default();
-                    crate::metrics::run_finished(e.class.as_str(), e.status.as_str(), waited);
-                    if e.status == Status::TimedOut {
-                        crate::metrics::timed_out("queue_wait");
-                        tracing::warn!(run_id = %e.id, class = e.class.as_str(), timeout_origin = "queue_wait", "run timed out in the queue");
-                    } else {
-                        crate::metrics::dropped("stale");
-                        tracing::info!(run_id = %e.id, class = e.class.as_str(), drop_reason = "stale", "background run dropped");
-                    }
+                for e in expired {
+                    let ending = Ending {
+                        id: e.id,
+                        class: e.class,
+                        created_at: e.created_at,
+                        status: e.status,
+                        timeout_origin: (e.status == Status::TimedOut)
+                            .then_some(TimeoutOrigin::QueueWait),
+                    };
+                    endings::record(&ending, now);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "sweep failed"),

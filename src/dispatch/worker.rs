@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::gates::{Report, Ticket};
-use super::{AbortReason, Held, Shared};
+use super::reservation::Reservation;
+use super::{AbortReason, Shared};
 use crate::providers::{AttemptRequest, DeltaSink, ProviderError};
 use chrono::{DateTime, Utc};
 
@@ -42,35 +43,6 @@ pub(super) enum AttemptResult {
     Forget,
 }
 
-/// Records the lease of a just-claimed run and returns its abort handles.
-pub(super) fn hold(
-    shared: &Shared,
-    id: RunId,
-    attempt: u32,
-) -> (CancellationToken, Arc<Mutex<Option<AbortReason>>>) {
-    let abort = CancellationToken::new();
-    let reason = Arc::new(Mutex::new(None));
-    let stale = shared.held.lock().expect("held lock").insert(
-        id,
-        Held {
-            attempt,
-            abort: abort.clone(),
-            reason: reason.clone(),
-        },
-    );
-    if let Some(stale) = stale {
-        // Our own earlier attempt lost its lease (rescued while this process was cut off
-        // from the database) and is still going: stop it, its result would be ignored.
-        stale
-            .reason
-            .lock()
-            .expect("reason lock")
-            .get_or_insert(AbortReason::Cancelled);
-        stale.abort.cancel();
-    }
-    (abort, reason)
-}
-
 enum Outcome {
     Output(crate::providers::ProviderOutput),
     Error(ProviderError),
@@ -95,14 +67,13 @@ pub(super) async fn give_back(shared: &Shared, run: ClaimedRun) {
     }
 }
 
-pub(super) async fn execute(
-    shared: Arc<Shared>,
-    run: ClaimedRun,
-    permit: OwnedSemaphorePermit,
-    ticket: Ticket,
-    abort: CancellationToken,
-    reason: Arc<Mutex<Option<AbortReason>>>,
-) {
+pub(super) async fn execute(shared: Arc<Shared>, run: ClaimedRun, reservation: Reservation) {
+    let Reservation {
+        slot,
+        ticket,
+        abort,
+        reason,
+    } = reservation;
     let span = tracing::info_span!(
         "attempt",
         run_id = %run.id,
@@ -120,13 +91,15 @@ pub(super) async fn execute(
         class: run.class,
         created_at: run.created_at,
         result,
-        slot: Some(permit),
+        slot: Some(slot),
     };
     if shared.finished.send(finished).await.is_err() {
         tracing::error!(run_id = %run.id, "completer is gone; the lease will expire and the run be rescued");
     }
 }
 
+/// The attempt in named steps: call the provider, tell the gates and metrics how it went,
+/// turn the outcome into what the completer writes.
 async fn attempt(
     shared: &Shared,
     run: &ClaimedRun,
@@ -135,88 +108,11 @@ async fn attempt(
     reason: &Mutex<Option<AbortReason>>,
 ) -> AttemptResult {
     let started = std::time::Instant::now();
-    let outcome = match shared.providers.get(&run.provider) {
-        None => Outcome::Error(ProviderError::new(
-            ErrorKind::Client,
-            format!(
-                "provider {:?} is not configured on this server",
-                run.provider
-            ),
-        )),
-        Some(entry) => {
-            let model = run.model.as_deref().unwrap_or(&entry.default_model);
-            let timeout = match run.timeout_ms {
-                Some(ms) => Duration::from_millis(ms.max(1) as u64),
-                None => shared.gates.attempt_timeout(
-                    &run.provider,
-                    run.class,
-                    &shared.settings.timeouts,
-                ),
-            };
-            let deltas = run.stream.then(|| {
-                let hub = shared.store.hub().clone();
-                let (id, attempt) = (run.id, run.attempt);
-                let sink: DeltaSink =
-                    Arc::new(move |text: &str| hub.publish_delta(id, attempt, text));
-                sink
-            });
-            let call = entry.imp.call(AttemptRequest {
-                run_id: run.id,
-                attempt: run.attempt,
-                model,
-                request: &run.request,
-                deltas,
-            });
-            tokio::select! {
-                biased;
-                _ = abort.cancelled() => {
-                    let why = reason.lock().expect("reason lock").unwrap_or(AbortReason::Shutdown);
-                    Outcome::Aborted(why)
-                }
-                result = tokio::time::timeout(timeout, call) => match result {
-                    Ok(Ok(output)) => Outcome::Output(output),
-                    Ok(Err(e)) => Outcome::Error(e),
-                    Err(_) => Outcome::Error(ProviderError::new(
-                        ErrorKind::Timeout,
-                        format!("attempt exceeded its {} ms timeout", timeout.as_millis()),
-                    )),
-                },
-            }
-        }
-    };
+    let outcome = call(shared, run, abort, reason).await;
     let now = shared.clock.now();
     let took = started.elapsed();
+    report(shared, run, ticket, &outcome, took);
     let elapsed_ms = took.as_millis() as u64;
-    let outcome_name = match &outcome {
-        Outcome::Output(_) => "completed",
-        Outcome::Error(e) => e.kind.as_str(),
-        Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
-        Outcome::Aborted(AbortReason::Shutdown) => "released",
-    };
-    crate::metrics::attempt(&run.provider, outcome_name, took);
-    if run.stream {
-        shared.store.hub().end_deltas(run.id, run.attempt);
-    }
-    let report = match &outcome {
-        Outcome::Output(out) => {
-            crate::metrics::tokens(&run.provider, out.prompt_tokens, out.completion_tokens);
-            Report::Success {
-                took,
-                tokens: match (out.prompt_tokens, out.completion_tokens) {
-                    (None, None) => None,
-                    (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
-                },
-                rate_limits: out.rate_limits.as_ref(),
-            }
-        }
-        Outcome::Error(e) => Report::Failure {
-            kind: e.kind,
-            retry_after: e.retry_after,
-            rate_limits: e.rate_limits.as_ref(),
-        },
-        Outcome::Aborted(_) => Report::Abandoned,
-    };
-    shared.gates.report(&run.provider, ticket, report);
     match outcome {
         Outcome::Output(out) => {
             tracing::info!(elapsed_ms, "attempt completed");
@@ -240,61 +136,159 @@ async fn attempt(
                 attempt: run.attempt,
             }
         }
-        Outcome::Error(e) => {
-            let next = after_failure(
-                run.attempt,
-                run.max_attempts,
-                e.kind,
-                e.retry_after,
-                &shared.settings.backoff,
-                rand::random::<f64>(),
-            );
-            let next = match next {
-                AfterFailure::Retry { delay } => {
-                    let at = now
-                        + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
-                    tracing::warn!(
-                        elapsed_ms,
-                        kind = e.kind.as_str(),
-                        status = e.status,
-                        retry_in_ms = delay.as_millis() as u64,
-                        error = %e.message,
-                        "attempt failed; retry scheduled"
-                    );
-                    FailureNext::RetryAt(at)
-                }
-                AfterFailure::Finish {
-                    status,
-                    timeout_origin,
-                } => {
-                    tracing::warn!(
-                        elapsed_ms,
-                        kind = e.kind.as_str(),
-                        status = e.status,
-                        final_status = status.as_str(),
-                        error = %e.message,
-                        "attempt failed; run finished"
-                    );
-                    FailureNext::Finish {
-                        status,
-                        timeout_origin,
-                    }
-                }
-            };
-            AttemptResult::Failed(Failure {
-                id: run.id,
-                attempt: run.attempt,
-                finished_at: now,
-                retry_after_ms: e
-                    .retry_after
-                    .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
-                error: RunError {
-                    kind: e.kind,
-                    message: e.message,
-                    status: e.status.map(i32::from),
-                },
-                next,
-            })
+        Outcome::Error(e) => AttemptResult::Failed(failure(shared, run, e, now, elapsed_ms)),
+    }
+}
+
+/// Calls the provider under the attempt's timeout (the run's own, or the adaptive one),
+/// streaming deltas onto the run's events when asked, until it answers or `abort` fires.
+async fn call(
+    shared: &Shared,
+    run: &ClaimedRun,
+    abort: &CancellationToken,
+    reason: &Mutex<Option<AbortReason>>,
+) -> Outcome {
+    let Some(entry) = shared.providers.get(&run.provider) else {
+        return Outcome::Error(ProviderError::new(
+            ErrorKind::Client,
+            format!(
+                "provider {:?} is not configured on this server",
+                run.provider
+            ),
+        ));
+    };
+    let model = run.model.as_deref().unwrap_or(&entry.default_model);
+    let timeout = match run.timeout_ms {
+        Some(ms) => Duration::from_millis(ms.max(1) as u64),
+        None => shared
+            .gates
+            .attempt_timeout(&run.provider, run.class, &shared.settings.timeouts),
+    };
+    let deltas = run.stream.then(|| {
+        let hub = shared.store.hub().clone();
+        let (id, attempt) = (run.id, run.attempt);
+        let sink: DeltaSink = Arc::new(move |text: &str| hub.publish_delta(id, attempt, text));
+        sink
+    });
+    let call = entry.imp.call(AttemptRequest {
+        run_id: run.id,
+        attempt: run.attempt,
+        model,
+        request: &run.request,
+        deltas,
+    });
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => {
+            let why = reason.lock().expect("reason lock").unwrap_or(AbortReason::Shutdown);
+            Outcome::Aborted(why)
         }
+        result = tokio::time::timeout(timeout, call) => match result {
+            Ok(Ok(output)) => Outcome::Output(output),
+            Ok(Err(e)) => Outcome::Error(e),
+            Err(_) => Outcome::Error(ProviderError::new(
+                ErrorKind::Timeout,
+                format!("attempt exceeded its {} ms timeout", timeout.as_millis()),
+            )),
+        },
+    }
+}
+
+/// Feeds the outcome to the metrics and to the provider's limiter and breaker (which
+/// takes the ticket back), and ends the run's delta stream.
+fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, took: Duration) {
+    let outcome_name = match outcome {
+        Outcome::Output(_) => "completed",
+        Outcome::Error(e) => e.kind.as_str(),
+        Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
+        Outcome::Aborted(AbortReason::Shutdown) => "released",
+    };
+    crate::metrics::attempt(&run.provider, outcome_name, took);
+    if run.stream {
+        shared.store.hub().end_deltas(run.id, run.attempt);
+    }
+    let report = match outcome {
+        Outcome::Output(out) => {
+            crate::metrics::tokens(&run.provider, out.prompt_tokens, out.completion_tokens);
+            Report::Success {
+                took,
+                tokens: match (out.prompt_tokens, out.completion_tokens) {
+                    (None, None) => None,
+                    (p, c) => Some(p.unwrap_or(0).saturating_add(c.unwrap_or(0))),
+                },
+                rate_limits: out.rate_limits.as_ref(),
+            }
+        }
+        Outcome::Error(e) => Report::Failure {
+            kind: e.kind,
+            retry_after: e.retry_after,
+            rate_limits: e.rate_limits.as_ref(),
+        },
+        Outcome::Aborted(_) => Report::Abandoned,
+    };
+    shared.gates.report(&run.provider, ticket, report);
+}
+
+/// A failed attempt: retried after a backoff (the provider's delay when it gave one), or
+/// the run's end when the error is final or this was its last attempt.
+fn failure(
+    shared: &Shared,
+    run: &ClaimedRun,
+    e: ProviderError,
+    now: DateTime<Utc>,
+    elapsed_ms: u64,
+) -> Failure {
+    let next = after_failure(
+        run.attempt,
+        run.max_attempts,
+        e.kind,
+        e.retry_after,
+        &shared.settings.backoff,
+        rand::random::<f64>(),
+    );
+    let next = match next {
+        AfterFailure::Retry { delay } => {
+            let at = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::days(1));
+            tracing::warn!(
+                elapsed_ms,
+                kind = e.kind.as_str(),
+                status = e.status,
+                retry_in_ms = delay.as_millis() as u64,
+                error = %e.message,
+                "attempt failed; retry scheduled"
+            );
+            FailureNext::RetryAt(at)
+        }
+        AfterFailure::Finish {
+            status,
+            timeout_origin,
+        } => {
+            tracing::warn!(
+                elapsed_ms,
+                kind = e.kind.as_str(),
+                status = e.status,
+                final_status = status.as_str(),
+                error = %e.message,
+                "attempt failed; run finished"
+            );
+            FailureNext::Finish {
+                status,
+                timeout_origin,
+            }
+        }
+    };
+    Failure {
+        id: run.id,
+        attempt: run.attempt,
+        finished_at: now,
+        retry_after_ms: e
+            .retry_after
+            .map(|d| d.as_millis().min(i64::MAX as u128) as i64),
+        error: RunError {
+            kind: e.kind,
+            message: e.message,
+            status: e.status.map(i32::from),
+        },
+        next,
     }
 }
