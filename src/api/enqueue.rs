@@ -184,17 +184,17 @@ pub(super) async fn enqueue(
     let repeat = run.class == crate::run::Class::Background
         && state.store.find_idempotent(&run).await?.is_some();
     if !repeat && let Err(refusal) = state.dispatcher.admit(&run).await? {
-        crate::metrics::admission_refused(refusal.reason);
+        crate::metrics::admission_refused(refusal.reason.as_str());
         tracing::info!(
             provider = %run.provider,
             session = run.session.as_deref().unwrap_or(""),
             concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
-            reason = refusal.reason,
+            reason = refusal.reason.as_str(),
             "background run refused"
         );
         return Err(ApiError::AdmissionRejected {
             message: refusal.message,
-            reason: refusal.reason,
+            reason: refusal.reason.as_str(),
             retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
         });
     }

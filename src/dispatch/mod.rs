@@ -5,8 +5,9 @@
 //! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
 //! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
 //!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
-//! - `gates`: each provider's rate limiter and circuit breaker; the producer claims only
-//!   what they allow.
+//! - `gates`: each provider's rate limiter, circuit breaker, timeout share and recent
+//!   latencies (their logic is in `crate::limits`); the producer claims only what they
+//!   allow, and a run naming no timeout gets the adaptive one.
 //! - `worker`: runs one attempt under its timeout and abort signal.
 //! - `completer`: writes finished attempts in batches and lets go of their leases.
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
@@ -26,7 +27,7 @@ mod sweeper;
 mod wake;
 mod worker;
 
-pub use admission::Refusal;
+pub use admission::{Refusal, RefusalReason};
 pub use enqueuer::{EnqueueError, Enqueuer};
 pub use gates::GateStatus;
 
@@ -58,7 +59,7 @@ pub struct Settings {
     pub complete_batch: usize,
     pub enqueue_batch: usize,
     pub backoff: Backoff,
-    timeouts: gates::TimeoutPolicy,
+    timeouts: crate::limits::TimeoutPolicy,
     pub key_caps: KeyCaps,
     pub sweep_interval: Duration,
 }
@@ -81,7 +82,7 @@ impl Settings {
                 cap: config.retry.backoff_cap,
                 provider_cap: config.retry.provider_delay_cap,
             },
-            timeouts: gates::TimeoutPolicy::from_config(&config.queue),
+            timeouts: crate::limits::TimeoutPolicy::from_config(&config.queue),
             key_caps: KeyCaps {
                 live: config.queue.live_key_cap,
                 background: config.queue.background_key_cap,
