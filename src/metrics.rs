@@ -10,6 +10,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::limits::BreakerState;
+
 pub const RUNS_ENQUEUED: &str = "sluice_runs_enqueued_total";
 pub const RUNS_FINISHED: &str = "sluice_runs_finished_total";
 pub const QUEUE_DEPTH: &str = "sluice_queue_depth";
@@ -207,22 +209,23 @@ pub fn tokens(provider: &str, prompt: Option<u32>, completion: Option<u32>) {
     }
 }
 
-pub fn breaker_transition(provider: &str, to: &'static str) {
-    counter!(BREAKER_TRANSITIONS, "provider" => provider.to_string(), "to" => to).increment(1);
+pub fn breaker_transition(provider: &str, to: BreakerState) {
+    counter!(BREAKER_TRANSITIONS, "provider" => provider.to_string(), "to" => to.as_str())
+        .increment(1);
 }
 
 /// Samples a provider's gate at scrape time.
 pub fn provider_state(
     provider: &str,
-    breaker: &'static str,
+    breaker: BreakerState,
     current_rpm: Option<f64>,
     configured_rpm: Option<u32>,
     in_flight: u32,
 ) {
     let state = match breaker {
-        "closed" => 0.0,
-        "half_open" => 1.0,
-        _ => 2.0,
+        BreakerState::Closed => 0.0,
+        BreakerState::HalfOpen { .. } => 1.0,
+        BreakerState::Open { .. } => 2.0,
     };
     gauge!(BREAKER_STATE, "provider" => provider.to_string()).set(state);
     gauge!(PROVIDER_IN_FLIGHT, "provider" => provider.to_string()).set(f64::from(in_flight));

@@ -129,7 +129,7 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::Refused(refusal) => ApiError::AdmissionRejected {
                 message: refusal.message,
-                reason: refusal.reason,
+                reason: refusal.reason.as_str(),
                 retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
             },
             SubmitError::Closed => ApiError::Unavailable("the server is shutting down".into()),

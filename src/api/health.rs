@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::openapi::{BackendName, ClassName, HealthStatusName, ProviderKindName};
+use crate::limits::BreakerState;
 use crate::run::{Class, Status};
 
 /// The server's health.
@@ -188,7 +189,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             rpm: p.rpm,
             tpm: p.tpm,
             max_concurrency: p.max_concurrency,
-            breaker: g.breaker,
+            breaker: g.breaker.as_str(),
             current_rpm: g.current_rpm,
             current_tpm: g.current_tpm,
             in_flight: g.in_flight,
@@ -196,7 +197,9 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
         })
         .collect();
     // Degraded: serving, but some provider is refused or paused (its runs wait).
-    let degraded = gates.iter().any(|g| g.breaker != "closed" || g.paused);
+    let degraded = gates
+        .iter()
+        .any(|g| g.breaker != BreakerState::Closed || g.paused);
     let (code, status) = if !database.reachable {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     } else if degraded {

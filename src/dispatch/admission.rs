@@ -13,10 +13,34 @@ use crate::store::{NewRun, StoreError};
 /// Why a background run was refused, and when to try again.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Refusal {
-    /// `live_backlog`, `background_queue_full`, `provider_unhealthy` or `quota`.
-    pub reason: &'static str,
+    pub reason: RefusalReason,
     pub retry_after: Duration,
     pub message: String,
+}
+
+/// Which bound refused a background run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// Live runs of the provider wait beyond the backlog bound.
+    LiveBacklog,
+    /// The provider's background queue is at its bound.
+    BackgroundQueueFull,
+    /// The provider's breaker is not closed, or too many recent attempts timed out.
+    ProviderUnhealthy,
+    /// The session spent its hourly background quota.
+    Quota,
+}
+
+impl RefusalReason {
+    /// The name used in error bodies, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::LiveBacklog => "live_backlog",
+            RefusalReason::BackgroundQueueFull => "background_queue_full",
+            RefusalReason::ProviderUnhealthy => "provider_unhealthy",
+            RefusalReason::Quota => "quota",
+        }
+    }
 }
 
 /// Suggested wait after a refusal for live backlog or a full background queue.
@@ -46,7 +70,10 @@ impl Dispatcher {
                     retry_in
                         .unwrap_or(UNHEALTHY_RETRY)
                         .max(Duration::from_secs(1)),
-                    format!("provider {provider:?} is failing (circuit breaker {state})"),
+                    format!(
+                        "provider {provider:?} is failing (circuit breaker {})",
+                        state.as_str()
+                    ),
                 ),
                 Unhealthy::Timeouts { share } => (
                     UNHEALTHY_RETRY,
@@ -57,7 +84,7 @@ impl Dispatcher {
                 ),
             };
             return Ok(Err(Refusal {
-                reason: "provider_unhealthy",
+                reason: RefusalReason::ProviderUnhealthy,
                 retry_after,
                 message,
             }));
@@ -66,7 +93,7 @@ impl Dispatcher {
         let (live_due, background_queued) = shared.store.provider_backlog(provider, now).await?;
         if live_due > i64::from(admission.live_backlog) {
             return Ok(Err(Refusal {
-                reason: "live_backlog",
+                reason: RefusalReason::LiveBacklog,
                 retry_after: BACKLOG_RETRY,
                 message: format!(
                     "{live_due} live run(s) are waiting for provider {provider:?}; background work waits until they are served"
@@ -80,7 +107,7 @@ impl Dispatcher {
             .unwrap_or(0);
         if background_queued >= i64::from(bound) {
             return Ok(Err(Refusal {
-                reason: "background_queue_full",
+                reason: RefusalReason::BackgroundQueueFull,
                 retry_after: BACKLOG_RETRY,
                 message: format!(
                     "the background queue of provider {provider:?} is full ({background_queued} of {bound})"
@@ -100,7 +127,7 @@ impl Dispatcher {
                     .unwrap_or_default()
                     .max(Duration::from_secs(1));
                 return Ok(Err(Refusal {
-                    reason: "quota",
+                    reason: RefusalReason::Quota,
                     retry_after,
                     message: format!(
                         "session {session:?} has used its {} background runs for this hour{}",

@@ -1,26 +1,23 @@
 //! Per-provider admission, shared by every worker of this process: each provider's rate
-//! limiter and circuit breaker. The producer asks the gates how many runs of each provider
+//! limiter, circuit breaker, timeout share and recent latencies (pure logic, in
+//! `crate::limits`) behind one lock, fed the current time here. The producer asks the gates how many runs of each provider
 //! may start now and claims only that many; each claimed attempt takes a ticket and reports
 //! its outcome, which is how the limiter learns the provider's capacity and the breaker its
 //! health. A run held back stays queued in the database: no slot, no attempt burned.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::limits::{
-    Admission, CircuitBreaker, LimiterSnapshot, Outcome, Permit, RateLimiter, Transition, UNLIMITED,
+    Admission, BreakerState, CircuitBreaker, LatencyWindow, LimiterSnapshot, Outcome, Permit,
+    RateLimitInfo, RateLimiter, TimeoutPolicy, TimeoutRate, Transition, UNLIMITED, estimate_tokens,
 };
-use crate::providers::RateLimitInfo;
-use crate::run::ErrorKind;
+use crate::run::{Class, ErrorKind};
 use crate::store::ProviderQuota;
-
-/// Completion tokens assumed for a request that sets no `max_tokens`.
-const DEFAULT_COMPLETION_ESTIMATE: u32 = 256;
 
 struct Gate {
     limiter: RateLimiter,
@@ -32,148 +29,12 @@ struct Gate {
     latencies: LatencyWindow,
 }
 
-/// Successful latencies kept per provider for the adaptive timeout.
-const LATENCY_SAMPLES: usize = 200;
-
-/// The adaptive attempt timeout settings (from `[queue]`).
-#[derive(Clone, Debug)]
-pub(super) struct TimeoutPolicy {
-    pub default: std::time::Duration,
-    pub floor: std::time::Duration,
-    pub live_cap: std::time::Duration,
-    pub background_cap: std::time::Duration,
-    pub min_samples: u32,
-    pub factor: f64,
-    pub penalty: std::time::Duration,
-}
-
-impl TimeoutPolicy {
-    pub(super) fn from_config(q: &crate::config::QueueConfig) -> TimeoutPolicy {
-        TimeoutPolicy {
-            default: q.attempt_timeout,
-            floor: q.attempt_timeout_floor,
-            live_cap: q.live_attempt_timeout_cap,
-            background_cap: q.background_attempt_timeout_cap,
-            min_samples: q.adaptive_timeout_min_samples,
-            factor: q.adaptive_timeout_factor,
-            penalty: q.adaptive_timeout_penalty,
-        }
-    }
-
-    /// p95 of the window × factor + penalty × in flight, between the floor and the class
-    /// cap; the configured default (capped) until there are enough samples.
-    pub(super) fn timeout(
-        &self,
-        window: &mut LatencyWindow,
-        in_flight: u32,
-        class: crate::run::Class,
-    ) -> std::time::Duration {
-        let cap = match class {
-            crate::run::Class::Live => self.live_cap,
-            crate::run::Class::Background => self.background_cap,
-        };
-        if window.len() < self.min_samples.max(1) as usize {
-            return self.default.min(cap);
-        }
-        let adaptive = window.p95().mul_f64(self.factor) + self.penalty * in_flight;
-        adaptive.clamp(self.floor.min(cap), cap)
-    }
-}
-
-/// How many new samples a cached p95 may miss before it is worked out again.
-const P95_REFRESH: u32 = 16;
-
-/// The most recent successful latencies of a provider, with their p95 kept between
-/// calls: every attempt asks for its timeout, and ordering the whole window each time
-/// was a measurable share of the dispatch path.
-#[derive(Debug)]
-pub(super) struct LatencyWindow {
-    samples: std::collections::VecDeque<std::time::Duration>,
-    /// The p95 and how many samples arrived since it was worked out.
-    p95: Option<std::time::Duration>,
-    since: u32,
-    scratch: Vec<std::time::Duration>,
-}
-
-impl LatencyWindow {
-    pub(super) fn new() -> LatencyWindow {
-        LatencyWindow {
-            samples: std::collections::VecDeque::with_capacity(LATENCY_SAMPLES),
-            p95: None,
-            since: 0,
-            scratch: Vec::with_capacity(LATENCY_SAMPLES),
-        }
-    }
-
-    pub(super) fn push(&mut self, took: std::time::Duration) {
-        if self.samples.len() == LATENCY_SAMPLES {
-            self.samples.pop_front();
-        }
-        self.samples.push_back(took);
-        self.since += 1;
-    }
-
-    fn len(&self) -> usize {
-        self.samples.len()
-    }
-
-    /// The 95th percentile (nearest rank) of the window, which must not be empty.
-    fn p95(&mut self) -> std::time::Duration {
-        if let Some(p) = self.p95.filter(|_| self.since < P95_REFRESH) {
-            return p;
-        }
-        self.scratch.clear();
-        self.scratch.extend(self.samples.iter().copied());
-        let index = ((self.scratch.len() as f64) * 0.95).ceil() as usize;
-        let rank = index.clamp(1, self.scratch.len()) - 1;
-        let (_, p, _) = self.scratch.select_nth_unstable(rank);
-        let p = *p;
-        self.p95 = Some(p);
-        self.since = 0;
-        p
-    }
-}
-
-/// The share of recent attempts that timed out, over a window that decays with a
-/// half-life (old attempts fade rather than drop off a cliff).
-#[derive(Debug)]
-struct TimeoutRate {
-    half_life: std::time::Duration,
-    timed_out: f64,
-    total: f64,
-    at: Instant,
-}
-
-impl TimeoutRate {
-    fn decay(&mut self, now: Instant) {
-        let dt = now.saturating_duration_since(self.at).as_secs_f64();
-        let keep = 0.5f64.powf(dt / self.half_life.as_secs_f64());
-        self.timed_out *= keep;
-        self.total *= keep;
-        self.at = now;
-    }
-
-    fn record(&mut self, now: Instant, timed_out: bool) {
-        self.decay(now);
-        self.total += 1.0;
-        if timed_out {
-            self.timed_out += 1.0;
-        }
-    }
-
-    /// The share, once the window holds at least `min_samples` (decayed) attempts.
-    fn share(&mut self, now: Instant, min_samples: u32) -> Option<f64> {
-        self.decay(now);
-        (self.total >= f64::from(min_samples)).then(|| self.timed_out / self.total)
-    }
-}
-
 /// Why a provider should not take background work now.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Unhealthy {
     Breaker {
-        state: &'static str,
-        retry_in: Option<std::time::Duration>,
+        state: BreakerState,
+        retry_in: Option<Duration>,
     },
     Timeouts {
         share: f64,
@@ -194,13 +55,13 @@ pub(super) struct Ticket {
 /// The result of an attempt, as the gates need it.
 pub(super) enum Report<'a> {
     Success {
-        took: std::time::Duration,
+        took: Duration,
         tokens: Option<u32>,
         rate_limits: Option<&'a RateLimitInfo>,
     },
     Failure {
         kind: ErrorKind,
-        retry_after: Option<std::time::Duration>,
+        retry_after: Option<Duration>,
         rate_limits: Option<&'a RateLimitInfo>,
     },
     /// No verdict on the provider (cancelled, released at shutdown).
@@ -211,7 +72,7 @@ pub(super) enum Report<'a> {
 #[derive(Clone, Debug)]
 pub struct GateStatus {
     pub provider: String,
-    pub breaker: &'static str,
+    pub breaker: BreakerState,
     pub current_rpm: Option<f64>,
     pub configured_rpm: Option<u32>,
     pub current_tpm: Option<f64>,
@@ -228,11 +89,11 @@ fn log_transition(provider: &str, t: Option<Transition>) {
     if let Some(t) = t {
         tracing::warn!(
             provider,
-            from = t.from.name(),
-            to = t.to.name(),
+            from = t.from.as_str(),
+            to = t.to.as_str(),
             "circuit breaker transition"
         );
-        crate::metrics::breaker_transition(provider, t.to.name());
+        crate::metrics::breaker_transition(provider, t.to);
     }
 }
 
@@ -260,12 +121,7 @@ impl Gates {
                     breaker: CircuitBreaker::new(&p.breaker),
                     live_cap: p.live_max_in_flight,
                     background_cap: p.background_max_in_flight,
-                    timeouts: TimeoutRate {
-                        half_life: config.admission.timeout_rate_half_life,
-                        timed_out: 0.0,
-                        total: 0.0,
-                        at,
-                    },
+                    timeouts: TimeoutRate::new(config.admission.timeout_rate_half_life, at),
                     latencies: LatencyWindow::new(),
                 }),
             );
@@ -420,20 +276,14 @@ impl Gates {
         let at = now();
         let mut g = gate.lock().expect("gate lock");
         log_transition(provider, g.breaker.poll(at));
-        match g.breaker.state() {
-            crate::limits::BreakerState::Closed => {}
-            crate::limits::BreakerState::Open { until } => {
-                return Some(Unhealthy::Breaker {
-                    state: "open",
-                    retry_in: Some(until.saturating_duration_since(at)),
-                });
-            }
-            crate::limits::BreakerState::HalfOpen { .. } => {
-                return Some(Unhealthy::Breaker {
-                    state: "half_open",
-                    retry_in: None,
-                });
-            }
+        let state = g.breaker.state();
+        if state != BreakerState::Closed {
+            let retry_in = match state {
+                BreakerState::Open { until } => Some(until.saturating_duration_since(at)),
+                // Half-open: the probe in flight decides, at no time known in advance.
+                _ => None,
+            };
+            return Some(Unhealthy::Breaker { state, retry_in });
         }
         match g.timeouts.share(at, min_samples) {
             Some(share) if share > threshold => Some(Unhealthy::Timeouts { share }),
@@ -445,9 +295,9 @@ impl Gates {
     pub(super) fn attempt_timeout(
         &self,
         provider: &str,
-        class: crate::run::Class,
+        class: Class,
         policy: &TimeoutPolicy,
-    ) -> std::time::Duration {
+    ) -> Duration {
         match self.by_name.get(provider) {
             Some(gate) => {
                 let mut g = gate.lock().expect("gate lock");
@@ -481,7 +331,7 @@ impl Gates {
                 log_transition(name, g.breaker.poll(at));
                 GateStatus {
                     provider: name.clone(),
-                    breaker: g.breaker.state_name(),
+                    breaker: g.breaker.state(),
                     current_rpm: g.limiter.current_rpm(),
                     configured_rpm: g.limiter.configured_rpm(),
                     current_tpm: g.limiter.current_tpm(),
@@ -493,121 +343,5 @@ impl Gates {
             .collect();
         out.sort_by(|a, b| a.provider.cmp(&b.provider));
         out
-    }
-}
-
-/// What the tokens-per-minute budget is charged before the call: the prompt's size (about
-/// four characters a token) plus the completion it may produce. Reconciled with the usage
-/// the provider reports afterwards.
-pub(super) fn estimate_tokens(request: &RawValue) -> u32 {
-    #[derive(Deserialize)]
-    struct Shape<'a> {
-        #[serde(default, borrow)]
-        messages: Vec<&'a RawValue>,
-        #[serde(default)]
-        max_tokens: Option<u32>,
-        #[serde(default)]
-        max_completion_tokens: Option<u32>,
-    }
-    match serde_json::from_str::<Shape>(request.get()) {
-        Ok(shape) => {
-            let prompt_chars: usize = shape.messages.iter().map(|m| m.get().len()).sum();
-            let prompt = (prompt_chars / 4).max(1) as u32;
-            let completion = shape
-                .max_tokens
-                .or(shape.max_completion_tokens)
-                .unwrap_or(DEFAULT_COMPLETION_ESTIMATE);
-            prompt.saturating_add(completion)
-        }
-        Err(_) => DEFAULT_COMPLETION_ESTIMATE,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::run::Class;
-    use std::time::Duration;
-
-    fn policy() -> TimeoutPolicy {
-        TimeoutPolicy {
-            default: Duration::from_secs(60),
-            floor: Duration::from_secs(5),
-            live_cap: Duration::from_secs(30),
-            background_cap: Duration::from_secs(120),
-            min_samples: 20,
-            factor: 2.0,
-            penalty: Duration::from_millis(100),
-        }
-    }
-
-    fn samples(ms: impl IntoIterator<Item = u64>) -> LatencyWindow {
-        let mut w = LatencyWindow::new();
-        for m in ms {
-            w.push(Duration::from_millis(m));
-        }
-        w
-    }
-
-    #[test]
-    fn the_timeout_adapts_to_recent_latency_within_floor_and_caps() {
-        let p = policy();
-        // Too few samples: the default, under the class cap.
-        assert_eq!(
-            p.timeout(&mut samples([1000; 5]), 0, Class::Live),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            p.timeout(&mut samples([1000; 5]), 0, Class::Background),
-            Duration::from_secs(60)
-        );
-        // p95 of 1..=100 s-ish: 95 of 100 samples at 4 s, 5 at 9 s → p95 4 s → 8 s + penalty.
-        let mut s = samples(vec![4000; 95].into_iter().chain(vec![9000; 5]));
-        assert_eq!(p.timeout(&mut s, 0, Class::Live), Duration::from_secs(8));
-        assert_eq!(
-            p.timeout(&mut s, 10, Class::Live),
-            Duration::from_secs(9),
-            "depth penalty"
-        );
-        // Fast providers still get the floor; slow ones hit the class cap.
-        assert_eq!(
-            p.timeout(&mut samples(vec![50; 40]), 0, Class::Live),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            p.timeout(&mut samples(vec![40_000; 40]), 0, Class::Live),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            p.timeout(&mut samples(vec![40_000; 40]), 0, Class::Background),
-            Duration::from_secs(80),
-            "the background cap is higher"
-        );
-    }
-
-    #[test]
-    fn the_kept_p95_follows_new_samples() {
-        let p = policy();
-        let mut w = samples(vec![50; 40]);
-        assert_eq!(p.timeout(&mut w, 0, Class::Live), Duration::from_secs(5));
-        // The provider slows down: within a refresh interval the timeout follows.
-        for _ in 0..LATENCY_SAMPLES {
-            w.push(Duration::from_secs(12));
-            p.timeout(&mut w, 0, Class::Live);
-        }
-        assert_eq!(p.timeout(&mut w, 0, Class::Live), Duration::from_secs(24));
-    }
-
-    #[test]
-    fn estimates_prompt_plus_completion() {
-        let raw = RawValue::from_string(
-            r#"{"messages":[{"role":"user","content":"0123456789012345678901234567890123456789"}],"max_tokens":100}"#
-                .to_string(),
-        )
-        .unwrap();
-        let n = estimate_tokens(&raw);
-        assert!((110..=120).contains(&n), "{n}");
-        let raw = RawValue::from_string(r#"{"messages":[]}"#.to_string()).unwrap();
-        assert_eq!(estimate_tokens(&raw), 1 + DEFAULT_COMPLETION_ESTIMATE);
     }
 }

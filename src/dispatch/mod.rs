@@ -9,8 +9,9 @@
 //!   one place for both ways a run starts.
 //! - `producer`: claims due runs, only as many as there are free slots, and sleeps until
 //!   woken (an enqueue here or, on PostgreSQL, in another process) or the next due time.
-//! - `gates`: each provider's rate limiter and circuit breaker; the producer claims only
-//!   what they allow.
+//! - `gates`: each provider's rate limiter, circuit breaker, timeout share and recent
+//!   latencies (their logic is in `crate::limits`); the producer claims only what they
+//!   allow, and a run naming no timeout gets the adaptive one.
 //! - `worker`: runs one attempt under its timeout and abort signal.
 //! - `completer`: writes finished attempts in batches and lets go of their leases.
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
@@ -37,7 +38,7 @@ mod sweeper;
 mod wake;
 mod worker;
 
-pub use admission::Refusal;
+pub use admission::{Refusal, RefusalReason};
 pub use cancel::Cancelled;
 pub use gates::GateStatus;
 pub use submit::{SubmitError, Submitted};
@@ -69,7 +70,7 @@ pub struct Settings {
     pub complete_batch: usize,
     pub enqueue_batch: usize,
     pub backoff: Backoff,
-    timeouts: gates::TimeoutPolicy,
+    timeouts: crate::limits::TimeoutPolicy,
     pub key_caps: KeyCaps,
     pub sweep_interval: Duration,
 }
@@ -92,7 +93,7 @@ impl Settings {
                 cap: config.retry.backoff_cap,
                 provider_cap: config.retry.provider_delay_cap,
             },
-            timeouts: gates::TimeoutPolicy::from_config(&config.queue),
+            timeouts: crate::limits::TimeoutPolicy::from_config(&config.queue),
             key_caps: KeyCaps {
                 live: config.queue.live_key_cap,
                 background: config.queue.background_key_cap,

@@ -56,12 +56,12 @@ impl Dispatcher {
         // A repeat of an admitted run answers with that run, whatever admission says now.
         let repeat = class == Class::Background && store.find_idempotent(&run).await?.is_some();
         if !repeat && let Err(refusal) = self.admit(&run).await? {
-            crate::metrics::admission_refused(refusal.reason);
+            crate::metrics::admission_refused(refusal.reason.as_str());
             tracing::info!(
                 provider = %run.provider,
                 session = run.session.as_deref().unwrap_or(""),
                 concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
-                reason = refusal.reason,
+                reason = refusal.reason.as_str(),
                 "background run refused"
             );
             return Err(SubmitError::Refused(refusal));

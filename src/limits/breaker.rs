@@ -41,8 +41,8 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    /// The name used in `/health`, metrics and logs.
-    pub fn name(&self) -> &'static str {
+    /// `"closed"`, `"open"` or `"half_open"`: the name used in `/health`, metrics and logs.
+    pub fn as_str(&self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open { .. } => "open",
@@ -98,11 +98,6 @@ impl CircuitBreaker {
 
     pub fn state(&self) -> BreakerState {
         self.state
-    }
-
-    /// `"closed"`, `"open"` or `"half_open"`.
-    pub fn state_name(&self) -> &'static str {
-        self.state.name()
     }
 
     pub fn consecutive_failures(&self) -> u32 {

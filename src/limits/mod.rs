@@ -1,7 +1,10 @@
 //! Per-provider protection, as pure logic: the adaptive rate limiter (requests per minute,
-//! tokens per minute, concurrency) and the circuit breaker. Nothing here does I/O, sleeps or
-//! reads a clock: every method takes the current `Instant` (and the breaker its random
-//! sample), so tests drive both by advancing fake time.
+//! tokens per minute, concurrency) and what it is told ([`RateLimitInfo`], the limits a
+//! provider states on a response), the circuit breaker, the adaptive attempt timeout, the
+//! decaying share of timed-out attempts, and the token estimate charged before a call.
+//! Nothing here does I/O, sleeps or reads a clock: every method takes the current
+//! `Instant` (and the breaker its random sample), so tests drive them by advancing fake
+//! time.
 //!
 //! The dispatcher uses them as *advisors*, not gatekeepers: before claiming runs, the
 //! producer asks each provider how many attempts may start now (`available`) and claims only
@@ -9,12 +12,18 @@
 //! no worker slot. Each claimed attempt then takes a [`Permit`] and reports its result, which
 //! is how the limiter learns the provider's real capacity and the breaker its health.
 
+mod attempt_timeout;
 mod breaker;
 mod bucket;
 mod rate_limiter;
+mod timeout_rate;
+mod tokens;
 
+pub use attempt_timeout::{LatencyWindow, TimeoutPolicy};
 pub use breaker::{Admission, BreakerState, CircuitBreaker, Outcome, Transition};
-pub use rate_limiter::{LimiterSnapshot, Permit, RateLimiter, Wait, WaitReason};
+pub use rate_limiter::{LimiterSnapshot, Permit, RateLimitInfo, RateLimiter, Wait, WaitReason};
+pub use timeout_rate::TimeoutRate;
+pub use tokens::estimate_tokens;
 
 use std::time::{Duration, Instant};
 

@@ -57,6 +57,19 @@ pub enum WaitReason {
     Concurrency,
 }
 
+/// What a provider said about its rate limits on one response (from
+/// `x-ratelimit-*` or `anthropic-ratelimit-*` headers). Resets are durations from the
+/// moment the response was received.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateLimitInfo {
+    pub limit_requests: Option<u64>,
+    pub remaining_requests: Option<u64>,
+    pub reset_requests: Option<Duration>,
+    pub limit_tokens: Option<u64>,
+    pub remaining_tokens: Option<u64>,
+    pub reset_tokens: Option<Duration>,
+}
+
 /// The adapted rates, persisted so a restart does not begin at the ceiling again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimiterSnapshot {

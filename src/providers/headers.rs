@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use reqwest::header::HeaderMap;
 
-use super::RateLimitInfo;
+use crate::limits::RateLimitInfo;
 
 /// How long the provider asked us to wait before retrying: `retry-after-ms` wins over
 /// `retry-after`; when neither is present and the response is a 429, the reset of the

@@ -14,8 +14,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::{ProviderError, ProviderOutput, ProviderSetupError, RateLimitInfo, headers};
+use super::{ProviderError, ProviderOutput, ProviderSetupError, headers};
 use crate::config::ProviderConfig;
+use crate::limits::RateLimitInfo;
 use crate::run::ErrorKind;
 
 /// Most of an error body kept for the message.

@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use serde_json::value::RawValue;
 
 use crate::config::{Config, ProviderConfig, ProviderKind};
+use crate::limits::RateLimitInfo;
 use crate::run::{ErrorKind, RunId};
 
 /// Receives the content deltas of a streaming attempt as they arrive.
@@ -47,19 +48,6 @@ impl std::fmt::Debug for AttemptRequest<'_> {
             .field("stream", &self.deltas.is_some())
             .finish()
     }
-}
-
-/// What a provider said about its rate limits on one response (from
-/// `x-ratelimit-*` or `anthropic-ratelimit-*` headers). Resets are durations from the
-/// moment the response was received.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RateLimitInfo {
-    pub limit_requests: Option<u64>,
-    pub remaining_requests: Option<u64>,
-    pub reset_requests: Option<Duration>,
-    pub limit_tokens: Option<u64>,
-    pub remaining_tokens: Option<u64>,
-    pub reset_tokens: Option<Duration>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

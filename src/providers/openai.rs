@@ -14,10 +14,11 @@ use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::ProviderSetupError;
 use super::http::{self, ApiKey};
 use super::{AttemptRequest, DeltaSink, Provider, ProviderError, ProviderOutput};
-use super::{ProviderSetupError, RateLimitInfo};
 use crate::config::ProviderConfig;
+use crate::limits::RateLimitInfo;
 use crate::run::ErrorKind;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";

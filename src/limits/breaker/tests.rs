@@ -19,7 +19,7 @@ fn opened(t0: Instant, r: f64) -> CircuitBreaker {
     for _ in 0..5 {
         b.record(t0, Outcome::Failure, r);
     }
-    assert_eq!(b.state_name(), "open");
+    assert_eq!(b.state().as_str(), "open");
     b
 }
 
@@ -30,7 +30,7 @@ fn opens_after_the_threshold_of_consecutive_failures() {
     for _ in 0..4 {
         assert_eq!(b.record(t0, Outcome::Failure, 0.0), None);
     }
-    assert_eq!(b.state_name(), "closed");
+    assert_eq!(b.state().as_str(), "closed");
     let t = b.record(t0, Outcome::Failure, 0.0).expect("opens");
     assert_eq!(t.from, BreakerState::Closed);
     assert_eq!(
@@ -39,7 +39,7 @@ fn opens_after_the_threshold_of_consecutive_failures() {
             until: t0 + secs(15.0)
         }
     );
-    assert_eq!(b.state_name(), "open");
+    assert_eq!(b.state().as_str(), "open");
 }
 
 #[test]
@@ -54,7 +54,7 @@ fn a_success_resets_the_count() {
     for _ in 0..4 {
         b.record(t0, Outcome::Failure, 0.0);
     }
-    assert_eq!(b.state_name(), "closed");
+    assert_eq!(b.state().as_str(), "closed");
 }
 
 #[test]
@@ -96,7 +96,7 @@ fn half_open_admits_exactly_one_probe() {
     assert_eq!(admission, Admission::Probe);
     let transition = transition.expect("open → half_open");
     assert_eq!(
-        (transition.from.name(), transition.to.name()),
+        (transition.from.as_str(), transition.to.as_str()),
         ("open", "half_open")
     );
     assert_eq!(
@@ -117,7 +117,7 @@ fn a_probe_success_closes() {
     let t = b
         .record(t0 + secs(16.0), Outcome::Success, 0.0)
         .expect("closes");
-    assert_eq!((t.from.name(), t.to), ("half_open", BreakerState::Closed));
+    assert_eq!((t.from.as_str(), t.to), ("half_open", BreakerState::Closed));
     assert_eq!(b.consecutive_failures(), 0);
     assert_eq!(b.available(t0 + secs(16.0)), UNLIMITED);
     assert_eq!(b.allow(t0 + secs(16.0)).0, Admission::Closed);
@@ -175,7 +175,7 @@ fn poll_reports_half_open_without_taking_the_probe() {
     let mut b = opened(t0, 0.0);
     assert_eq!(b.poll(t0 + secs(14.0)), None);
     assert!(b.poll(t0 + secs(15.0)).is_some());
-    assert_eq!(b.state_name(), "half_open");
+    assert_eq!(b.state().as_str(), "half_open");
     assert_eq!(b.allow(t0 + secs(15.0)), (Admission::Probe, None));
 }
 
@@ -217,13 +217,13 @@ proptest! {
             b.record(t0, outcome, 0.0);
         }
         for i in 0..threshold {
-            prop_assert_eq!(b.state_name(), "closed");
+            prop_assert_eq!(b.state().as_str(), "closed");
             b.record(t0, Outcome::Failure, 0.5);
             if neutral_between[i as usize % 5] {
                 b.record(t0, Outcome::Neutral, 0.5);
             }
         }
-        prop_assert_eq!(b.state_name(), "open");
+        prop_assert_eq!(b.state().as_str(), "open");
         prop_assert_eq!(b.available(t0), 0);
     }
 

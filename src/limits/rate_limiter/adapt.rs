@@ -32,11 +32,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::RateLimiter;
+use super::{RateLimitInfo, RateLimiter};
 use crate::limits::SLOW_START_END;
 use crate::limits::bucket::Bucket;
 use crate::limits::pause_end;
-use crate::providers::RateLimitInfo;
 
 /// A learned ceiling settles this share below the rate a bare 429 refused, so the additive
 /// increase levels off under the provider's limit instead of running into it again and

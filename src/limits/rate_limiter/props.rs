@@ -6,7 +6,6 @@ use proptest::prelude::*;
 
 use super::tests::provider;
 use super::*;
-use crate::providers::RateLimitInfo;
 
 #[derive(Clone, Debug)]
 enum Event {

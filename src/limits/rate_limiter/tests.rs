@@ -2,7 +2,6 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::config::ProviderConfig;
-use crate::providers::RateLimitInfo;
 
 pub(super) fn provider(rpm: Option<u32>, tpm: Option<u32>, conc: Option<u32>) -> ProviderConfig {
     let mut p = ProviderConfig::sim("p");
