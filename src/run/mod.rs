@@ -9,10 +9,28 @@ pub use backoff::{Backoff, retry_delay};
 pub use status::{Status, Transition, TransitionError};
 
 use std::fmt;
+use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+/// The `max_attempts` a run may be given, by its request or by the config's
+/// `retry.max_attempts`: at least one attempt, and a ceiling so that a run which keeps
+/// failing gives up in bounded time.
+pub const MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=50;
+
+/// The priorities a run may have: 1 is the most urgent. Runs of one class are dispatched
+/// in priority order, then by due time.
+pub const PRIORITY_RANGE: RangeInclusive<i16> = 1..=10;
+
+/// The priority of a run whose request names none: near the middle of [`PRIORITY_RANGE`],
+/// so a client can rank work both above and below it.
+pub const DEFAULT_PRIORITY: i16 = 5;
+
+/// Longest accepted value, in bytes, of a run's short string fields: model, tenant,
+/// concurrency key, session, idempotency key and batch.
+pub const MAX_NAME_LEN: usize = 256;
 
 /// A run's identity: a UUIDv7, so ids sort by creation time and index well.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -1,0 +1,229 @@
+//! `[[providers]]` entries: a provider's name and kind, where and how it is reached, its
+//! rate and in-flight caps, and the defaults its kind implies. Each entry's nested
+//! sections live in `limits.rs` and `sim.rs`.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{BreakerConfig, ConfigError, LimiterConfig, SimConfig, duration, invalid};
+
+/// The model a `sim` provider reports when neither the run nor the config names one.
+pub const SIM_DEFAULT_MODEL: &str = "sim-1";
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    Anthropic,
+    Sim,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The name clients put in `provider`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Endpoint root; defaults per kind.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key (the key itself never is config).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Model used when a run names none.
+    #[serde(default)]
+    pub default_model: Option<String>,
+    /// Requests per minute ceiling (none: unlimited).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute ceiling (none: unlimited).
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    /// Most attempts in flight against this provider from one process.
+    #[serde(default)]
+    pub max_concurrency: Option<u32>,
+    /// Most live runs of this provider in flight at once, across every process (none: no
+    /// cap beyond the others).
+    #[serde(default)]
+    pub live_max_in_flight: Option<u32>,
+    /// Most background runs of this provider in flight at once, across every process.
+    #[serde(default = "default_background_max_in_flight")]
+    pub background_max_in_flight: u32,
+    /// Background runs of this provider that may wait in the queue; beyond it, background
+    /// enqueues are refused (`background_queue_full`).
+    #[serde(default = "default_background_queue_max")]
+    pub background_queue_max: u32,
+    /// Longest wait for the TCP/TLS connection to the provider.
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest silence while reading a response (between stream chunks, too).
+    #[serde(default = "default_read_timeout", with = "duration")]
+    pub read_timeout: Duration,
+    /// `anthropic-version` header sent to `anthropic` providers.
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
+    #[serde(default)]
+    pub limiter: LimiterConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// Built-in simulator settings (kind `sim` only).
+    #[serde(default)]
+    pub sim: SimConfig,
+}
+
+// Name and kind have no default, so the struct cannot use `#[serde(default)]` and a
+// `Default` impl like the sections do: each defaulted key has its one fn instead, used by
+// serde and by `ProviderConfig::sim` alike.
+
+fn default_background_max_in_flight() -> u32 {
+    1
+}
+
+fn default_background_queue_max() -> u32 {
+    100
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+fn default_read_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".to_string()
+}
+
+impl ProviderConfig {
+    /// A `sim` provider called `name` with every default, as an empty entry of that kind
+    /// in the file would give.
+    pub fn sim(name: &str) -> Self {
+        let mut sim = ProviderConfig {
+            name: name.to_string(),
+            kind: ProviderKind::Sim,
+            base_url: None,
+            api_key_env: None,
+            default_model: None,
+            rpm: None,
+            tpm: None,
+            max_concurrency: None,
+            live_max_in_flight: None,
+            background_max_in_flight: default_background_max_in_flight(),
+            background_queue_max: default_background_queue_max(),
+            connect_timeout: default_connect_timeout(),
+            read_timeout: default_read_timeout(),
+            anthropic_version: default_anthropic_version(),
+            limiter: LimiterConfig::default(),
+            breaker: BreakerConfig::default(),
+            sim: SimConfig::default(),
+        };
+        sim.apply_kind_defaults();
+        sim
+    }
+
+    /// Fills in what the kind implies and the entry left out: a `sim` provider answers as
+    /// [`SIM_DEFAULT_MODEL`], so it works with no model named anywhere.
+    pub(super) fn apply_kind_defaults(&mut self) {
+        if self.default_model.is_none() && self.kind == ProviderKind::Sim {
+            self.default_model = Some(SIM_DEFAULT_MODEL.to_string());
+        }
+    }
+
+    /// Checks one entry; `at` is its key path, `providers[i]`.
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        self.sim.validate(at)?;
+        self.limiter.validate(at)?;
+        self.breaker.validate(at)?;
+        if matches!(self.kind, ProviderKind::Openai | ProviderKind::Anthropic)
+            && self.api_key_env.as_deref().is_some_and(str::is_empty)
+        {
+            return Err(invalid(
+                format!("{at}.api_key_env"),
+                "must name an environment variable",
+            ));
+        }
+        for (field, v) in [("rpm", self.rpm), ("tpm", self.tpm)] {
+            if v == Some(0) {
+                return Err(invalid(
+                    format!("{at}.{field}"),
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+        }
+        for (field, v) in [
+            ("live_max_in_flight", self.live_max_in_flight),
+            ("max_concurrency", self.max_concurrency),
+        ] {
+            if v == Some(0) {
+                return Err(invalid(
+                    format!("{at}.{field}"),
+                    "must be at least 1 (leave it out for no cap)",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A name clients can write in a request and in an environment variable's key path.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+}
+
+/// Checks the `[[providers]]` list: at least one, each named validly and once, each
+/// entry's own values.
+pub(super) fn validate_all(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
+    if providers.is_empty() {
+        return Err(invalid(
+            "providers",
+            "at least one [[providers]] entry is needed",
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for (i, p) in providers.iter().enumerate() {
+        let at = format!("providers[{i}]");
+        if !is_valid_name(&p.name) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!(
+                    "{:?} is not a valid provider name (letters, digits, '-', '_', '.')",
+                    p.name
+                ),
+            ));
+        }
+        if !seen.insert(p.name.as_str()) {
+            return Err(invalid(
+                format!("{at}.name"),
+                format!("provider {:?} is defined twice", p.name),
+            ));
+        }
+        p.validate(&at)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_for_test as load;
+
+    #[test]
+    fn unknown_provider_kind_is_named() {
+        let err = load("[[providers]]\nname = \"x\"\nkind = \"llama\"\n", &[]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("providers[0].kind"), "{msg}");
+        assert!(msg.contains("llama"), "{msg}");
+    }
+
+    #[test]
+    fn a_provider_defined_twice_is_refused() {
+        let dup = "[[providers]]\nname = \"a\"\nkind = \"sim\"\n[[providers]]\nname = \"a\"\nkind = \"sim\"\n";
+        let msg = load(dup, &[]).unwrap_err().to_string();
+        assert!(msg.contains("defined twice"), "{msg}");
+    }
+}
