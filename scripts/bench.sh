@@ -15,6 +15,8 @@
 #                            apart from the tests' target dir, so a running test suite
 #                            does not hold the build lock)
 #   SLUICE_BENCH_PG_URL      use this PostgreSQL (a superuser URL) instead of a throwaway one
+#   SLUICE_BENCH_PEERS_DIR   the peers' scripts (default ../shared/bench-peers next to the
+#                            checkout; set it when the checkout lives elsewhere)
 #   SLUICE_BENCH_PEERS_NODE  scratch folder for the peers' npm packages
 #                            (default /tmp/sluice-bench-peers; reused when present)
 #   SLUICE_BENCH_NO_PEERS=1  do not run the peers
@@ -129,7 +131,7 @@ fi
 # Peers: npm packages into a scratch folder (nothing of theirs is committed)
 # ---------------------------------------------------------------------------
 PEER_ARGS=()
-PEERS_DIR="$ROOT/../shared/bench-peers"
+PEERS_DIR="${SLUICE_BENCH_PEERS_DIR:-$ROOT/../shared/bench-peers}"
 NODE_DIR="${SLUICE_BENCH_PEERS_NODE:-/tmp/sluice-bench-peers}"
 if [[ -n "${SLUICE_BENCH_NO_PEERS:-}" ]]; then
     PEER_ARGS=(--peers-skip "SLUICE_BENCH_NO_PEERS is set")

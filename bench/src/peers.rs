@@ -2,26 +2,193 @@
 //! the bench's own PostgreSQL cluster, in the same run. Their packages are installed into
 //! a scratch folder by `scripts/bench.sh` (nothing of theirs is committed).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value;
+use serde_json::{Map, Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-pub struct PeerEnv {
-    pub scripts: PathBuf,
-    pub node_path: PathBuf,
-    pub pg_host: String,
-    pub pg_port: u16,
-    pub logdir: PathBuf,
+use crate::options::{Cli, Sizes};
+use crate::stats;
+
+/// How long one peer script may run before it is stopped.
+const SCRIPT_TIME_LIMIT: Duration = Duration::from_secs(600);
+/// The port of a PostgreSQL URL that names none.
+const DEFAULT_PG_PORT: u16 = 5432;
+
+/// Runs each peer configuration on the bench's cluster and returns their figures under
+/// their names, or why the peers were not run.
+pub async fn run_all(
+    cli: &Cli,
+    sizes: &Sizes,
+    workdir: &Path,
+) -> anyhow::Result<Map<String, Value>> {
+    let mut results = Map::new();
+    let chosen = match (&cli.peers_skip, &cli.peers_dir, &cli.peers_node_path) {
+        (Some(reason), _, _) => Err(reason.clone()),
+        (None, None, _) => Err("no --peers-dir given".to_string()),
+        (None, _, None) => Err("no --peers-node-path given".to_string()),
+        (None, Some(scripts), Some(node_path)) => Ok((scripts, node_path)),
+    };
+    let (scripts, node_path) = match chosen {
+        Ok(paths) => paths,
+        Err(reason) => {
+            println!("  peers not run: {reason}");
+            results.insert("not_run".into(), json!(reason));
+            return Ok(results);
+        }
+    };
+    let (pg_host, pg_port) = host_port(&cli.pg_url);
+    let logdir = workdir.join("peers");
+    std::fs::create_dir_all(&logdir)?;
+    let env = PeerEnv {
+        scripts: std::fs::canonicalize(scripts)?,
+        node_path: node_path.clone(),
+        pg_host,
+        pg_port,
+        logdir,
+    };
+    let mut jobs = configurations(sizes);
+    if sizes.pgboss_latency_samples > 0 {
+        jobs.push(Configuration {
+            key: "pgboss_latency",
+            script: "pgboss_latency.js",
+            args: strings(&[
+                "--poll",
+                "0.5",
+                "--jitter",
+                "500",
+                "--samples",
+                &sizes.pgboss_latency_samples.to_string(),
+                "--runs",
+                "1",
+                "--warmup",
+                "5",
+            ]),
+        });
+    } else {
+        results.insert("pgboss_latency".into(), json!({"not_run": "skipped with --quick: pg-boss picks up by polling every 0.5 s, ~0.5 s per sample; see shared/bench-peers/results/pgb_lat.txt (p50 256 ms)"}));
+    }
+    for Configuration { key, script, args } in jobs {
+        print!("  {key} {} ... ", args.join(" "));
+        let _ = std::io::stdout().flush();
+        match run(&env, script, &args, SCRIPT_TIME_LIMIT).await {
+            Ok((summary, runs, secs)) => {
+                println!("{:.1} s", secs);
+                results.insert(
+                    key.into(),
+                    json!({
+                        "args": args.join(" "), "secs": stats::r1(secs), "summary": summary,
+                        "runs": runs,
+                    }),
+                );
+            }
+            Err(e) => {
+                println!("failed: {e:#}");
+                results.insert(
+                    key.into(),
+                    json!({"args": args.join(" "), "error": format!("{e:#}")}),
+                );
+            }
+        }
+    }
+    Ok(results)
+}
+
+/// One peer script with its arguments, and the name its figures are kept under.
+struct Configuration {
+    key: &'static str,
+    script: &'static str,
+    args: Vec<String>,
+}
+
+/// The peers' drains and graphile-worker's latency, in the configurations of
+/// shared/bench-peers that were their fastest.
+fn configurations(sizes: &Sizes) -> Vec<Configuration> {
+    let (n, runs) = (
+        sizes.peer_drain_jobs.to_string(),
+        sizes.peer_runs.to_string(),
+    );
+    vec![
+        Configuration {
+            key: "graphile_drain",
+            script: "graphile_drain.js",
+            args: strings(&[
+                "--procs",
+                "2",
+                "--concurrency",
+                "24",
+                "--mode",
+                "lq",
+                "--n",
+                &n,
+                "--runs",
+                &runs,
+            ]),
+        },
+        Configuration {
+            key: "pgboss_drain",
+            script: "pgboss_drain.js",
+            args: strings(&[
+                "--procs",
+                "1",
+                "--workers",
+                "4",
+                "--batch",
+                "5000",
+                "--n",
+                &n,
+                "--runs",
+                &runs,
+            ]),
+        },
+        Configuration {
+            key: "graphile_latency",
+            script: "graphile_latency.js",
+            args: strings(&[
+                "--concurrency",
+                "24",
+                "--mode",
+                "lq",
+                "--samples",
+                &sizes.latency_samples.to_string(),
+                "--runs",
+                &runs,
+            ]),
+        },
+    ]
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|x| x.to_string()).collect()
+}
+
+/// host and port of a `postgres://user@host:port/db` URL.
+fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = rest.split(['/', '?']).next().unwrap_or("");
+    let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(DEFAULT_PG_PORT)),
+        None => (hostport.to_string(), DEFAULT_PG_PORT),
+    }
+}
+
+struct PeerEnv {
+    scripts: PathBuf,
+    node_path: PathBuf,
+    pg_host: String,
+    pg_port: u16,
+    logdir: PathBuf,
 }
 
 /// Runs one peer script and returns its `summary` JSON line, its per-run lines and how
 /// long it took.
-pub async fn run(
+async fn run(
     env: &PeerEnv,
     script: &str,
     args: &[String],
