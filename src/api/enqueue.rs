@@ -15,11 +15,10 @@ use utoipa::ToSchema;
 use super::error::Body as ErrorBody;
 use super::openapi::{ClassName, StatusName};
 use super::{ApiError, AppState};
-use crate::run::{Class, RunId};
+use crate::run::{
+    Class, DEFAULT_PRIORITY, MAX_ATTEMPTS_RANGE, MAX_NAME_LEN, PRIORITY_RANGE, RunId,
+};
 use crate::store::NewRun;
-
-/// Longest accepted value for the short string fields (names, keys, tenant, batch).
-const MAX_NAME_LEN: usize = 256;
 
 /// The body of `POST /enqueue`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -339,20 +338,38 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
         ));
     }
     let class = b.class.unwrap_or_default();
-    let priority = b.priority.unwrap_or(5);
-    if !(1..=10).contains(&priority) {
-        return Err(ApiError::invalid(
-            "priority",
-            "priority must be between 1 (most urgent) and 10",
-        ));
-    }
-    let max_attempts = b.max_attempts.unwrap_or(config.retry.max_attempts as i64);
-    if !(1..=50).contains(&max_attempts) {
-        return Err(ApiError::invalid(
-            "max_attempts",
-            "max_attempts must be between 1 and 50",
-        ));
-    }
+    let priority = match b.priority {
+        None => DEFAULT_PRIORITY,
+        Some(p) => i16::try_from(p)
+            .ok()
+            .filter(|p| PRIORITY_RANGE.contains(p))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "priority",
+                    format!(
+                        "priority must be between {} (most urgent) and {}",
+                        PRIORITY_RANGE.start(),
+                        PRIORITY_RANGE.end()
+                    ),
+                )
+            })?,
+    };
+    let max_attempts = match b.max_attempts {
+        None => config.retry.max_attempts,
+        Some(n) => u32::try_from(n)
+            .ok()
+            .filter(|n| MAX_ATTEMPTS_RANGE.contains(n))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "max_attempts",
+                    format!(
+                        "max_attempts must be between {} and {}",
+                        MAX_ATTEMPTS_RANGE.start(),
+                        MAX_ATTEMPTS_RANGE.end()
+                    ),
+                )
+            })?,
+    };
     let cap = match class {
         Class::Live => config.queue.live_attempt_timeout_cap,
         Class::Background => config.queue.background_attempt_timeout_cap,
@@ -402,7 +419,7 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
         model: Some(model),
         request: b.request,
         class,
-        priority: priority as i16,
+        priority,
         tenant: b.tenant,
         concurrency_key: b.concurrency_key,
         session: b.session,
