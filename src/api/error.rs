@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::openapi::string_enum;
 use crate::dispatch::SubmitError;
 use crate::store::StoreError;
 
@@ -51,6 +52,12 @@ pub(super) const CODES: [&str; 9] = [
     "internal",
 ];
 
+string_enum!(
+    /// The stable machine-readable code of an API error.
+    ErrorCodeName = "ErrorCode",
+    CODES.iter().map(|c| c.to_string()).collect()
+);
+
 /// The body of every error response.
 #[derive(Serialize, ToSchema)]
 #[schema(as = Error)]
@@ -61,7 +68,7 @@ pub(super) struct Body<'a> {
 #[derive(Serialize, ToSchema)]
 #[schema(as = ErrorDetail)]
 struct Detail<'a> {
-    #[schema(value_type = super::openapi::ErrorCodeName)]
+    #[schema(value_type = ErrorCodeName)]
     code: &'static str,
     /// A human-readable explanation.
     message: String,

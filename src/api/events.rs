@@ -20,8 +20,11 @@ use tokio::sync::broadcast::error::RecvError;
 use utoipa::IntoParams;
 
 use super::error::Body as ErrorBody;
-use super::openapi::{ClassName, EventStream};
-use super::{ApiError, AppState, time};
+use super::event_format::{
+    EventStream, ResumePoint, last_event_id, not_an_event_id, render, render_delta, render_lagged,
+};
+use super::openapi::ClassName;
+use super::{ApiError, AppState};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
 
@@ -29,56 +32,6 @@ use crate::store::{EventFilter, RunEvent};
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Most events a dashboard stream replays per log query.
 const REPLAY_PAGE: usize = 500;
-
-/// The JSON `data:` of an event: `run_id`, `type`, `at`, `attempt` and the kind's fields.
-fn render(e: &RunEvent) -> Event {
-    let mut json = format!(
-        r#"{{"id":{},"run_id":"{}","type":"{}","at":"{}""#,
-        e.id,
-        e.run_id,
-        e.kind.as_str(),
-        time(e.at)
-    );
-    if let Some(a) = e.attempt {
-        json.push_str(&format!(r#","attempt":{a}"#));
-    }
-    json.push_str(&format!(r#","class":"{}""#, e.class.as_str()));
-    if let Some(data) = &e.data {
-        // `data` is a JSON object: splice its fields in.
-        let inner = data.get().trim();
-        let inner = inner
-            .strip_prefix('{')
-            .and_then(|s| s.strip_suffix('}'))
-            .unwrap_or("")
-            .trim();
-        if !inner.is_empty() {
-            json.push(',');
-            json.push_str(inner);
-        }
-    }
-    json.push('}');
-    Event::default()
-        .id(e.id.to_string())
-        .event(e.kind.as_str())
-        .data(json)
-}
-
-fn last_event_id(headers: &HeaderMap) -> Result<i64, ApiError> {
-    match headers.get("last-event-id") {
-        None => Ok(0),
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<i64>().ok())
-            .filter(|n| *n >= 0)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "Last-Event-ID",
-                    "Last-Event-ID must be an event id received from this stream",
-                )
-            }),
-    }
-}
 
 type SseStream = Sse<
     axum::response::sse::KeepAliveStream<
@@ -105,46 +58,6 @@ struct RunStream {
     /// The last delta sent of that attempt.
     delta_seq: u64,
     finished: bool,
-}
-
-/// A `Last-Event-ID`: a lifecycle event id `N`, or `N-S` for the S-th delta of the attempt
-/// that event `N` started.
-fn resume_point(headers: &HeaderMap) -> Result<(i64, Option<u64>), ApiError> {
-    let Some(v) = headers.get("last-event-id") else {
-        return Ok((0, None));
-    };
-    let bad = || {
-        ApiError::invalid(
-            "Last-Event-ID",
-            "Last-Event-ID must be an event id received from this stream",
-        )
-    };
-    let text = v.to_str().map_err(|_| bad())?.trim();
-    let (event, delta) = match text.split_once('-') {
-        Some((e, d)) => (e, Some(d.parse::<u64>().map_err(|_| bad())?)),
-        None => (text, None),
-    };
-    let event = event
-        .parse::<i64>()
-        .ok()
-        .filter(|n| *n >= 0)
-        .ok_or_else(bad)?;
-    Ok((event, delta))
-}
-
-fn render_delta(run: RunId, event_id: i64, d: &crate::store::Delta) -> Event {
-    let data = serde_json::json!({
-        "run_id": run,
-        "type": "delta",
-        "at": time(d.at),
-        "attempt": d.attempt,
-        "seq": d.seq,
-        "content": d.content,
-    });
-    Event::default()
-        .id(format!("{event_id}-{}", d.seq))
-        .event("delta")
-        .data(data.to_string())
 }
 
 /// `GET /runs/{id}/events`.
@@ -187,7 +100,7 @@ pub(super) async fn run_events(
     let run: RunId = raw
         .parse()
         .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))?;
-    let (after, delta_seq) = resume_point(&headers)?;
+    let (after, delta_seq) = last_event_id(&headers)?.map_or((0, None), |p| (p.event, p.delta));
     // Subscribe first: anything committed from here on is either in the replay or live.
     let rx = state.store.hub().subscribe();
     let delta_rx = state.store.hub().subscribe_deltas();
@@ -389,8 +302,12 @@ pub(super) async fn feed(
     let mut pending = VecDeque::new();
     let mut replayed = HashSet::new();
     let mut last_sent = 0;
-    if headers.contains_key("last-event-id") {
-        let mut after = last_event_id(&headers)?;
+    // The dashboard stream sends no deltas, so it cannot resume inside one.
+    let resume = match last_event_id(&headers)? {
+        Some(ResumePoint { delta: Some(_), .. }) => return Err(not_an_event_id()),
+        resume => resume.map(|p| p.event),
+    };
+    if let Some(mut after) = resume {
         last_sent = after;
         loop {
             let page = state
@@ -442,11 +359,7 @@ impl FeedStream {
                 }
                 Err(RecvError::Lagged(missed)) => {
                     self.closed = true;
-                    let data = format!(
-                        r#"{{"type":"lagged","missed":{missed},"last_event_id":{},"message":"this subscriber fell behind; reconnect with Last-Event-ID to resume"}}"#,
-                        self.last_sent
-                    );
-                    return Some(Event::default().event("lagged").data(data));
+                    return Some(render_lagged(missed, self.last_sent));
                 }
                 Err(RecvError::Closed) => return None,
             }

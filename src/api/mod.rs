@@ -3,7 +3,8 @@
 //! write SQL.
 //!
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
-//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `health` (`GET /health`),
+//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `event_format` (what an event
+//! stream sends and the `Last-Event-ID` it reads back), `health` (`GET /health`),
 //! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
@@ -13,6 +14,7 @@
 
 mod enqueue;
 mod error;
+mod event_format;
 mod events;
 mod health;
 mod metrics;
@@ -154,9 +156,4 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("method not allowed on this route".into())
-}
-
-/// RFC 3339, UTC, millisecond precision: the one time format of the API.
-pub(crate) fn time(t: chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

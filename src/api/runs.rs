@@ -8,10 +8,10 @@ use utoipa::ToSchema;
 
 use super::error::Body as ApiErrorBody;
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
-use super::{ApiError, AppState, time};
+use super::{ApiError, AppState};
 use crate::dispatch::Cancelled;
 use crate::run::{RunId, Status};
-use crate::store::RunView;
+use crate::store::{RunView, rfc3339};
 
 /// A run: one request to one provider, and the record of its whole life. Every field is
 /// always present; absent values are `null`. Times are RFC 3339 in UTC with millisecond
@@ -158,11 +158,11 @@ impl From<RunView> for RunBody {
             attempts: r.attempts,
             max_attempts: r.max_attempts,
             timeout_ms: r.timeout_ms,
-            created_at: time(r.created_at),
-            started_at: r.started_at.map(time),
-            finished_at: r.finished_at.map(time),
-            next_attempt_at: (r.status == Status::Queued).then(|| time(r.due_at)),
-            queue_deadline_at: r.queue_deadline_at.map(time),
+            created_at: rfc3339(r.created_at),
+            started_at: r.started_at.map(rfc3339),
+            finished_at: r.finished_at.map(rfc3339),
+            next_attempt_at: (r.status == Status::Queued).then(|| rfc3339(r.due_at)),
+            queue_deadline_at: r.queue_deadline_at.map(rfc3339),
             timeout_origin: r.timeout_origin.map(|o| o.as_str()),
             drop_reason: r.drop_reason,
             output: r.output.map(|o| OutputBody {
@@ -185,8 +185,8 @@ impl From<RunView> for RunBody {
                 .into_iter()
                 .map(|a| AttemptBody {
                     attempt: a.attempt,
-                    started_at: time(a.started_at),
-                    finished_at: a.finished_at.map(time),
+                    started_at: rfc3339(a.started_at),
+                    finished_at: a.finished_at.map(rfc3339),
                     outcome: a.outcome,
                     status: a.status,
                     retry_after_ms: a.retry_after_ms,

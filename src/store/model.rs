@@ -368,6 +368,8 @@ pub fn final_failure_data(
     })
 }
 
+/// RFC 3339, UTC, millisecond precision: the one time format of the API, in run bodies,
+/// event streams and the event data stored for them.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
