@@ -33,9 +33,9 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
     #[error("invalid store call: {0}")]
@@ -47,20 +47,47 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Connection-level failures (the database is down or overloaded) as opposed to a
-    /// statement that failed on its own.
-    pub fn from_sqlx(e: sqlx::Error) -> StoreError {
+/// Every sqlx error is classified on the way in, so a `?` anywhere in the store tells a
+/// database outage (the API answers 503, callers retry) from a statement that failed.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_connection_failure(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// A migration that could not reach the database is an outage too, not a broken migration.
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        use sqlx::migrate::MigrateError;
         match e {
-            sqlx::Error::Io(_)
+            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)
+                if is_connection_failure(&e) =>
+            {
+                StoreError::Unavailable(e)
+            }
+            other => StoreError::Migrate(other),
+        }
+    }
+}
+
+/// Connection-level failures (the database is down or overloaded) as opposed to a
+/// statement that failed on its own.
+fn is_connection_failure(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
-            other => StoreError::Database(other),
-        }
-    }
+            | sqlx::Error::WorkerCrashed
+    )
+}
 
+impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }

@@ -15,7 +15,7 @@ use sqlx::Row;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{PgStore, db, event_from_row};
+use super::{PgStore, event_from_row};
 use crate::run::RunId;
 use crate::store::{EventFilter, EventHub, Result, RunEvent};
 
@@ -48,8 +48,7 @@ impl PgStore {
             .bind(run.0)
             .bind(after)
             .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -72,16 +71,14 @@ impl PgStore {
             .bind(filter.batch.as_deref())
             .bind(limit as i64)
             .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
         let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
             .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(id.unwrap_or(0))
     }
 
@@ -199,15 +196,14 @@ impl Pump {
             .bind(&gaps)
             .bind(limit)
             .fetch_all(store.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         let (ids, events): (Vec<i64>, Vec<RunEvent>) = if watched {
             let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
             (events.iter().map(|e| e.id).collect(), events)
         } else {
             let ids = rows
                 .iter()
-                .map(|r| r.try_get::<i64, _>(0).map_err(db))
+                .map(|r| Ok(r.try_get::<i64, _>(0)?))
                 .collect::<Result<_>>()?;
             (ids, Vec::new())
         };

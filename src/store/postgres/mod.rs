@@ -145,10 +145,6 @@ pub struct PgStore {
 /// Connections of the enqueue pool: the group-commit enqueuer runs one statement at a time.
 const ENQUEUE_CONNECTIONS: u32 = 2;
 
-pub(super) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(e)
-}
-
 const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
      session, batch, metadata::text AS metadata, stream, attempts, max_attempts, timeout_ms, \
      queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, \
@@ -157,8 +153,7 @@ const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant,
 
 impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(db)?
+        let connect = PgConnectOptions::from_str(url)?
             .application_name("sluice")
             // Sluice's statements are short and run thousands of times a second; the JIT
             // compiler (on by default) would compile the claim's plan on every execution
@@ -169,8 +164,7 @@ impl PgStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         // The enqueue statement is planned anew on every execution under the default plan
         // cache mode (its custom plans look cheaper than the generic one), and planning it
         // cost three times executing it: enqueues run on their own connections, which keep
@@ -180,8 +174,7 @@ impl PgStore {
             .max_connections(ENQUEUE_CONNECTIONS)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.options([("plan_cache_mode", "force_generic_plan")]))
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(PgStore { pool, enqueue_pool })
     }
 
@@ -317,8 +310,7 @@ impl PgStore {
         .bind(WAKE_CHANNEL)
         .bind(notify_until)
         .fetch_all(&self.enqueue_pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let events: Vec<RunEvent> = event_rows
             .iter()
             .map(event_from_row)
@@ -345,8 +337,7 @@ impl PgStore {
                 sqlx::query_as("SELECT idem_key, id FROM runs WHERE idem_key = ANY($1)")
                     .bind(&missing)
                     .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
+                    .await?;
             let holders: std::collections::HashMap<String, Uuid> = holders.into_iter().collect();
             for r in runs {
                 if inserted.contains(&r.id.0) {
@@ -385,10 +376,7 @@ impl PgStore {
                 .bind(lease_until)
         };
         let Some(quotas) = quotas else {
-            let rows = claim(&PLAIN_CLAIM, limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
+            let rows = claim(&PLAIN_CLAIM, limit).fetch_all(&self.pool).await?;
             return claimed_runs(&rows, now);
         };
         let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
@@ -407,12 +395,11 @@ impl PgStore {
                     .bind(&names)
                     .bind(&live)
                     .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
+                    .await?;
                 // A provider that had live runs due has had its turn: its background runs
                 // wait while its live runs are due, as in a single pick.
                 for row in &first {
-                    let provider: &str = row.try_get("provider").map_err(db)?;
+                    let provider: &str = row.try_get("provider")?;
                     if let Some(i) = names.iter().position(|n| *n == provider) {
                         maxes[i] = 0;
                     }
@@ -435,14 +422,13 @@ impl PgStore {
             .bind(key_caps.background.map(i64::from));
         // Caps count runs in flight across every process: claims that count take turns,
         // so two processes cannot both see room for the last slot.
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let rows = query.fetch_all(&mut *tx).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+            .await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         if first.is_empty() {
             return claimed_runs(&rows, now);
         }
@@ -471,16 +457,12 @@ impl PgStore {
         .bind(worker.0)
         .bind(lease_until)
         .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(done.rows_affected())
     }
 
     pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -524,7 +506,7 @@ fn claimed_runs(
     for row in rows {
         let run = claimed_from_row(row)?;
         events.push(RunEvent {
-            id: row.try_get("event_id").map_err(db)?,
+            id: row.try_get("event_id")?,
             run_id: run.id,
             kind: EventKind::Started,
             at: now,
@@ -532,7 +514,7 @@ fn claimed_runs(
             data: None,
             class: run.class,
             tenant: run.tenant.clone(),
-            batch: row.try_get("batch").map_err(db)?,
+            batch: row.try_get("batch")?,
         });
         claimed.push(run);
     }
