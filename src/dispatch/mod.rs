@@ -12,7 +12,7 @@
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
 //!   (requeues the runs of a process that died).
 //! - `sweeper`: ends runs whose queue deadline passed before they started.
-//! - `wake`: the PostgreSQL LISTEN side of cross-process wake-ups.
+//! - `wake`: turns the store's cross-process notices into wake-ups and aborts.
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
 
@@ -215,9 +215,7 @@ impl Dispatcher {
         tasks.spawn(leases::heartbeat(shared.clone()));
         tasks.spawn(leases::rescue(shared.clone()));
         tasks.spawn(sweeper::run(shared.clone()));
-        if let Some(pool) = shared.store.pg_pool() {
-            tasks.spawn(wake::listen(shared.clone(), pool.clone()));
-        }
+        tasks.spawn(wake::listen(shared.clone(), shared.store.notifications()));
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher
     }

@@ -4,10 +4,11 @@
 //!
 //! Layout: this file (connection, enqueue, claim, heartbeat), `finish` (ending attempts
 //! and runs), `reads` (queries for the API, admission and health), `rows` (row mapping),
-//! `events` (event log reads and the event pump).
+//! `events` (event log reads and the event pump), `listen` (the LISTEN connection).
 
 mod events;
 mod finish;
+mod listen;
 mod reads;
 mod rows;
 
@@ -33,6 +34,8 @@ pub const WAKE_CHANNEL: &str = "sluice_runs_due";
 /// The channel a cancelled running run's id is announced on, so the process running its
 /// attempt aborts the provider call.
 pub const CANCEL_CHANNEL: &str = "sluice_run_cancelled";
+/// The channel the `run_events` trigger notifies on.
+const EVENTS_CHANNEL: &str = "sluice_events";
 
 /// The advisory lock claims that count in-flight runs take turns on.
 const CLAIM_LOCK: i64 = 0x5_11CE_0001;
