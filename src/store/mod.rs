@@ -160,6 +160,15 @@ impl Store {
         Ok(store)
     }
 
+    /// The same store, its live events and deltas timed by `clock` (the system clock
+    /// otherwise). Meant right after [`Store::open`], before anyone subscribes.
+    pub fn with_clock(self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        Store {
+            hub: self.hub.with_clock(clock),
+            ..self
+        }
+    }
+
     pub fn backend(&self) -> &'static str {
         match self.backend {
             Backend::Postgres(_) => "postgres",
