@@ -1,6 +1,12 @@
 //! Wiring: opens the store, starts the worker pool (with its enqueuer), serves HTTP until the
 //! shutdown future resolves, then drains in order: HTTP first (no new work), then the
 //! worker pool (in-flight attempts finish or are released), then the database.
+//!
+//! The server reads time only from the [`Clock`] it is given: `main` passes the system
+//! clock, tests a [`crate::clock::ManualClock`].
+
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{AppState, router};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::providers::Providers;
@@ -36,18 +42,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Runs the server until `shutdown` resolves. `on_listening` learns the bound address
-/// (useful with port 0).
+/// Runs the server on `clock` until `shutdown` resolves. `on_listening` learns the bound
+/// address (useful with port 0).
 pub async fn serve(
     config: Config,
+    clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let providers = Providers::from_config(&config)?;
-    let store = open_store(&config).await?;
+    let store = open_store(&config).await?.with_clock(clock.clone());
     tracing::info!(backend = store.backend(), "store ready");
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let saved = match store.load_provider_state().await {
         Ok(saved) => saved,
         Err(e) => {

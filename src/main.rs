@@ -85,7 +85,8 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Serve { .. } => {
-                sluice::app::serve(config, sluice::app::shutdown_signal(), |_| {}).await
+                let clock = std::sync::Arc::new(sluice::clock::SystemClock);
+                sluice::app::serve(config, clock, sluice::app::shutdown_signal(), |_| {}).await
             }
         }
     });

@@ -115,6 +115,7 @@ impl TestServer {
         let (addr_tx, addr_rx) = oneshot::channel::<SocketAddr>();
         let task = tokio::spawn(sluice::app::serve(
             config,
+            std::sync::Arc::new(sluice::clock::SystemClock),
             async move {
                 let _ = stopped.await;
             },

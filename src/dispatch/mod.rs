@@ -19,7 +19,7 @@
 //! - `sweeper`: ends runs whose queue deadline passed before they started.
 //! - `cancel`: cancels a run in the store and stops its attempt wherever it runs.
 //! - `endings`: records a run's terminal status in the metrics, whoever ended it.
-//! - `wake`: the PostgreSQL LISTEN side of cross-process wake-ups.
+//! - `wake`: turns the store's cross-process notices into wake-ups and aborts.
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
 
@@ -220,9 +220,7 @@ impl Dispatcher {
         tasks.spawn(leases::heartbeat(shared.clone()));
         tasks.spawn(leases::rescue(shared.clone()));
         tasks.spawn(sweeper::run(shared.clone()));
-        if let Some(pool) = shared.store.pg_pool() {
-            tasks.spawn(wake::listen(shared.clone(), pool.clone()));
-        }
+        tasks.spawn(wake::listen(shared.clone(), shared.store.notifications()));
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher
     }

@@ -5,15 +5,17 @@
 //! Content deltas of streaming attempts live here too, in memory only (one database write
 //! per token would be absurd): a bounded buffer per run holds the current attempt's deltas,
 //! so a subscriber that reconnects during the attempt replays what it missed. Deltas are
-//! seen by subscribers of the process running the attempt.
+//! seen by subscribers of the process running the attempt. Deltas are timed by the
+//! server's [`Clock`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
 use super::RunEvent;
+use crate::clock::{Clock, SystemClock};
 use crate::run::RunId;
 
 /// Most deltas kept per attempt for replay; older ones fall off the front.
@@ -35,7 +37,7 @@ struct DeltaLog {
     attempt: u32,
     next_seq: u64,
     items: VecDeque<Delta>,
-    ended: Option<Instant>,
+    ended: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(Clone)]
@@ -46,9 +48,11 @@ pub struct EventHub {
     deltas: Arc<Mutex<HashMap<RunId, DeltaLog>>>,
     /// Wakes whoever feeds the hub when a subscriber arrives.
     subscribed: Arc<tokio::sync::Notify>,
+    clock: Arc<dyn Clock>,
 }
 
 impl EventHub {
+    /// A hub timed by the system clock (see [`EventHub::with_clock`]).
     pub fn new(capacity: usize) -> EventHub {
         let (tx, _) = broadcast::channel(capacity.max(16));
         let (delta_tx, _) = broadcast::channel(capacity.max(16));
@@ -57,7 +61,13 @@ impl EventHub {
             delta_tx,
             deltas: Arc::new(Mutex::new(HashMap::new())),
             subscribed: Arc::new(tokio::sync::Notify::new()),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same hub, timed by `clock`.
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> EventHub {
+        EventHub { clock, ..self }
     }
 
     pub fn publish(&self, events: Vec<RunEvent>) {
@@ -112,7 +122,7 @@ impl EventHub {
                 attempt,
                 seq,
                 content: content.to_string(),
-                at: chrono::Utc::now(),
+                at: self.clock.now(),
             });
         }
         let _ = self.delta_tx.send(run);
@@ -120,16 +130,17 @@ impl EventHub {
 
     /// Marks an attempt's deltas complete; they stay replayable for a short while.
     pub fn end_deltas(&self, run: RunId, attempt: u32) {
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut logs = self.deltas.lock().expect("delta lock");
         if let Some(log) = logs.get_mut(&run)
             && log.attempt == attempt
         {
             log.ended = Some(now);
         }
+        // An end in the future (the clock was set back) counts as just now.
         logs.retain(|_, log| {
             log.ended
-                .is_none_or(|t| now.duration_since(t) < DELTA_LINGER)
+                .is_none_or(|t| (now - t).to_std().unwrap_or_default() < DELTA_LINGER)
         });
     }
 

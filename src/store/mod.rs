@@ -8,7 +8,8 @@
 //! Every state change also appends its lifecycle events to the event log in the same
 //! transaction; committed events reach live subscribers through the [`EventHub`] (directly
 //! on SQLite, through the event pump on PostgreSQL so that other processes' events arrive
-//! too).
+//! too). On PostgreSQL a process holds one LISTEN connection: it feeds the event pump and
+//! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
 //! Layout: `model` (the values that cross this boundary), `hub`, `postgres`, `sqlite`.
 
@@ -25,6 +26,7 @@ pub use sqlite::SqliteStore;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 use crate::run::{Class, RunId, Status, WorkerId};
 
@@ -33,9 +35,9 @@ pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
     #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    Migrate(#[source] sqlx::migrate::MigrateError),
     #[error("stored row is inconsistent: {0}")]
     Corrupt(String),
     #[error("invalid store call: {0}")]
@@ -47,20 +49,47 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    /// Connection-level failures (the database is down or overloaded) as opposed to a
-    /// statement that failed on its own.
-    pub fn from_sqlx(e: sqlx::Error) -> StoreError {
+/// Every sqlx error is classified on the way in, so a `?` anywhere in the store tells a
+/// database outage (the API answers 503, callers retry) from a statement that failed.
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        if is_connection_failure(&e) {
+            StoreError::Unavailable(e)
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// A migration that could not reach the database is an outage too, not a broken migration.
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> StoreError {
+        use sqlx::migrate::MigrateError;
         match e {
-            sqlx::Error::Io(_)
+            MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _)
+                if is_connection_failure(&e) =>
+            {
+                StoreError::Unavailable(e)
+            }
+            other => StoreError::Migrate(other),
+        }
+    }
+}
+
+/// Connection-level failures (the database is down or overloaded) as opposed to a
+/// statement that failed on its own.
+fn is_connection_failure(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
             | sqlx::Error::Tls(_)
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
-            other => StoreError::Database(other),
-        }
-    }
+            | sqlx::Error::WorkerCrashed
+    )
+}
 
+impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
@@ -81,10 +110,25 @@ enum Backend {
 pub struct Store {
     backend: Backend,
     hub: EventHub,
+    /// Cross-process notices heard on PostgreSQL; nothing is ever sent on SQLite.
+    notices: broadcast::Sender<Notice>,
+}
+
+/// What another process (or this one, through the database) announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// Runs may be due: a commit made some due, or notices may have been missed while the
+    /// connection was down.
+    RunsDue,
+    /// A running run was cancelled; the process running its attempt aborts it.
+    Cancelled(RunId),
 }
 
 /// Live-event buffer per subscriber; one that falls further behind resumes from the log.
 const HUB_CAPACITY: usize = 4096;
+/// Notices buffered per subscriber. The dispatcher takes each at once; one that still
+/// falls behind looks for due runs itself.
+const NOTICE_CAPACITY: usize = 4096;
 
 macro_rules! delegate {
     ($self:ident, $store:ident => $call:expr) => {
@@ -110,9 +154,19 @@ impl Store {
         let store = Store {
             backend,
             hub: EventHub::new(HUB_CAPACITY),
+            notices: broadcast::channel(NOTICE_CAPACITY).0,
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The same store, its live events and deltas timed by `clock` (the system clock
+    /// otherwise). Meant right after [`Store::open`], before anyone subscribes.
+    pub fn with_clock(self, clock: std::sync::Arc<dyn crate::clock::Clock>) -> Store {
+        Store {
+            hub: self.hub.with_clock(clock),
+            ..self
+        }
     }
 
     pub fn backend(&self) -> &'static str {
@@ -122,12 +176,10 @@ impl Store {
         }
     }
 
-    /// The PostgreSQL pool, for the LISTEN side of wake-ups.
-    pub fn pg_pool(&self) -> Option<&sqlx::PgPool> {
-        match &self.backend {
-            Backend::Postgres(pg) => Some(pg.pool()),
-            Backend::Sqlite(_) => None,
-        }
+    /// Notices from other processes, heard while [`Store::pump_events`] runs. On SQLite
+    /// (one process per file) nothing ever arrives.
+    pub fn notifications(&self) -> broadcast::Receiver<Notice> {
+        self.notices.subscribe()
     }
 
     /// Live lifecycle events committed by this store (and, on PostgreSQL once
@@ -145,11 +197,12 @@ impl Store {
         value
     }
 
-    /// Feeds the hub from the PostgreSQL event log until `stop` fires; returns at once on
-    /// SQLite, where commits publish directly.
+    /// Until `stop` fires on PostgreSQL: holds the process's one LISTEN connection, feeds
+    /// the hub from the event log and delivers [`Store::notifications`]. Returns at once on
+    /// SQLite, where commits publish directly and there is nobody else to hear.
     pub async fn pump_events(&self, stop: tokio_util::sync::CancellationToken) {
         if let Backend::Postgres(pg) = &self.backend {
-            pg.pump_events(self.hub.clone(), stop).await;
+            pg.pump_events(self.hub.clone(), &self.notices, stop).await;
         }
     }
 

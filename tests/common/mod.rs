@@ -148,6 +148,7 @@ impl TestServer {
         let task = tokio::spawn(async move {
             sluice::app::serve(
                 config,
+                std::sync::Arc::new(sluice::clock::SystemClock),
                 async move {
                     let _ = stop_rx.await;
                 },

@@ -12,15 +12,14 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use sqlx::Row;
-use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
-use super::{PgStore, db, event_from_row};
+use super::listen::Routes;
+use super::{PgStore, event_from_row};
 use crate::run::RunId;
-use crate::store::{EventFilter, EventHub, Result, RunEvent};
+use crate::store::{EventFilter, EventHub, Notice, Result, RunEvent};
 
-/// The channel the `run_events` trigger notifies on.
-const EVENTS_CHANNEL: &str = "sluice_events";
 /// How long a skipped id is looked for before it is taken for a rolled-back transaction.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
 /// Most skipped ids remembered at one step.
@@ -48,8 +47,7 @@ impl PgStore {
             .bind(run.0)
             .bind(after)
             .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -72,62 +70,54 @@ impl PgStore {
             .bind(filter.batch.as_deref())
             .bind(limit as i64)
             .fetch_all(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
         let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
             .fetch_one(self.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(id.unwrap_or(0))
     }
 
-    /// Publishes every committed event (this process's and others') to `hub`, starting
-    /// from the newest event at start, until `stop` fires. Each commit that writes events
-    /// notifies; notifications that pile up while a read runs are answered by one read.
-    /// While nobody in this process is subscribed, reads happen at most every
-    /// [`PUMP_UNWATCHED_INTERVAL`] (a new subscriber brings the next one forward): they only
-    /// keep the cursor current, and under load they were the most frequent statement.
-    pub(in crate::store) async fn pump_events(&self, hub: EventHub, stop: CancellationToken) {
+    /// Holds the process's LISTEN connection (see `listen`) and publishes every committed
+    /// event (this process's and others') to `hub`, starting from the newest event at
+    /// start, until `stop` fires. Each commit that writes events notifies; notifications
+    /// that pile up while a read runs are answered by one read. While nobody in this
+    /// process is subscribed, reads happen at most every [`PUMP_UNWATCHED_INTERVAL`] (a new
+    /// subscriber brings the next one forward): they only keep the cursor current, and
+    /// under load they were the most frequent statement.
+    pub(in crate::store) async fn pump_events(
+        &self,
+        hub: EventHub,
+        notices: &broadcast::Sender<Notice>,
+        stop: CancellationToken,
+    ) {
+        let committed = Notify::new();
+        let routes = Routes {
+            events: &committed,
+            notices,
+        };
+        tokio::join!(
+            self.listen(routes, &stop),
+            self.pump(&hub, &committed, &stop)
+        );
+    }
+
+    /// Reads the log whenever `committed` is notified, and every [`PUMP_IDLE_POLL`] anyway.
+    async fn pump(&self, hub: &EventHub, committed: &Notify, stop: &CancellationToken) {
         let mut pump = Pump {
             cursor: None,
             gaps: BTreeMap::new(),
         };
-        let mut listener: Option<PgListener> = None;
         loop {
-            if listener.is_none() {
-                match PgListener::connect_with(self.pool()).await {
-                    Ok(mut l) => match l.listen(EVENTS_CHANNEL).await {
-                        Ok(()) => listener = Some(l),
-                        Err(e) => tracing::warn!(error = %e, "event pump cannot LISTEN"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "event pump cannot connect"),
-                }
-            }
-            // Read after (re)subscribing, so nothing committed in between is missed.
             let read_at = tokio::time::Instant::now();
-            if let Err(e) = pump.read(self, &hub).await {
+            if let Err(e) = pump.read(self, hub).await {
                 tracing::warn!(error = %e, "event pump read failed");
             }
-            let wait = async {
-                match listener.as_mut() {
-                    Some(l) => match tokio::time::timeout(PUMP_IDLE_POLL, l.try_recv()).await {
-                        Ok(Ok(Some(_))) | Err(_) => true,
-                        Ok(Ok(None)) | Ok(Err(_)) => false,
-                    },
-                    None => {
-                        tokio::time::sleep(PUMP_IDLE_POLL).await;
-                        true
-                    }
-                }
-            };
             tokio::select! {
-                healthy = wait => if !healthy {
-                    listener = None;
-                },
+                _ = tokio::time::timeout(PUMP_IDLE_POLL, committed.notified()) => {}
                 _ = stop.cancelled() => break,
             }
             if hub.subscribers() == 0 {
@@ -138,24 +128,7 @@ impl PgStore {
                 }
             }
             // Whatever was announced up to now is covered by the next read.
-            if let Some(l) = listener.as_mut()
-                && !drain_notifications(l)
-            {
-                listener = None;
-            }
-        }
-    }
-}
-
-/// Takes every notification already received without waiting; false when the connection
-/// is gone.
-fn drain_notifications(listener: &mut PgListener) -> bool {
-    while listener.next_buffered().is_some() {}
-    loop {
-        match listener.try_recv().now_or_never() {
-            Some(Ok(Some(_))) => {}
-            Some(Ok(None)) | Some(Err(_)) => return false,
-            None => return true,
+            let _ = committed.notified().now_or_never();
         }
     }
 }
@@ -199,15 +172,14 @@ impl Pump {
             .bind(&gaps)
             .bind(limit)
             .fetch_all(store.pool())
-            .await
-            .map_err(db)?;
+            .await?;
         let (ids, events): (Vec<i64>, Vec<RunEvent>) = if watched {
             let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
             (events.iter().map(|e| e.id).collect(), events)
         } else {
             let ids = rows
                 .iter()
-                .map(|r| r.try_get::<i64, _>(0).map_err(db))
+                .map(|r| Ok(r.try_get::<i64, _>(0)?))
                 .collect::<Result<_>>()?;
             (ids, Vec::new())
         };

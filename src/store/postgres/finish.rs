@@ -52,8 +52,7 @@ impl PgStore {
         .bind(&prompt)
         .bind(&completion)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -169,8 +168,7 @@ impl PgStore {
         .bind(&final_kinds)
         .bind(&final_data)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -214,8 +212,7 @@ impl PgStore {
         .bind(now)
         .bind(WAKE_CHANNEL)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
         Ok((events.len() as u64, events))
     }
@@ -258,13 +255,12 @@ impl PgStore {
         .bind(now)
         .bind(CANCEL_CHANNEL)
         .fetch_optional(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let Some(row) = row else {
             return Ok((cancel_outcome(None)?, Vec::new()));
         };
-        let previous: String = row.try_get("previous").map_err(db)?;
-        let event_id: Option<i64> = row.try_get("id").map_err(db)?;
+        let previous: String = row.try_get("previous")?;
+        let event_id: Option<i64> = row.try_get("id")?;
         let events = match event_id {
             Some(_) => vec![event_from_row(&row)?],
             None => Vec::new(),
@@ -326,14 +322,13 @@ impl PgStore {
         .bind(abandoned_data(None).get())
         .bind(abandoned_final_data().get())
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut outcome = Vec::new();
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let event = event_from_row(row)?;
             if event.kind == EventKind::AttemptFailed {
-                let status: String = row.try_get("run_status").map_err(db)?;
+                let status: String = row.try_get("run_status")?;
                 outcome.push((event.run_id, parse_status(&status)?));
             }
             events.push(event);
@@ -380,8 +375,7 @@ impl PgStore {
         .bind(queue_wait_data().get())
         .bind(stale_data().get())
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut expired = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -394,7 +388,7 @@ impl PgStore {
                 } else {
                     Status::Dropped
                 },
-                created_at: row.try_get("run_created_at").map_err(db)?,
+                created_at: row.try_get("run_created_at")?,
             });
             events.push(e);
         }

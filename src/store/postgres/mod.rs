@@ -2,12 +2,14 @@
 //! `unnest` arrays, writes each state change and its events in one statement, and wakes
 //! other processes' producers with `NOTIFY`.
 //!
-//! Layout: this file (connection, enqueue, claim, heartbeat), `finish` (ending attempts
-//! and runs), `reads` (queries for the API, admission and health), `rows` (row mapping),
-//! `events` (event log reads and the event pump).
+//! Layout: this file (connection, claim, heartbeat), `enqueue` (the enqueue statement),
+//! `finish` (ending attempts and runs), `reads` (queries for the API, admission and health), `rows` (row mapping),
+//! `events` (event log reads and the event pump), `listen` (the LISTEN connection).
 
+mod enqueue;
 mod events;
 mod finish;
+mod listen;
 mod reads;
 mod rows;
 
@@ -25,7 +27,7 @@ use std::sync::LazyLock;
 use uuid::Uuid;
 
 use super::model::*;
-use super::{OpenOptions, Result, StoreError};
+use super::{OpenOptions, Result};
 use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// The channel a commit that makes runs due is announced on.
@@ -33,6 +35,8 @@ pub const WAKE_CHANNEL: &str = "sluice_runs_due";
 /// The channel a cancelled running run's id is announced on, so the process running its
 /// attempt aborts the provider call.
 pub const CANCEL_CHANNEL: &str = "sluice_run_cancelled";
+/// The channel the `run_events` trigger notifies on.
+const EVENTS_CHANNEL: &str = "sluice_events";
 
 /// The advisory lock claims that count in-flight runs take turns on.
 const CLAIM_LOCK: i64 = 0x5_11CE_0001;
@@ -145,10 +149,6 @@ pub struct PgStore {
 /// Connections of the enqueue pool: the group-commit enqueuer runs one statement at a time.
 const ENQUEUE_CONNECTIONS: u32 = 2;
 
-pub(super) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(e)
-}
-
 const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
      session, batch, metadata::text AS metadata, stream, attempts, max_attempts, timeout_ms, \
      queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, \
@@ -157,8 +157,7 @@ const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant,
 
 impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {
-        let connect = PgConnectOptions::from_str(url)
-            .map_err(db)?
+        let connect = PgConnectOptions::from_str(url)?
             .application_name("sluice")
             // Sluice's statements are short and run thousands of times a second; the JIT
             // compiler (on by default) would compile the claim's plan on every execution
@@ -169,8 +168,7 @@ impl PgStore {
             .max_connections(options.max_connections)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         // The enqueue statement is planned anew on every execution under the default plan
         // cache mode (its custom plans look cheaper than the generic one), and planning it
         // cost three times executing it: enqueues run on their own connections, which keep
@@ -180,8 +178,7 @@ impl PgStore {
             .max_connections(ENQUEUE_CONNECTIONS)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.options([("plan_cache_mode", "force_generic_plan")]))
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(PgStore { pool, enqueue_pool })
     }
 
@@ -192,180 +189,6 @@ impl PgStore {
     pub(in crate::store) async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
-    }
-
-    pub(in crate::store) async fn enqueue(
-        &self,
-        runs: &[NewRun],
-        start: Option<StartNow<'_>>,
-        notify_until: Option<DateTime<Utc>>,
-    ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
-        let n = runs.len();
-        let mut ids = Vec::with_capacity(n);
-        let mut providers = Vec::with_capacity(n);
-        let mut models = Vec::with_capacity(n);
-        let mut requests = Vec::with_capacity(n);
-        let mut classes = Vec::with_capacity(n);
-        let mut priorities = Vec::with_capacity(n);
-        let mut tenants = Vec::with_capacity(n);
-        let mut keys = Vec::with_capacity(n);
-        let mut sessions = Vec::with_capacity(n);
-        let mut batches = Vec::with_capacity(n);
-        let mut idem = Vec::with_capacity(n);
-        let mut metadata = Vec::with_capacity(n);
-        let mut streams = Vec::with_capacity(n);
-        let mut max_attempts = Vec::with_capacity(n);
-        let mut timeouts = Vec::with_capacity(n);
-        let mut deadlines = Vec::with_capacity(n);
-        let mut due = Vec::with_capacity(n);
-        let mut created = Vec::with_capacity(n);
-        for r in runs {
-            ids.push(r.id.0);
-            providers.push(r.provider.as_str());
-            models.push(r.model.as_deref());
-            requests.push(r.request.get());
-            classes.push(r.class.rank());
-            priorities.push(r.priority);
-            tenants.push(r.tenant.as_deref());
-            keys.push(r.concurrency_key.as_deref());
-            sessions.push(r.session.as_deref());
-            batches.push(r.batch.as_deref());
-            idem.push(r.idem_key());
-            metadata.push(r.metadata.as_ref().map(|m| m.get()));
-            streams.push(r.stream);
-            max_attempts.push(r.max_attempts);
-            timeouts.push(r.timeout_ms);
-            deadlines.push(r.queue_deadline_at);
-            due.push(r.due_at);
-            created.push(r.created_at);
-        }
-        let flags: Vec<bool> = match &start {
-            Some(s) => s.runs.to_vec(),
-            None => vec![false; n],
-        };
-        // One statement, so one round trip and one commit: the rows, their events, the
-        // attempts of the runs started at once, and the wake-up of the producers when
-        // anything was left queued that is due soon (later ones their periodic look finds). A flagged run starts only if no live run of its
-        // provider is due ahead of it (as of the statement's snapshot).
-        let event_rows = sqlx::query(
-            "WITH t AS (
-                SELECT t.*, t.start AND t.due_at <= $20 AND NOT EXISTS (
-                    SELECT 1 FROM runs q WHERE q.status = 'queued' AND q.provider = t.provider
-                      AND q.class = 0 AND q.due_at <= $20) AS go
-                FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int2[], $6::int2[],
-                    $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                    $13::bool[], $14::int2[], $15::int4[], $16::timestamptz[], $17::timestamptz[],
-                    $18::timestamptz[], $19::bool[])
-                  AS t(id, provider, model, request, class, priority, tenant, concurrency_key,
-                       session, batch, idem_key, metadata, stream, max_attempts, timeout_ms,
-                       queue_deadline_at, due_at, created_at, start)
-             ), ins AS (
-             INSERT INTO runs (id, provider, model, request, class, priority, tenant, \
-                concurrency_key, session, batch, idem_key, metadata, stream, max_attempts, \
-                timeout_ms, queue_deadline_at, due_at, created_at, status, attempts, \
-                lease_owner, lease_expires_at, started_at)
-             SELECT t.id, t.provider, t.model, t.request::json, t.class, t.priority, t.tenant,
-                t.concurrency_key, t.session, t.batch, t.idem_key, t.metadata::json, t.stream,
-                t.max_attempts, t.timeout_ms, t.queue_deadline_at, t.due_at, t.created_at,
-                CASE WHEN t.go THEN 'running' ELSE 'queued' END,
-                CASE WHEN t.go THEN 1 ELSE 0 END,
-                CASE WHEN t.go THEN $21::uuid END,
-                CASE WHEN t.go THEN $22::timestamptz END,
-                CASE WHEN t.go THEN $20::timestamptz END
-             FROM t
-             ON CONFLICT DO NOTHING
-             RETURNING id, status, class, tenant, batch, created_at, due_at
-             ), opened AS (
-                INSERT INTO run_attempts (run_id, attempt, worker, started_at)
-                SELECT id, 1, $21, $20 FROM ins WHERE status = 'running'
-             ), woken AS (
-                SELECT pg_notify($23, '') FROM ins WHERE status = 'queued'
-                  AND ($24::timestamptz IS NULL OR due_at <= $24) LIMIT 1
-             ), ev AS (
-                INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
-                SELECT i.id, e.kind, CASE WHEN e.ord = 1 THEN i.created_at ELSE $20 END,
-                    CASE WHEN e.ord = 2 THEN 1 END, i.class, i.tenant, i.batch
-                FROM ins i CROSS JOIN LATERAL (VALUES (1, 'queued'), (2, 'started')) AS e(ord, kind)
-                WHERE e.ord = 1 OR i.status = 'running'
-                ORDER BY e.ord
-                RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
-             )
-             SELECT ev.* FROM ev LEFT JOIN woken ON TRUE ORDER BY ev.id",
-        )
-        .bind(&ids)
-        .bind(&providers)
-        .bind(&models)
-        .bind(&requests)
-        .bind(&classes)
-        .bind(&priorities)
-        .bind(&tenants)
-        .bind(&keys)
-        .bind(&sessions)
-        .bind(&batches)
-        .bind(&idem)
-        .bind(&metadata)
-        .bind(&streams)
-        .bind(&max_attempts)
-        .bind(&timeouts)
-        .bind(&deadlines)
-        .bind(&due)
-        .bind(&created)
-        .bind(&flags)
-        .bind(start.as_ref().map(|s| s.now))
-        .bind(start.as_ref().map(|s| s.worker.0))
-        .bind(start.as_ref().map(|s| s.lease_until))
-        .bind(WAKE_CHANNEL)
-        .bind(notify_until)
-        .fetch_all(&self.enqueue_pool)
-        .await
-        .map_err(db)?;
-        let events: Vec<RunEvent> = event_rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<_>>()?;
-        let inserted: std::collections::HashSet<Uuid> = events
-            .iter()
-            .filter(|e| e.kind == EventKind::Queued)
-            .map(|e| e.run_id.0)
-            .collect();
-
-        let mut out = Vec::with_capacity(n);
-        if inserted.len() == n {
-            out.extend(runs.iter().map(|r| Enqueued::Created(r.id)));
-        } else {
-            // Some idempotency keys were taken (by an earlier run or by another row of this
-            // very batch): answer those with the run that holds the key. The holders are
-            // committed: a conflicting insert waits for the other transaction to end.
-            let missing: Vec<String> = runs
-                .iter()
-                .filter(|r| !inserted.contains(&r.id.0))
-                .filter_map(|r| r.idem_key())
-                .collect();
-            let holders: Vec<(String, Uuid)> =
-                sqlx::query_as("SELECT idem_key, id FROM runs WHERE idem_key = ANY($1)")
-                    .bind(&missing)
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
-            let holders: std::collections::HashMap<String, Uuid> = holders.into_iter().collect();
-            for r in runs {
-                if inserted.contains(&r.id.0) {
-                    out.push(Enqueued::Created(r.id));
-                    continue;
-                }
-                let holder = r
-                    .idem_key()
-                    .and_then(|k| holders.get(&k).copied())
-                    .ok_or_else(|| {
-                        StoreError::Corrupt(format!(
-                            "run {} was neither inserted nor found by idempotency key",
-                            r.id
-                        ))
-                    })?;
-                out.push(Enqueued::Existing(RunId(holder)));
-            }
-        }
-        Ok((out, events))
     }
 
     pub(in crate::store) async fn claim_due(
@@ -385,10 +208,7 @@ impl PgStore {
                 .bind(lease_until)
         };
         let Some(quotas) = quotas else {
-            let rows = claim(&PLAIN_CLAIM, limit)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db)?;
+            let rows = claim(&PLAIN_CLAIM, limit).fetch_all(&self.pool).await?;
             return claimed_runs(&rows, now);
         };
         let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
@@ -407,12 +227,11 @@ impl PgStore {
                     .bind(&names)
                     .bind(&live)
                     .fetch_all(&self.pool)
-                    .await
-                    .map_err(db)?;
+                    .await?;
                 // A provider that had live runs due has had its turn: its background runs
                 // wait while its live runs are due, as in a single pick.
                 for row in &first {
-                    let provider: &str = row.try_get("provider").map_err(db)?;
+                    let provider: &str = row.try_get("provider")?;
                     if let Some(i) = names.iter().position(|n| *n == provider) {
                         maxes[i] = 0;
                     }
@@ -435,14 +254,13 @@ impl PgStore {
             .bind(key_caps.background.map(i64::from));
         // Caps count runs in flight across every process: claims that count take turns,
         // so two processes cannot both see room for the last slot.
-        let mut tx = self.pool.begin().await.map_err(db)?;
+        let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(CLAIM_LOCK)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-        let rows = query.fetch_all(&mut *tx).await.map_err(db)?;
-        tx.commit().await.map_err(db)?;
+            .await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         if first.is_empty() {
             return claimed_runs(&rows, now);
         }
@@ -471,16 +289,12 @@ impl PgStore {
         .bind(worker.0)
         .bind(lease_until)
         .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(done.rows_affected())
     }
 
     pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(db)?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
@@ -524,7 +338,7 @@ fn claimed_runs(
     for row in rows {
         let run = claimed_from_row(row)?;
         events.push(RunEvent {
-            id: row.try_get("event_id").map_err(db)?,
+            id: row.try_get("event_id")?,
             run_id: run.id,
             kind: EventKind::Started,
             at: now,
@@ -532,7 +346,7 @@ fn claimed_runs(
             data: None,
             class: run.class,
             tenant: run.tenant.clone(),
-            batch: row.try_get("batch").map_err(db)?,
+            batch: row.try_get("batch")?,
         });
         claimed.push(run);
     }

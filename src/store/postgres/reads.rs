@@ -8,8 +8,7 @@ impl PgStore {
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?
+            .await?
         else {
             return Ok(None);
         };
@@ -19,8 +18,7 @@ impl PgStore {
         )
         .bind(id.0)
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut view = view_from_row(&row)?;
         view.attempt_log = attempts
             .iter()
@@ -35,8 +33,7 @@ impl PgStore {
                     error_message: a.try_get("error_message")?,
                 })
             })
-            .collect::<std::result::Result<_, sqlx::Error>>()
-            .map_err(db)?;
+            .collect::<std::result::Result<_, sqlx::Error>>()?;
         Ok(Some(view))
     }
 
@@ -45,7 +42,7 @@ impl PgStore {
         provider: &str,
         now: DateTime<Utc>,
     ) -> Result<(i64, i64)> {
-        sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT
                 (SELECT count(*) FROM runs WHERE provider = $1 AND class = 0
                    AND status = 'queued' AND due_at <= $2),
@@ -55,8 +52,7 @@ impl PgStore {
         .bind(provider)
         .bind(now)
         .fetch_one(&self.pool)
-        .await
-        .map_err(db)
+        .await?)
     }
 
     pub(in crate::store) async fn session_background_since(
@@ -65,7 +61,7 @@ impl PgStore {
         key: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(i64, Option<DateTime<Utc>>)> {
-        sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT count(*), min(created_at) FROM runs
              WHERE session = $1 AND class = 1 AND concurrency_key IS NOT DISTINCT FROM $2
                AND created_at > $3",
@@ -74,8 +70,7 @@ impl PgStore {
         .bind(key)
         .bind(since)
         .fetch_one(&self.pool)
-        .await
-        .map_err(db)
+        .await?)
     }
 
     pub(in crate::store) async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
@@ -83,8 +78,7 @@ impl PgStore {
         let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(limit as i64)
             .fetch_all(&self.pool)
-            .await
-            .map_err(db)?;
+            .await?;
         key_loads(rows)
     }
 
@@ -92,8 +86,7 @@ impl PgStore {
         let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = $1")
             .bind(idem_key)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(id.map(RunId))
     }
 
@@ -114,16 +107,16 @@ impl PgStore {
         .bind(&values)
         .bind(now)
         .execute(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         Ok(())
     }
 
     pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
-        sqlx::query_as("SELECT provider, limiter::text FROM provider_state")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db)
+        Ok(
+            sqlx::query_as("SELECT provider, limiter::text FROM provider_state")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
@@ -132,17 +125,17 @@ impl PgStore {
              WHERE status IN ('queued', 'running') GROUP BY class, status",
         )
         .fetch_all(&self.pool)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.into_iter()
             .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
             .collect()
     }
 
     pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db)
+        Ok(
+            sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 }

@@ -3,7 +3,6 @@
 use sqlx::Row;
 use sqlx::postgres::PgRow;
 
-use super::db;
 use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin};
 use crate::store::model::*;
 use crate::store::{Result, StoreError};
@@ -57,42 +56,41 @@ pub(super) fn claimed_from_row(row: &PgRow) -> Result<ClaimedRun> {
             due_at: row.try_get("due_at")?,
         })
     };
-    let mut claimed = get().map_err(db)?;
-    claimed.class = parse_class(row.try_get("class").map_err(db)?)?;
-    claimed.request = raw_json(row.try_get("request").map_err(db)?)?;
+    let mut claimed = get()?;
+    claimed.class = parse_class(row.try_get("class")?)?;
+    claimed.request = raw_json(row.try_get("request")?)?;
     Ok(claimed)
 }
 
 pub(super) fn view_from_row(row: &PgRow) -> Result<RunView> {
-    let g = |e: sqlx::Error| db(e);
-    let status = parse_status(&row.try_get::<String, _>("status").map_err(g)?)?;
-    let metadata: Option<String> = row.try_get("metadata").map_err(g)?;
-    let error_kind: Option<String> = row.try_get("error_kind").map_err(g)?;
-    let timeout_origin: Option<String> = row.try_get("timeout_origin").map_err(g)?;
-    let output_content: Option<String> = row.try_get("output_content").map_err(g)?;
+    let status = parse_status(&row.try_get::<String, _>("status")?)?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    let error_kind: Option<String> = row.try_get("error_kind")?;
+    let timeout_origin: Option<String> = row.try_get("timeout_origin")?;
+    let output_content: Option<String> = row.try_get("output_content")?;
     Ok(RunView {
-        id: RunId(row.try_get("id").map_err(g)?),
+        id: RunId(row.try_get("id")?),
         status,
-        provider: row.try_get("provider").map_err(g)?,
-        model: row.try_get("model").map_err(g)?,
-        class: parse_class(row.try_get("class").map_err(g)?)?,
-        priority: row.try_get("priority").map_err(g)?,
-        tenant: row.try_get("tenant").map_err(g)?,
-        concurrency_key: row.try_get("concurrency_key").map_err(g)?,
-        session: row.try_get("session").map_err(g)?,
-        batch: row.try_get("batch").map_err(g)?,
+        provider: row.try_get("provider")?,
+        model: row.try_get("model")?,
+        class: parse_class(row.try_get("class")?)?,
+        priority: row.try_get("priority")?,
+        tenant: row.try_get("tenant")?,
+        concurrency_key: row.try_get("concurrency_key")?,
+        session: row.try_get("session")?,
+        batch: row.try_get("batch")?,
         metadata: metadata.map(raw_json).transpose()?,
-        stream: row.try_get("stream").map_err(g)?,
-        attempts: row.try_get::<i16, _>("attempts").map_err(g)? as u32,
-        max_attempts: row.try_get::<i16, _>("max_attempts").map_err(g)? as u32,
-        timeout_ms: row.try_get("timeout_ms").map_err(g)?,
-        queue_deadline_at: row.try_get("queue_deadline_at").map_err(g)?,
-        due_at: row.try_get("due_at").map_err(g)?,
-        created_at: row.try_get("created_at").map_err(g)?,
-        started_at: row.try_get("started_at").map_err(g)?,
-        finished_at: row.try_get("finished_at").map_err(g)?,
+        stream: row.try_get("stream")?,
+        attempts: row.try_get::<i16, _>("attempts")? as u32,
+        max_attempts: row.try_get::<i16, _>("max_attempts")? as u32,
+        timeout_ms: row.try_get("timeout_ms")?,
+        queue_deadline_at: row.try_get("queue_deadline_at")?,
+        due_at: row.try_get("due_at")?,
+        created_at: row.try_get("created_at")?,
+        started_at: row.try_get("started_at")?,
+        finished_at: row.try_get("finished_at")?,
         timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
-        drop_reason: row.try_get("drop_reason").map_err(g)?,
+        drop_reason: row.try_get("drop_reason")?,
         output: if status == Status::Completed {
             output_content.map(|content| Output {
                 content,
@@ -101,16 +99,15 @@ pub(super) fn view_from_row(row: &PgRow) -> Result<RunView> {
         } else {
             None
         },
-        prompt_tokens: row.try_get("prompt_tokens").map_err(g)?,
-        completion_tokens: row.try_get("completion_tokens").map_err(g)?,
+        prompt_tokens: row.try_get("prompt_tokens")?,
+        completion_tokens: row.try_get("completion_tokens")?,
         error: match error_kind.as_deref().and_then(ErrorKind::parse) {
             Some(kind) => Some(RunError {
                 kind,
                 message: row
-                    .try_get::<Option<String>, _>("error_message")
-                    .map_err(g)?
+                    .try_get::<Option<String>, _>("error_message")?
                     .unwrap_or_default(),
-                status: row.try_get("error_status").map_err(g)?,
+                status: row.try_get("error_status")?,
             }),
             None => None,
         },
@@ -119,22 +116,19 @@ pub(super) fn view_from_row(row: &PgRow) -> Result<RunView> {
 }
 
 pub(super) fn event_from_row(row: &PgRow) -> Result<RunEvent> {
-    let kind: String = row.try_get("kind").map_err(db)?;
-    let data: Option<String> = row.try_get("data").map_err(db)?;
+    let kind: String = row.try_get("kind")?;
+    let data: Option<String> = row.try_get("data")?;
     Ok(RunEvent {
-        id: row.try_get("id").map_err(db)?,
-        run_id: RunId(row.try_get("run_id").map_err(db)?),
+        id: row.try_get("id")?,
+        run_id: RunId(row.try_get("run_id")?),
         kind: EventKind::parse(&kind)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown event kind {kind:?}")))?,
-        at: row.try_get("at").map_err(db)?,
-        attempt: row
-            .try_get::<Option<i16>, _>("attempt")
-            .map_err(db)?
-            .map(|a| a as u32),
+        at: row.try_get("at")?,
+        attempt: row.try_get::<Option<i16>, _>("attempt")?.map(|a| a as u32),
         data: data.map(raw_json).transpose()?,
-        class: parse_class(row.try_get("class").map_err(db)?)?,
-        tenant: row.try_get("tenant").map_err(db)?,
-        batch: row.try_get("batch").map_err(db)?,
+        class: parse_class(row.try_get("class")?)?,
+        tenant: row.try_get("tenant")?,
+        batch: row.try_get("batch")?,
     })
 }
 

@@ -29,8 +29,7 @@ impl SqliteStore {
             .bind(worker.0)
             .bind(c.attempt as i64)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
             let Some(row) = hit else {
                 continue;
             };
@@ -56,7 +55,7 @@ impl SqliteStore {
             .await?;
             events.push(e);
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok(events)
     }
 
@@ -94,8 +93,7 @@ impl SqliteStore {
             .bind(worker.0)
             .bind(f.attempt as i64)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
             let Some(row) = hit else {
                 continue;
             };
@@ -112,8 +110,7 @@ impl SqliteStore {
             .bind(f.id.0)
             .bind(f.attempt as i64)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
             let scope = EventScope::from_row(&row)?;
             let retry_at = match f.next {
                 FailureNext::RetryAt(at) => Some(at),
@@ -144,7 +141,7 @@ impl SqliteStore {
                 events.push(e);
             }
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok(events)
     }
 
@@ -169,8 +166,7 @@ impl SqliteStore {
             .bind(worker.0)
             .bind(*attempt as i64)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
             let Some(row) = hit else {
                 continue;
             };
@@ -190,7 +186,7 @@ impl SqliteStore {
             .await?;
             events.push(e);
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok((events.len() as u64, events))
     }
 
@@ -203,8 +199,7 @@ impl SqliteStore {
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?")
             .bind(id.0)
             .fetch_optional(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
         let Some(status) = status else {
             return Ok((cancel_outcome(None)?, Vec::new()));
         };
@@ -219,8 +214,7 @@ impl SqliteStore {
         .bind(ms(now))
         .bind(id.0)
         .fetch_optional(&mut *tx)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut events = Vec::new();
         if let Some(row) = hit {
             sqlx::query(
@@ -230,9 +224,8 @@ impl SqliteStore {
             .bind(ms(now))
             .bind(id.0)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            let attempts: i64 = row.try_get("attempts").map_err(db)?;
+            .await?;
+            let attempts: i64 = row.try_get("attempts")?;
             let data = RawValue::from_string(
                 r#"{"kind":"cancelled","message":"cancelled by request"}"#.to_string(),
             )
@@ -252,7 +245,7 @@ impl SqliteStore {
                 .await?,
             );
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         let applied = events.len() as i64;
         Ok((cancel_outcome(Some((status, applied)))?, events))
     }
@@ -278,14 +271,13 @@ impl SqliteStore {
         .bind(ABANDONED_MESSAGE)
         .bind(limit as i64)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut out = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id = RunId(row.try_get("id").map_err(db)?);
-            let attempt = row.try_get::<i64, _>("attempts").map_err(db)? as u32;
-            let status = parse_status(&row.try_get::<String, _>("status").map_err(db)?)?;
+            let id = RunId(row.try_get("id")?);
+            let attempt = row.try_get::<i64, _>("attempts")? as u32;
+            let status = parse_status(&row.try_get::<String, _>("status")?)?;
             close_attempt(
                 &mut tx,
                 id,
@@ -325,7 +317,7 @@ impl SqliteStore {
             }
             out.push((id, status));
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok((out, events))
     }
 
@@ -354,12 +346,11 @@ impl SqliteStore {
         .bind(limit as i64)
         .bind(QUEUE_WAIT_MESSAGE)
         .fetch_all(&mut *tx)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut expired = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id = RunId(row.try_get("id").map_err(db)?);
+            let id = RunId(row.try_get("id")?);
             let scope = EventScope::from_row(row)?;
             let (status, kind, data) = match scope.class {
                 Class::Live => (Status::TimedOut, EventKind::TimedOut, queue_wait_data()),
@@ -370,10 +361,10 @@ impl SqliteStore {
                 id,
                 class: scope.class,
                 status,
-                created_at: from_ms(row.try_get("created_at").map_err(db)?)?,
+                created_at: from_ms(row.try_get("created_at")?)?,
             });
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok((expired, events))
     }
 }

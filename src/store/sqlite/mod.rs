@@ -42,10 +42,6 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
-pub(super) fn db(e: sqlx::Error) -> StoreError {
-    StoreError::from_sqlx(e)
-}
-
 pub(super) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -74,8 +70,7 @@ impl SqliteStore {
                 source,
             })?;
         }
-        let connect = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(db)?
+        let connect = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -87,14 +82,12 @@ impl SqliteStore {
             .max_connections(1)
             .acquire_timeout(options.acquire_timeout.max(Duration::from_secs(30)))
             .connect_with(connect.clone())
-            .await
-            .map_err(db)?;
+            .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(options.max_connections.clamp(1, 8))
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.read_only(true))
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(SqliteStore { writer, reader })
     }
 
@@ -104,7 +97,7 @@ impl SqliteStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
-        self.writer.begin().await.map_err(db)
+        Ok(self.writer.begin().await?)
     }
 
     pub(in crate::store) async fn enqueue(
@@ -132,8 +125,7 @@ impl SqliteStore {
                 .bind(&r.provider)
                 .bind(ms(s.now))
                 .fetch_one(&mut *tx)
-                .await
-                .map_err(db)?;
+                .await?;
                 go[i] = !ahead;
             }
         }
@@ -165,8 +157,7 @@ impl SqliteStore {
             .bind(ms(r.due_at))
             .bind(ms(r.created_at))
             .execute(&mut *tx)
-            .await
-            .map_err(db)?
+            .await?
             .rows_affected();
             if inserted == 1 {
                 let scope = EventScope {
@@ -194,8 +185,7 @@ impl SqliteStore {
             let holder: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
                 .bind(&idem)
                 .fetch_optional(&mut *tx)
-                .await
-                .map_err(db)?;
+                .await?;
             let holder = holder.ok_or_else(|| {
                 StoreError::Corrupt(format!(
                     "run {} was neither inserted nor found by idempotency key",
@@ -204,7 +194,7 @@ impl SqliteStore {
             })?;
             out.push(Enqueued::Existing(RunId(holder)));
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok((out, events))
     }
 
@@ -225,8 +215,9 @@ impl SqliteStore {
             Some(quotas) => Some(pick::pick(&mut tx, quotas, key_caps, now, limit).await?),
         };
         let rows = match ids {
-            None => sqlx::query(
-                "UPDATE runs
+            None => {
+                sqlx::query(
+                    "UPDATE runs
                      SET status = 'running', attempts = attempts + 1, lease_owner = ?1,
                          lease_expires_at = ?2, started_at = COALESCE(started_at, ?3)
                      WHERE id IN (
@@ -239,14 +230,14 @@ impl SqliteStore {
                      RETURNING id, attempts, max_attempts, provider, model, request, class,
                         priority, tenant, batch, concurrency_key, stream, timeout_ms, created_at,
                         due_at",
-            )
-            .bind(worker.0)
-            .bind(ms(lease_until))
-            .bind(ms(now))
-            .bind(limit as i64)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?,
+                )
+                .bind(worker.0)
+                .bind(ms(lease_until))
+                .bind(ms(now))
+                .bind(limit as i64)
+                .fetch_all(&mut *tx)
+                .await?
+            }
             Some(ids) if ids.is_empty() => Vec::new(),
             Some(ids) => {
                 let marks = vec!["?"; ids.len()].join(", ");
@@ -266,7 +257,7 @@ impl SqliteStore {
                 for id in ids {
                     query = query.bind(id);
                 }
-                query.fetch_all(&mut *tx).await.map_err(db)?
+                query.fetch_all(&mut *tx).await?
             }
         };
         let mut claimed = Vec::with_capacity(rows.len());
@@ -280,13 +271,8 @@ impl SqliteStore {
             .bind(worker.0)
             .bind(ms(now))
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-            let order = (
-                run.class,
-                run.priority,
-                row.try_get::<i64, _>("due_at").map_err(db)?,
-            );
+            .await?;
+            let order = (run.class, run.priority, row.try_get::<i64, _>("due_at")?);
             claimed.push((order, EventScope::from_row(row)?, run));
         }
         claimed.sort_by_key(|(order, _, _)| *order);
@@ -304,7 +290,7 @@ impl SqliteStore {
             .await?;
             events.push(e);
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok((claimed.into_iter().map(|(_, _, run)| run).collect(), events))
     }
 
@@ -325,11 +311,10 @@ impl SqliteStore {
             .bind(id.0)
             .bind(worker.0)
             .execute(&mut *tx)
-            .await
-            .map_err(db)?
+            .await?
             .rows_affected();
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok(n)
     }
 
@@ -345,8 +330,7 @@ impl SqliteStore {
         .bind(run.0)
         .bind(after)
         .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.iter().map(event_from_row).collect()
     }
 
@@ -369,24 +353,19 @@ impl SqliteStore {
         .bind(filter.batch.as_deref())
         .bind(limit as i64)
         .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.iter().map(event_from_row).collect()
     }
 
     pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
         let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
             .fetch_one(&self.reader)
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(id.unwrap_or(0))
     }
 
     pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.reader)
-            .await
-            .map_err(db)?;
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
     }
 
@@ -414,8 +393,7 @@ async fn close_attempt(
     .bind(id.0)
     .bind(attempt as i64)
     .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(())
 }
 
@@ -435,8 +413,7 @@ async fn start_now(
     .bind(ms(s.now))
     .bind(r.id.0)
     .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
     sqlx::query(
         "INSERT INTO run_attempts (run_id, attempt, worker, started_at) VALUES (?, 1, ?, ?)",
     )
@@ -444,7 +421,6 @@ async fn start_now(
     .bind(s.worker.0)
     .bind(ms(s.now))
     .execute(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
     insert_event(tx, r.id, EventKind::Started, s.now, Some(1), None, scope).await
 }

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
-use super::{db, ms};
+use super::ms;
 use crate::store::{KeyCaps, ProviderQuota, Result};
 
 /// (class, priority, due_at, id, concurrency_key)
@@ -28,8 +28,7 @@ pub(super) async fn pick(
         "SELECT provider, class, count(*) FROM runs WHERE status = 'running' GROUP BY 1, 2",
     )
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
     let running: HashMap<(String, i64), i64> =
         running.into_iter().map(|(p, c, n)| ((p, c), n)).collect();
     let keyed: Vec<(String, i64, i64)> = sqlx::query_as(
@@ -37,8 +36,7 @@ pub(super) async fn pick(
          WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY 1, 2",
     )
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db)?;
+    .await?;
     let mut keyed: HashMap<(String, i64), i64> =
         keyed.into_iter().map(|(k, c, n)| ((k, c), n)).collect();
 
@@ -63,8 +61,7 @@ pub(super) async fn pick(
         .bind(&q.provider)
         .bind(ms(now))
         .fetch_one(&mut **tx)
-        .await
-        .map_err(db)?;
+        .await?;
         if live_due {
             continue;
         }
@@ -97,7 +94,7 @@ async fn candidates(
     if room <= 0 {
         return Ok(Vec::new());
     }
-    sqlx::query_as(
+    Ok(sqlx::query_as(
         "SELECT class, priority, due_at, id, concurrency_key FROM runs
          WHERE status = 'queued' AND due_at <= ?1 AND provider = ?2 AND class = ?3
            AND (queue_deadline_at IS NULL OR queue_deadline_at > ?1 OR started_at IS NOT NULL)
@@ -108,8 +105,7 @@ async fn candidates(
     .bind(class)
     .bind(room + OVERFETCH)
     .fetch_all(&mut **tx)
-    .await
-    .map_err(db)
+    .await?)
 }
 
 /// Takes up to `room` candidates in order, skipping those whose key is at its cap.

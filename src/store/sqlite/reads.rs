@@ -8,8 +8,7 @@ impl SqliteStore {
         let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_optional(&self.reader)
-            .await
-            .map_err(db)?
+            .await?
         else {
             return Ok(None);
         };
@@ -19,18 +18,17 @@ impl SqliteStore {
         )
         .bind(id.0)
         .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        .await?;
         let mut view = view_from_row(&row)?;
         for a in &attempts {
             view.attempt_log.push(AttemptView {
-                attempt: a.try_get::<i64, _>("attempt").map_err(db)? as u32,
-                started_at: from_ms(a.try_get("started_at").map_err(db)?)?,
-                finished_at: from_ms_opt(a.try_get("finished_at").map_err(db)?)?,
-                outcome: a.try_get("outcome").map_err(db)?,
-                status: a.try_get("status").map_err(db)?,
-                retry_after_ms: a.try_get("retry_after_ms").map_err(db)?,
-                error_message: a.try_get("error_message").map_err(db)?,
+                attempt: a.try_get::<i64, _>("attempt")? as u32,
+                started_at: from_ms(a.try_get("started_at")?)?,
+                finished_at: from_ms_opt(a.try_get("finished_at")?)?,
+                outcome: a.try_get("outcome")?,
+                status: a.try_get("status")?,
+                retry_after_ms: a.try_get("retry_after_ms")?,
+                error_message: a.try_get("error_message")?,
             });
         }
         Ok(Some(view))
@@ -41,7 +39,7 @@ impl SqliteStore {
         provider: &str,
         now: DateTime<Utc>,
     ) -> Result<(i64, i64)> {
-        sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT
                 (SELECT count(*) FROM runs WHERE provider = ?1 AND class = 0
                    AND status = 'queued' AND due_at <= ?2),
@@ -51,8 +49,7 @@ impl SqliteStore {
         .bind(provider)
         .bind(ms(now))
         .fetch_one(&self.reader)
-        .await
-        .map_err(db)
+        .await?)
     }
 
     pub(in crate::store) async fn session_background_since(
@@ -69,8 +66,7 @@ impl SqliteStore {
         .bind(key)
         .bind(ms(since))
         .fetch_one(&self.reader)
-        .await
-        .map_err(db)?;
+        .await?;
         Ok((n, from_ms_opt(oldest)?))
     }
 
@@ -79,8 +75,7 @@ impl SqliteStore {
         let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(limit as i64)
             .fetch_all(&self.reader)
-            .await
-            .map_err(db)?;
+            .await?;
         key_loads(rows)
     }
 
@@ -88,8 +83,7 @@ impl SqliteStore {
         let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
             .bind(idem_key)
             .fetch_optional(&self.reader)
-            .await
-            .map_err(db)?;
+            .await?;
         Ok(id.map(RunId))
     }
 
@@ -109,18 +103,18 @@ impl SqliteStore {
             .bind(value)
             .bind(ms(now))
             .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+            .await?;
         }
-        tx.commit().await.map_err(db)?;
+        tx.commit().await?;
         Ok(())
     }
 
     pub(in crate::store) async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
-        sqlx::query_as("SELECT provider, limiter FROM provider_state")
-            .fetch_all(&self.reader)
-            .await
-            .map_err(db)
+        Ok(
+            sqlx::query_as("SELECT provider, limiter FROM provider_state")
+                .fetch_all(&self.reader)
+                .await?,
+        )
     }
 
     pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
@@ -129,8 +123,7 @@ impl SqliteStore {
              WHERE status IN ('queued', 'running') GROUP BY class, status",
         )
         .fetch_all(&self.reader)
-        .await
-        .map_err(db)?;
+        .await?;
         rows.into_iter()
             .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
             .collect()
@@ -140,8 +133,7 @@ impl SqliteStore {
         let v: Option<i64> =
             sqlx::query_scalar("SELECT min(due_at) FROM runs WHERE status = 'queued'")
                 .fetch_one(&self.reader)
-                .await
-                .map_err(db)?;
+                .await?;
         from_ms_opt(v)
     }
 }
