@@ -239,5 +239,50 @@ export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
 banner "clippy (-D warnings) and the test build: cargo test --all-targets --no-run"
 cargo test --all-targets --no-run
 
+# The test run's output passes through as it comes; at the end comes one line per test
+# binary, the totals, and the name of every failed test, so a failure deep in a long log
+# is not missed. The script's status stays cargo's (pipefail).
+summarize_tests() {
+    awk '
+        { print; fflush() }
+        /^ *Running / {
+            target = $0
+            sub(/^ *Running /, "", target)
+            sub(/ \(.*$/, "", target)
+        }
+        /^test result: / {
+            line = $0
+            n = split(line, parts, /[;.] /)
+            p = f = i = 0
+            for (k = 1; k <= n; k++) {
+                if (parts[k] ~ / passed$/) { p = parts[k] + 0 }
+                if (parts[k] ~ / failed$/) { f = parts[k] + 0 }
+                if (parts[k] ~ / ignored$/) { i = parts[k] + 0 }
+            }
+            time = line
+            sub(/^.*finished in /, "", time)
+            rows[++nrows] = sprintf("  %-40s %7d %7d %8d %10s", target, p, f, i, time)
+            tp += p; tf += f; ti += i
+        }
+        /^test .* \.\.\. FAILED$/ {
+            name = $0
+            sub(/^test /, "", name)
+            sub(/ \.\.\. FAILED$/, "", name)
+            failed[++nfailed] = name
+        }
+        END {
+            printf "\n==> Test summary\n"
+            if (nrows == 0) {
+                print "  no test results (the build or a test binary failed before reporting)"
+                exit
+            }
+            printf "  %-40s %7s %7s %8s %10s\n", "test binary", "passed", "failed", "ignored", "time"
+            for (k = 1; k <= nrows; k++) print rows[k]
+            printf "  %-40s %7d %7d %8d\n", "total", tp, tf, ti
+            for (k = 1; k <= nfailed; k++) print "  FAILED: " failed[k]
+        }
+    '
+}
+
 banner "cargo test --all-targets $*"
-cargo test --all-targets "$@"
+cargo test --all-targets "$@" 2>&1 | summarize_tests

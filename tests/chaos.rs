@@ -5,16 +5,14 @@
 //! background work under live backlog and accepts it again once calm. Checked from the
 //! event log (SQLite, so event ids are commit order) and over HTTP.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::common::{SseReader, TestServer, http, wait_run};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{SseReader, TestServer, http, wait_run};
 use serde_json::{Value, json};
 
 const BASE_LATENCY_MS: u64 = 80;
@@ -89,7 +87,7 @@ background_queue_max = 20
         latency.store(BASE_LATENCY_MS * multiplier, Ordering::SeqCst);
         // A burst of live work: more than the slots, so some of it waits...
         for _ in 0..6 {
-            live_ids.push(common::enqueue(&client, &server, body("live")).await);
+            live_ids.push(crate::common::enqueue(&client, &server, body("live")).await);
         }
         // ...and background work is refused for it.
         let resp = client
@@ -129,7 +127,7 @@ background_queue_max = 20
                 }
             }
             if tick.is_multiple_of(3) {
-                live_ids.push(common::enqueue(&client, &server, body("live")).await);
+                live_ids.push(crate::common::enqueue(&client, &server, body("live")).await);
             }
             tick += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,11 +1,9 @@
 //! Event streams over real HTTP: resume without gap or duplicate on both backends, many
 //! subscribers with one stalled, and cross-process delivery on PostgreSQL.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{SseReader, TestServer, enqueue, http, wait_run};
+use crate::common::{SseReader, TestServer, enqueue, http, wait_run};
 use serde_json::json;
 
 fn config(db: &str, latency: &str, error_rate: f64) -> String {
@@ -38,7 +36,7 @@ fn sqlite_db(dir: &tempfile::TempDir) -> String {
 }
 
 async fn pg_db() -> String {
-    format!("url = {:?}", common::fresh_pg_database().await)
+    format!("url = {:?}", crate::common::fresh_pg_database().await)
 }
 
 fn chat() -> serde_json::Value {
@@ -270,7 +268,7 @@ async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let run = common::get_run(&client, &a, &id).await;
+    let run = crate::common::get_run(&client, &a, &id).await;
     assert_eq!(run["status"], "cancelled");
     assert_eq!(run["attempt_log"][0]["outcome"], "cancelled");
     a.stop().await;
@@ -332,7 +330,7 @@ async fn streamed_deltas_arrive_in_order(db: String) {
         .iter()
         .map(|d| d["content"].as_str().unwrap())
         .collect();
-    let run = common::get_run(&client, &server, &id).await;
+    let run = crate::common::get_run(&client, &server, &id).await;
     assert_eq!(run["output"]["content"].as_str().unwrap(), streamed);
     assert!(streamed.ends_with(words));
     server.stop().await;

@@ -1,11 +1,9 @@
 //! Live work first, over HTTP: background admission control, queue-wait and generation
 //! timeouts in the metrics, and per-key caps across two processes on one PostgreSQL.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{TestServer, enqueue, http, wait_run};
+use crate::common::{TestServer, enqueue, http, scrape, series_value, wait_run};
 use serde_json::{Value, json};
 
 fn config(db: &str, latency: &str, extra: &str) -> String {
@@ -79,6 +77,8 @@ async fn the_session_quota_refuses_background_but_never_live() {
         .replace("background_queue_max = 3", "background_queue_max = 100");
     let server = TestServer::start(&toml, &[]).await;
     let client = http();
+    let refused = r#"sluice_admission_refused_total{reason="quota"}"#;
+    let refused_before = series_value(&scrape(&client, &server).await, refused);
     let mine = json!({"session": "s1", "concurrency_key": "style-7"});
     let mut first = None;
     for i in 0..3 {
@@ -118,17 +118,14 @@ async fn the_session_quota_refuses_background_but_never_live() {
     assert_eq!(status, 202, "the quota is per concurrency key");
     let (status, _, _) = post(&client, &server, run("live", mine.clone())).await;
     assert_eq!(status, 202, "live runs of the same session are accepted");
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&client, &server).await;
     assert!(
         metrics.contains(r#"sluice_admission_refused_total{reason="quota"} "#),
         "{metrics}"
+    );
+    assert!(
+        series_value(&metrics, refused) > refused_before,
+        "the refusal is counted:\n{metrics}"
     );
     server.stop().await;
 }
@@ -163,7 +160,7 @@ async fn live_backlog_and_a_full_background_queue_refuse_background() {
         r["status"] == "completed"
     })
     .await;
-    let first_done = common::get_run(&client, &server, &first).await;
+    let first_done = crate::common::get_run(&client, &server, &first).await;
     assert!(done["started_at"].as_str() >= first_done["finished_at"].as_str());
     server.stop().await;
 }
@@ -174,6 +171,9 @@ async fn both_timeout_origins_end_runs_and_are_counted() {
     let toml = config(&sqlite(&dir), "2s", "").replace("slots = 4", "slots = 1");
     let server = TestServer::start(&toml, &[]).await;
     let client = http();
+    let timeouts = |origin: &str| format!(r#"sluice_timeouts_total{{origin="{origin}"}}"#);
+    let dropped = r#"sluice_background_dropped_total{reason="stale"}"#;
+    let before = scrape(&client, &server).await;
     let busy = enqueue(&client, &server, run("live", json!({}))).await;
     wait_run(&client, &server, &busy, "running", |r| {
         r["status"] == "running"
@@ -217,27 +217,28 @@ async fn both_timeout_origins_end_runs_and_are_counted() {
     })
     .await;
     assert_eq!(r["timeout_origin"], "generation");
-    let metrics = client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&client, &server).await;
     for origin in ["queue_wait", "generation"] {
         assert!(
             metrics.contains(&format!(r#"sluice_timeouts_total{{origin="{origin}"}} "#)),
             "timeouts counted under {origin}:\n{metrics}"
         );
+        assert!(
+            series_value(&metrics, &timeouts(origin)) > series_value(&before, &timeouts(origin)),
+            "this test's timeout is counted under {origin}:\n{metrics}"
+        );
     }
     assert!(metrics.contains(r#"sluice_background_dropped_total{reason="stale"} "#));
+    assert!(
+        series_value(&metrics, dropped) > series_value(&before, dropped),
+        "this test's stale run is counted as dropped:\n{metrics}"
+    );
     server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_cap_holds_across_two_processes_on_postgres() {
-    let url = common::fresh_pg_database().await;
+    let url = crate::common::fresh_pg_database().await;
     let db = format!("url = {url:?}");
     let extra = "background_key_cap = 1";
     let toml = config(&db, "300ms", extra)

@@ -1,11 +1,9 @@
 //! `/metrics` over HTTP: Prometheus text where every metric family has HELP and TYPE,
 //! every name carries the `sluice_` prefix, and no label holds a run id.
 
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 
-use common::{TestServer, enqueue, http, wait_run};
+use crate::common::{TestServer, enqueue, http, scrape, series_value, wait_run};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,6 +24,8 @@ latency_jitter = "0ms"
     );
     let server = TestServer::start(&config, &[]).await;
     let client = http();
+    let run_reads = r#"sluice_http_requests_total{route="/runs/{id}",method="GET",status="200"}"#;
+    let run_reads_before = series_value(&scrape(&client, &server).await, run_reads);
     let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
     let id = enqueue(
         &client,
@@ -96,6 +96,10 @@ latency_jitter = "0ms"
             r#"sluice_http_requests_total{route="/runs/{id}",method="GET",status="200"}"#
         ),
         "requests are counted by route template:\n{text}"
+    );
+    assert!(
+        series_value(&text, run_reads) > run_reads_before,
+        "this test's reads of its run are counted:\n{text}"
     );
     server.stop().await;
 }

@@ -1,11 +1,9 @@
 //! `GET /openapi.json`: an OpenAPI 3.1 document that lists exactly the routes the router
 //! serves, with the enqueue body's schema and at least one response per operation.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{TestServer, http};
+use crate::common::{TestServer, http};
 use serde_json::Value;
 
 /// The operation keys of an OpenAPI path item.

@@ -2,13 +2,11 @@
 //! it returns, with no server restart, and no run is lost. The test runs its own private
 //! PostgreSQL cluster, since it stops and starts it.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestServer, enqueue, get_run, http};
+use crate::common::{TestServer, enqueue, get_run, http};
 use serde_json::json;
 
 /// A throwaway PostgreSQL cluster owned by this test.

@@ -1,11 +1,9 @@
 //! PostgreSQL under contention: many claimers, every run claimed exactly once.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{new_run, pg_store, t0};
+use crate::common::{new_run, pg_store, t0};
 use sluice::run::{RunId, WorkerId};
 use sluice::store::Completion;
 

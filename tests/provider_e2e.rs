@@ -2,18 +2,16 @@
 //! and the rate limiter, the circuit breaker, the outcome classes, timeouts, cancellation
 //! and streaming are checked from the outside.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::common::{SseReader, TestServer, enqueue, get_run, http, wait_run};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use common::{SseReader, TestServer, enqueue, get_run, http, wait_run};
 use futures::StreamExt;
 use serde_json::{Value, json};
 

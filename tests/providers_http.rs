@@ -59,9 +59,14 @@ fn config(kind: ProviderKind, root: &str, key_env: Option<(&str, &str)>) -> Prov
     });
     p.read_timeout = Duration::from_secs(5);
     if let Some((var, key)) = key_env {
-        // SAFETY: each test sets its own variables, std serializes `set_var` with `var`,
-        // and nothing in these tests reads the environment through libc meanwhile.
-        unsafe { std::env::set_var(var, key) };
+        // The suite's tests share this process, so the environment is changed as little
+        // as possible: each variable name belongs to one test and is set once, to one value.
+        if std::env::var(var).ok().as_deref() != Some(key) {
+            // SAFETY: std serializes `set_var` with its own readers (`var`, process
+            // spawning, name lookups), and no code of the suite reads the environment
+            // through libc directly.
+            unsafe { std::env::set_var(var, key) };
+        }
         p.api_key_env = Some(var.to_string());
     }
     p

@@ -2,9 +2,7 @@
 //! the database, not `/health`, not `/metrics`, not a run's error, even when the provider
 //! echoes the key back in an error message.
 
-mod common;
-
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +12,10 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+use crate::common::{Launch, TestServer, http};
+
+/// How long the server may take to exit after SIGTERM.
+const CLEAN_EXIT_WITHIN: Duration = Duration::from_secs(30);
 const KEY: &str = "sk-test-3f9a1c7e5b2d4f6a8c0e1b3d5f7a9c2e";
 
 async fn fake_provider(seen_keys: Arc<Mutex<Vec<String>>>) -> String {
@@ -51,15 +53,6 @@ async fn fake_provider(seen_keys: Arc<Mutex<Vec<String>>>) -> String {
     format!("http://{addr}/v1")
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_key_appears_nowhere_but_at_the_provider() {
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -76,41 +69,16 @@ default_model = "gpt-test"
 "#
     );
     std::fs::write(dir.path().join("sluice.toml"), config).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log_path = dir.path().join("server.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--config", "sluice.toml", "serve"])
-        .current_dir(dir.path())
-        .env_remove("DATABASE_URL")
-        .env("SLUICE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("SLUICE_LOG", "debug")
-        .env("SLUICE_TEST_SECRET_KEY", KEY)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start sluice");
-    let mut child = Child(child);
-    let client = common::http();
-    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(url("/health")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start: {}",
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut server = TestServer::spawn(Launch {
+        dir: dir.path(),
+        name: "server",
+        config: Some(Path::new("sluice.toml")),
+        database_url: None,
+        env: &[("SLUICE_LOG", "debug"), ("SLUICE_TEST_SECRET_KEY", KEY)],
+    })
+    .await;
+    let client = http();
+    let url = |path: &str| server.url(path);
 
     let mut ids = Vec::new();
     for content in ["hello", "leak"] {
@@ -165,11 +133,8 @@ default_model = "gpt-test"
         .text()
         .await
         .unwrap();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.0.id().to_string()])
-        .status();
-    let status = child.0.wait().unwrap();
-    assert!(status.success(), "clean exit");
+    // SIGTERM and a clean exit (code 0).
+    server.stop_within(CLEAN_EXIT_WITHIN).await;
 
     assert!(
         seen.lock()
@@ -178,7 +143,7 @@ default_model = "gpt-test"
             .all(|auth| auth == &format!("Bearer {KEY}")),
         "the provider received the key"
     );
-    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let logs = server.log_text();
     assert!(logs.contains("attempt"), "debug logs were written");
     let mut database = Vec::new();
     for entry in std::fs::read_dir(dir.path().join("data")).unwrap() {

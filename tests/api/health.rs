@@ -1,0 +1,61 @@
+//! `GET /health`: the database, queue depths by class and status, worker slots and
+//! providers.
+
+use serde_json::json;
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_database_queues_and_workers() {
+    let server = start_sim(FAST_SIM).await;
+    let h = server.health().await;
+    assert_eq!(h["status"], "ok", "{h:#}");
+    assert_eq!(h["database"]["reachable"], true, "{h:#}");
+    assert_eq!(h["database"]["backend"], "sqlite", "{h:#}");
+    assert!(
+        h["database"]["latency_ms"]
+            .as_f64()
+            .is_some_and(|l| l >= 0.0),
+        "database.latency_ms: {h:#}"
+    );
+    for class in ["live", "background"] {
+        for status in ["queued", "running"] {
+            assert_eq!(
+                h["queues"][class][status], 0,
+                "queues.{class}.{status}: {h:#}"
+            );
+        }
+    }
+    assert_eq!(h["workers"]["slots_total"], 4, "{h:#}");
+    assert!(
+        h["workers"]["slots_busy"].as_u64().is_some_and(|b| b <= 4),
+        "workers.slots_busy: {h:#}"
+    );
+    let providers = h["providers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("providers is not an array: {h:#}"));
+    assert!(
+        providers.iter().any(|p| p["name"] == "sim"),
+        "the sim provider is listed: {h:#}"
+    );
+
+    // Scheduled runs show up in their class's queued depth.
+    server
+        .enqueue_ok(&json!({"provider": "sim", "request": chat("a"), "run_at": in_hours(1)}))
+        .await;
+    for _ in 0..2 {
+        server
+            .enqueue_ok(&json!({
+                "provider": "sim",
+                "class": "background",
+                "request": chat("b"),
+                "run_at": in_hours(1),
+            }))
+            .await;
+    }
+    let h = server.health().await;
+    assert_eq!(h["queues"]["live"]["queued"], 1, "{h:#}");
+    assert_eq!(h["queues"]["background"]["queued"], 2, "{h:#}");
+    assert_eq!(h["queues"]["live"]["running"], 0, "{h:#}");
+    server.shutdown().await;
+}
