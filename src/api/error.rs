@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoResponses, ToSchema};
 
 use super::openapi::string_enum;
 use crate::dispatch::SubmitError;
@@ -55,7 +55,7 @@ pub(super) const CODES: [&str; 9] = [
 string_enum!(
     /// The stable machine-readable code of an API error.
     ErrorCodeName = "ErrorCode",
-    CODES.iter().map(|c| c.to_string()).collect()
+    CODES
 );
 
 /// The body of every error response.
@@ -82,6 +82,30 @@ struct Detail<'a> {
     #[schema(nullable = false)]
     reason: Option<&'static str>,
 }
+
+/// The OpenAPI entry of the answers several routes give alike, written once; a route lists
+/// the ones it can give in its `responses(...)`. They are never built: the field's type
+/// names the body's schema.
+///
+/// `404` for a run id in the path that names no run.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "`not_found`: no run has this id.")]
+pub(super) struct NoSuchRun(#[expect(dead_code, reason = "only its type is read")] Body<'static>);
+
+/// `503` when the database cannot be reached.
+#[derive(IntoResponses)]
+#[response(status = 503, description = "`unavailable`: the database is unreachable.",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")))]
+pub(super) struct DatabaseUnreachable(
+    #[expect(dead_code, reason = "only its type is read")] Body<'static>,
+);
+
+/// `500`: what a route answers when it fails in a way it cannot explain to the client.
+#[derive(IntoResponses)]
+#[response(status = 500, description = "`internal`: an unexpected server error.")]
+pub(super) struct InternalError(
+    #[expect(dead_code, reason = "only its type is read")] Body<'static>,
+);
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {
@@ -122,6 +146,12 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        ApiError::from_store(&e)
+    }
+}
+
+impl ApiError {
+    fn from_store(e: &StoreError) -> ApiError {
         if e.is_unavailable() {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::Unavailable("the database is unreachable; try again shortly".into())
@@ -140,11 +170,7 @@ impl From<SubmitError> for ApiError {
                 retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
             },
             SubmitError::Closed => ApiError::Unavailable("the server is shutting down".into()),
-            SubmitError::Store(e) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unreachable; try again shortly".into())
-            }
-            SubmitError::Store(e) => ApiError::Internal(e.to_string()),
+            SubmitError::Store(e) => ApiError::from_store(&e),
         }
     }
 }

@@ -60,7 +60,7 @@ pub(super) async fn openapi_json() -> axum::response::Response {
         .into_response()
 }
 
-/// Declares a string schema whose allowed values come from the code.
+/// Declares a string schema whose allowed values (`&str`s, in order) come from the code.
 macro_rules! string_enum {
     ($(#[doc = $doc:literal])+ $ty:ident = $name:literal, $values:expr) => {
         $(#[doc = $doc])+
@@ -68,7 +68,7 @@ macro_rules! string_enum {
 
         impl ::utoipa::PartialSchema for $ty {
             fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
-                let values: Vec<String> = $values;
+                let values: Vec<String> = $values.into_iter().map(String::from).collect();
                 ::utoipa::openapi::schema::ObjectBuilder::new()
                     .schema_type(::utoipa::openapi::schema::Type::String)
                     .description(Some([$($doc),+].map(str::trim).join(" ")))
@@ -90,62 +90,56 @@ string_enum!(
     /// `live`: a person is waiting; `background`: opportunistic work that may be refused
     /// or dropped and never delays live work.
     ClassName = "Class",
-    Class::ALL.iter().map(|c| c.as_str().to_string()).collect()
+    Class::ALL.map(Class::as_str)
 );
 
 string_enum!(
     /// A run's status: `queued` → `running` → one terminal status.
     StatusName = "RunStatus",
-    Status::ALL.iter().map(|s| s.as_str().to_string()).collect()
+    Status::ALL.map(Status::as_str)
 );
 
 string_enum!(
     /// Why a run timed out: `queue_wait` (never started within its queue deadline) or
     /// `generation` (its last attempt exceeded the per-attempt timeout).
     TimeoutOriginName = "TimeoutOrigin",
-    [TimeoutOrigin::QueueWait, TimeoutOrigin::Generation]
-        .iter()
-        .map(|o| o.as_str().to_string())
-        .collect()
+    TimeoutOrigin::ALL.map(TimeoutOrigin::as_str)
 );
 
 string_enum!(
     /// How an attempt failed.
     ErrorKindName = "ErrorKind",
-    ErrorKind::ALL.iter().map(|k| k.as_str().to_string()).collect()
+    ErrorKind::ALL.map(ErrorKind::as_str)
 );
 
 string_enum!(
     /// `ok`; `degraded` (working, but something needs attention); `unavailable` (the
     /// database is unreachable: the response status is then 503).
     HealthStatusName = "HealthStatus",
-    ["ok", "degraded", "unavailable"].map(String::from).to_vec()
+    ["ok", "degraded", "unavailable"]
 );
 
 string_enum!(
     /// The storage backend.
     BackendName = "DatabaseBackend",
-    ["postgres", "sqlite"].map(String::from).to_vec()
+    ["postgres", "sqlite"]
 );
 
 string_enum!(
     /// The kind of a provider: any OpenAI-compatible chat-completions endpoint, Anthropic,
     /// or the built-in simulator.
     ProviderKindName = "ProviderKind",
-    ["openai", "anthropic", "sim"].map(String::from).to_vec()
+    ["openai", "anthropic", "sim"]
 );
 
 string_enum!(
     /// The type of a run lifecycle event (also the SSE `event:` name).
     EventTypeName = "EventType",
     {
-        let mut types: Vec<String> = EventKind::ALL
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect();
+        let mut types = EventKind::ALL.map(EventKind::as_str).to_vec();
         // Token deltas go only to the live stream (never the log) of runs enqueued with
         // `stream: true`.
-        types.insert(2, "delta".to_string());
+        types.insert(2, "delta");
         types
     }
 );

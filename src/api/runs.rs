@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::error::Body as ApiErrorBody;
+use super::error::{Body as ApiErrorBody, DatabaseUnreachable, InternalError, NoSuchRun};
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState};
 use crate::dispatch::Cancelled;
@@ -197,9 +197,15 @@ impl From<RunView> for RunBody {
     }
 }
 
-fn parse_id(raw: &str) -> Result<RunId, ApiError> {
+/// The run id of a path: a malformed one names no run, so it is a 404 rather than a 400.
+pub(super) fn parse_id(raw: &str) -> Result<RunId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))
+}
+
+/// The answer for a well-formed id that names no run.
+pub(super) fn no_such_run(id: RunId) -> ApiError {
+    ApiError::NotFound(format!("no run with id {id}"))
 }
 
 /// `GET /runs/{id}`.
@@ -211,11 +217,9 @@ fn parse_id(raw: &str) -> Result<RunId, ApiError> {
     params(("id" = String, Path, format = "uuid", description = "The run's id.")),
     responses(
         (status = 200, description = "The run.", body = RunBody),
-        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ApiErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+        NoSuchRun,
+        DatabaseUnreachable,
+        InternalError,
     )
 )]
 pub(super) async fn get_run(
@@ -225,7 +229,7 @@ pub(super) async fn get_run(
     let id = parse_id(&raw)?;
     match state.store.get_run(id).await? {
         Some(run) => Ok(Json(run.into())),
-        None => Err(ApiError::NotFound(format!("no run with id {id}"))),
+        None => Err(no_such_run(id)),
     }
 }
 
@@ -239,13 +243,11 @@ pub(super) async fn get_run(
     params(("id" = String, Path, format = "uuid", description = "The run's id.")),
     responses(
         (status = 200, description = "The run, now `cancelled`.", body = RunBody),
-        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
+        NoSuchRun,
         (status = 409, description = "`conflict`: the run is already in a terminal status.",
             body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ApiErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+        DatabaseUnreachable,
+        InternalError,
     )
 )]
 pub(super) async fn cancel_run(
@@ -254,7 +256,7 @@ pub(super) async fn cancel_run(
 ) -> Result<Json<RunBody>, ApiError> {
     let id = parse_id(&raw)?;
     match state.dispatcher.cancel(id).await? {
-        Cancelled::NotFound => Err(ApiError::NotFound(format!("no run with id {id}"))),
+        Cancelled::NotFound => Err(no_such_run(id)),
         Cancelled::AlreadyTerminal(status) => Err(ApiError::Conflict(format!(
             "run {id} is already {status}; only queued or running runs can be cancelled"
         ))),
