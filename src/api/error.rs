@@ -52,11 +52,10 @@ pub(super) const CODES: [&str; 9] = [
     "internal",
 ];
 
-string_enum!(
+string_enum! {
     /// The stable machine-readable code of an API error.
-    ErrorCodeName = "ErrorCode",
-    CODES
-);
+    ErrorCodeName = "ErrorCode", CODES;
+}
 
 /// The body of every error response.
 #[derive(Serialize, ToSchema)]
@@ -83,10 +82,10 @@ struct Detail<'a> {
     reason: Option<&'static str>,
 }
 
-/// The OpenAPI entry of the answers several routes give alike, written once; a route lists
-/// the ones it can give in its `responses(...)`. They are never built: the field's type
-/// names the body's schema.
-///
+// The OpenAPI entries of answers several routes give alike, written once: a route lists
+// the ones it can give in its `responses(...)`. They are never built; the field's type
+// names the body's schema, which `openapi::ApiDoc` registers.
+
 /// `404` for a run id in the path that names no run.
 #[derive(IntoResponses)]
 #[response(status = 404, description = "`not_found`: no run has this id.")]

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
@@ -23,10 +23,10 @@ use utoipa::IntoParams;
 
 use super::error::{Body as ErrorBody, DatabaseUnreachable, InternalError, NoSuchRun};
 use super::event_format::{
-    EventStream, ResumePoint, last_event_id, not_an_event_id, render, render_delta, render_lagged,
+    ResumePoint, StreamOpened, last_event_id, not_an_event_id, render, render_delta, render_lagged,
 };
 use super::openapi::ClassName;
-use super::runs::{no_such_run, parse_id};
+use super::runs::{RunPath, no_such_run};
 use super::{ApiError, AppState};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
@@ -88,13 +88,12 @@ struct RunStream {
         A reconnect with `Last-Event-ID` replays every lifecycle event after that id, then \
         continues live, with no gap and no duplicate.",
     params(
-        ("id" = String, Path, format = "uuid", description = "The run's id."),
+        RunPath,
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false,
             description = "Resume after this event id (the last `id:` received)."),
     ),
     responses(
-        (status = 200, description = "The event stream.", content_type = "text/event-stream",
-            body = EventStream),
+        StreamOpened,
         (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.",
             body = ErrorBody),
         NoSuchRun,
@@ -104,10 +103,9 @@ struct RunStream {
 )]
 pub(super) async fn run_events(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    RunPath(run): RunPath,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
-    let run = parse_id(&raw)?;
     let (after, delta_seq) = last_event_id(&headers)?.map_or((0, None), |p| (p.event, p.delta));
     // Subscribe first: anything committed from here on is either in the replay or live.
     let rx = state.store.hub().subscribe();
@@ -280,8 +278,7 @@ struct FeedStream {
             description = "Replay the matching events after this event id, then continue live."),
     ),
     responses(
-        (status = 200, description = "The event stream.", content_type = "text/event-stream",
-            body = EventStream),
+        StreamOpened,
         (status = 400, description = "`invalid_request`: an unknown or malformed query \
             parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
         DatabaseUnreachable,
