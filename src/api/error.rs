@@ -1,9 +1,12 @@
 //! The API's error type: every variant has one HTTP status and one stable `code`.
 //! Server-side failures are logged in full and answered without internals.
 
+use std::collections::BTreeMap;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, ToSchema};
 
 use super::openapi::string_enum;
@@ -95,9 +98,7 @@ pub(super) struct NoSuchRun(#[expect(dead_code, reason = "only its type is read"
 #[derive(IntoResponses)]
 #[response(status = 503, description = "`unavailable`: the database is unreachable.",
     headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")))]
-pub(super) struct DatabaseUnreachable(
-    #[expect(dead_code, reason = "only its type is read")] Body<'static>,
-);
+struct DatabaseUnreachable(#[expect(dead_code, reason = "only its type is read")] Body<'static>);
 
 /// `500`: what a route answers when it fails in a way it cannot explain to the client.
 #[derive(IntoResponses)]
@@ -105,6 +106,18 @@ pub(super) struct DatabaseUnreachable(
 pub(super) struct InternalError(
     #[expect(dead_code, reason = "only its type is read")] Body<'static>,
 );
+
+/// `503` and `500`: what every route that reads the database may answer besides its own
+/// errors.
+pub(super) struct DatabaseErrors;
+
+impl IntoResponses for DatabaseErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let mut responses = DatabaseUnreachable::responses();
+        responses.extend(InternalError::responses());
+        responses
+    }
+}
 
 impl ApiError {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> ApiError {

@@ -21,7 +21,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
-use super::error::{Body as ErrorBody, DatabaseUnreachable, InternalError, NoSuchRun};
+use super::error::{Body as ErrorBody, DatabaseErrors, NoSuchRun};
 use super::event_format::{
     ResumePoint, StreamOpened, last_event_id, not_an_event_id, render, render_delta, render_lagged,
 };
@@ -97,8 +97,7 @@ struct RunStream {
         (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.",
             body = ErrorBody),
         NoSuchRun,
-        DatabaseUnreachable,
-        InternalError,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn run_events(
@@ -281,8 +280,7 @@ struct FeedStream {
         StreamOpened,
         (status = 400, description = "`invalid_request`: an unknown or malformed query \
             parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
-        DatabaseUnreachable,
-        InternalError,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn feed(

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{Body as ApiErrorBody, DatabaseUnreachable, InternalError, NoSuchRun};
+use super::error::{Body as ApiErrorBody, DatabaseErrors, NoSuchRun};
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState};
 use crate::dispatch::Cancelled;
@@ -237,8 +237,7 @@ pub(super) fn no_such_run(id: RunId) -> ApiError {
     responses(
         (status = 200, description = "The run.", body = RunBody),
         NoSuchRun,
-        DatabaseUnreachable,
-        InternalError,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn get_run(
@@ -264,8 +263,7 @@ pub(super) async fn get_run(
         NoSuchRun,
         (status = 409, description = "`conflict`: the run is already in a terminal status.",
             body = ApiErrorBody),
-        DatabaseUnreachable,
-        InternalError,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn cancel_run(
