@@ -1,6 +1,10 @@
 //! The pure domain of a run: identifiers, classes, statuses, the legal transitions between
 //! them and the retry/backoff arithmetic. Nothing here does I/O or reads a clock; every
 //! other module builds on these types.
+//!
+//! Layout: this module holds the ids, classes, error kinds and what follows a failed
+//! attempt; `status` the statuses and their transitions; `backoff` the retry delays;
+//! `names` the declaration of the enums whose variants have stable string names.
 
 /// Declares a UUIDv7 id newtype, so ids sort by creation time and index well: `new` (and
 /// `Default`) make a fresh one, `Display` shows the UUID.
