@@ -1,6 +1,9 @@
 //! `POST /enqueue`: validate the body, build the run, hand it to `Dispatcher::submit`,
 //! render the answer.
 
+use std::fmt;
+use std::ops::RangeInclusive;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -12,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
-use super::error::Body as ErrorBody;
+use super::error::{Body as ErrorBody, InternalError};
 use super::openapi::{ClassName, StatusName};
 use super::{ApiError, AppState};
 use crate::run::{
@@ -156,7 +159,7 @@ struct Links {
         (status = 503, description = "`unavailable`: the server is shutting down or the \
             database is unreachable.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+        InternalError,
     )
 )]
 pub(super) async fn enqueue(
@@ -272,6 +275,32 @@ fn check_name(field: &str, value: &Option<String>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// `value` as a `T` within `range`, or a 400 naming `field`. `low_note` says what the
+/// lowest value means, where the message should tell.
+fn within<T>(
+    field: &str,
+    value: i64,
+    range: &RangeInclusive<T>,
+    low_note: &str,
+) -> Result<T, ApiError>
+where
+    T: TryFrom<i64> + PartialOrd + fmt::Display,
+{
+    T::try_from(value)
+        .ok()
+        .filter(|v| range.contains(v))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                field,
+                format!(
+                    "{field} must be between {}{low_note} and {}",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })
+}
+
 fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
     let config = &state.config;
     let Some(provider) = state.providers.get(&b.provider) else {
@@ -340,35 +369,11 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
     let class = b.class.unwrap_or_default();
     let priority = match b.priority {
         None => DEFAULT_PRIORITY,
-        Some(p) => i16::try_from(p)
-            .ok()
-            .filter(|p| PRIORITY_RANGE.contains(p))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "priority",
-                    format!(
-                        "priority must be between {} (most urgent) and {}",
-                        PRIORITY_RANGE.start(),
-                        PRIORITY_RANGE.end()
-                    ),
-                )
-            })?,
+        Some(p) => within("priority", p, &PRIORITY_RANGE, " (most urgent)")?,
     };
     let max_attempts = match b.max_attempts {
         None => config.retry.max_attempts,
-        Some(n) => u32::try_from(n)
-            .ok()
-            .filter(|n| MAX_ATTEMPTS_RANGE.contains(n))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "max_attempts",
-                    format!(
-                        "max_attempts must be between {} and {}",
-                        MAX_ATTEMPTS_RANGE.start(),
-                        MAX_ATTEMPTS_RANGE.end()
-                    ),
-                )
-            })?,
+        Some(n) => within("max_attempts", n, &MAX_ATTEMPTS_RANGE, "")?,
     };
     let cap = match class {
         Class::Live => config.queue.live_attempt_timeout_cap,

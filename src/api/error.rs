@@ -1,10 +1,13 @@
 //! The API's error type: every variant has one HTTP status and one stable `code`.
 //! Server-side failures are logged in full and answered without internals.
 
+use std::collections::BTreeMap;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::{IntoResponses, ToSchema};
 
 use super::openapi::string_enum;
 use crate::dispatch::SubmitError;
@@ -52,11 +55,10 @@ pub(super) const CODES: [&str; 9] = [
     "internal",
 ];
 
-string_enum!(
+string_enum! {
     /// The stable machine-readable code of an API error.
-    ErrorCodeName = "ErrorCode",
-    CODES.iter().map(|c| c.to_string()).collect()
-);
+    ErrorCodeName = "ErrorCode", CODES;
+}
 
 /// The body of every error response.
 #[derive(Serialize, ToSchema)]
@@ -81,6 +83,40 @@ struct Detail<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     reason: Option<&'static str>,
+}
+
+// The OpenAPI entries of answers several routes give alike, written once: a route lists
+// the ones it can give in its `responses(...)`. They are never built; the field's type
+// names the body's schema, which `openapi::ApiDoc` registers.
+
+/// `404` for a run id in the path that names no run.
+#[derive(IntoResponses)]
+#[response(status = 404, description = "`not_found`: no run has this id.")]
+pub(super) struct NoSuchRun(#[expect(dead_code, reason = "only its type is read")] Body<'static>);
+
+/// `503` when the database cannot be reached.
+#[derive(IntoResponses)]
+#[response(status = 503, description = "`unavailable`: the database is unreachable.",
+    headers(("Retry-After" = u64, description = "Seconds to wait before retrying.")))]
+struct DatabaseUnreachable(#[expect(dead_code, reason = "only its type is read")] Body<'static>);
+
+/// `500`: what a route answers when it fails in a way it cannot explain to the client.
+#[derive(IntoResponses)]
+#[response(status = 500, description = "`internal`: an unexpected server error.")]
+pub(super) struct InternalError(
+    #[expect(dead_code, reason = "only its type is read")] Body<'static>,
+);
+
+/// `503` and `500`: what every route that reads the database may answer besides its own
+/// errors.
+pub(super) struct DatabaseErrors;
+
+impl IntoResponses for DatabaseErrors {
+    fn responses() -> BTreeMap<String, RefOr<utoipa::openapi::Response>> {
+        let mut responses = DatabaseUnreachable::responses();
+        responses.extend(InternalError::responses());
+        responses
+    }
 }
 
 impl ApiError {
@@ -122,6 +158,12 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
+        ApiError::from_store(&e)
+    }
+}
+
+impl ApiError {
+    fn from_store(e: &StoreError) -> ApiError {
         if e.is_unavailable() {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::Unavailable("the database is unreachable; try again shortly".into())
@@ -140,11 +182,7 @@ impl From<SubmitError> for ApiError {
                 retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
             },
             SubmitError::Closed => ApiError::Unavailable("the server is shutting down".into()),
-            SubmitError::Store(e) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "database unavailable");
-                ApiError::Unavailable("the database is unreachable; try again shortly".into())
-            }
-            SubmitError::Store(e) => ApiError::Internal(e.to_string()),
+            SubmitError::Store(e) => ApiError::from_store(&e),
         }
     }
 }

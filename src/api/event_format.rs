@@ -12,7 +12,7 @@ use axum::response::sse::Event;
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::{IntoResponses, PartialSchema, ToSchema};
 
 use super::ApiError;
 use super::openapi::{ClassName, ErrorKindName, EventTypeName, TimeoutOriginName};
@@ -246,6 +246,16 @@ pub(super) fn not_an_event_id() -> ApiError {
 /// the description, since OpenAPI 3.1 has no keyword for it). Its dependencies bring the
 /// `EventData` and `LaggedEvent` schemas into the document.
 pub(super) struct EventStream;
+
+/// The `200` of an event-stream route, documented once. Never built: the field's type
+/// names the body's schema, which `openapi::ApiDoc` registers.
+#[derive(IntoResponses)]
+#[response(
+    status = 200,
+    description = "The event stream.",
+    content_type = "text/event-stream"
+)]
+pub(super) struct StreamOpened(EventStream);
 
 impl PartialSchema for EventStream {
     fn schema() -> RefOr<Schema> {

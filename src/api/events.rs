@@ -8,22 +8,25 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
-use super::error::Body as ErrorBody;
+use super::error::{Body as ErrorBody, DatabaseErrors, NoSuchRun};
 use super::event_format::{
-    EventStream, ResumePoint, last_event_id, not_an_event_id, render, render_delta, render_lagged,
+    ResumePoint, StreamOpened, last_event_id, not_an_event_id, render, render_delta, render_lagged,
 };
 use super::openapi::ClassName;
+use super::runs::{RunPath, no_such_run};
 use super::{ApiError, AppState};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
@@ -33,15 +36,24 @@ const KEEP_ALIVE: Duration = Duration::from_secs(10);
 /// Most events a dashboard stream replays per log query.
 const REPLAY_PAGE: usize = 500;
 
-type SseStream = Sse<
-    axum::response::sse::KeepAliveStream<
-        std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>,
-    >,
->;
+type BoxedEvents = Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>>;
+type SseStream = Sse<axum::response::sse::KeepAliveStream<BoxedEvents>>;
 
-fn sse(stream: impl Stream<Item = Result<Event, Infallible>> + Send + 'static) -> SseStream {
-    let boxed: std::pin::Pin<Box<dyn Stream<Item = Result<Event, Infallible>> + Send>> =
-        Box::pin(stream);
+/// What an event stream sends, one event at a time.
+trait EventSource: Send + 'static {
+    /// The next event to send; `None` ends the stream.
+    fn next(&mut self) -> impl Future<Output = Option<Event>> + Send;
+}
+
+/// Serves `source` with keep-alive comments, and ends it when the server shuts down so
+/// draining connections does not wait on it.
+fn serve(source: impl EventSource, stop: CancellationToken) -> SseStream {
+    let events = futures::stream::unfold(source, |mut s| async move {
+        let next = s.next().await?;
+        Some((Ok(next), s))
+    })
+    .take_until(async move { stop.cancelled_owned().await });
+    let boxed: BoxedEvents = Box::pin(events);
     Sse::new(boxed).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
@@ -76,36 +88,29 @@ struct RunStream {
         A reconnect with `Last-Event-ID` replays every lifecycle event after that id, then \
         continues live, with no gap and no duplicate.",
     params(
-        ("id" = String, Path, format = "uuid", description = "The run's id."),
+        RunPath,
         ("Last-Event-ID" = Option<i64>, Header, minimum = 0, nullable = false,
             description = "Resume after this event id (the last `id:` received)."),
     ),
     responses(
-        (status = 200, description = "The event stream.", content_type = "text/event-stream",
-            body = EventStream),
+        StreamOpened,
         (status = 400, description = "`invalid_request`: `Last-Event-ID` is not an event id.",
             body = ErrorBody),
-        (status = 404, description = "`not_found`: no run has this id.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+        NoSuchRun,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn run_events(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    RunPath(run): RunPath,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
-    let run: RunId = raw
-        .parse()
-        .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))?;
     let (after, delta_seq) = last_event_id(&headers)?.map_or((0, None), |p| (p.event, p.delta));
     // Subscribe first: anything committed from here on is either in the replay or live.
     let rx = state.store.hub().subscribe();
     let delta_rx = state.store.hub().subscribe_deltas();
     if state.store.get_run(run).await?.is_none() {
-        return Err(ApiError::NotFound(format!("no run with id {run}")));
+        return Err(no_such_run(run));
     }
     // Resuming inside a streamed attempt: re-read the event that started it, to know the
     // attempt, without sending it again.
@@ -143,11 +148,7 @@ pub(super) async fn run_events(
         delta_seq: delta_seq.unwrap_or(0),
         finished: false,
     };
-    let events = futures::stream::unfold(stream, |mut s| async move {
-        let next = s.next().await?;
-        Some((Ok(next), s))
-    });
-    Ok(sse(take_until_stopped(events, stop)))
+    Ok(serve(stream, stop))
 }
 
 impl RunStream {
@@ -164,7 +165,9 @@ impl RunStream {
         self.delta_seq = d.seq;
         Some(render_delta(self.run, self.last_sent, &d))
     }
+}
 
+impl EventSource for RunStream {
     async fn next(&mut self) -> Option<Event> {
         use crate::store::EventKind;
         loop {
@@ -274,14 +277,10 @@ struct FeedStream {
             description = "Replay the matching events after this event id, then continue live."),
     ),
     responses(
-        (status = 200, description = "The event stream.", content_type = "text/event-stream",
-            body = EventStream),
+        StreamOpened,
         (status = 400, description = "`invalid_request`: an unknown or malformed query \
             parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ErrorBody),
+        DatabaseErrors,
     )
 )]
 pub(super) async fn feed(
@@ -334,14 +333,10 @@ pub(super) async fn feed(
         last_sent,
         closed: false,
     };
-    let events = futures::stream::unfold(stream, |mut s| async move {
-        let next = s.next().await?;
-        Some((Ok(next), s))
-    });
-    Ok(sse(take_until_stopped(events, stop)))
+    Ok(serve(stream, stop))
 }
 
-impl FeedStream {
+impl EventSource for FeedStream {
     async fn next(&mut self) -> Option<Event> {
         loop {
             if self.closed {
@@ -365,16 +360,4 @@ impl FeedStream {
             }
         }
     }
-}
-
-/// Ends a stream when the server shuts down, so draining connections does not wait on it.
-fn take_until_stopped<S>(
-    stream: S,
-    stop: tokio_util::sync::CancellationToken,
-) -> impl Stream<Item = S::Item> + Send + 'static
-where
-    S: Stream + Send + 'static,
-{
-    use futures::StreamExt;
-    stream.take_until(async move { stop.cancelled_owned().await })
 }

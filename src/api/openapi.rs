@@ -11,6 +11,8 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
+use super::error::Body as ErrorBody;
+use super::event_format::EventStream;
 use crate::run::{Class, ErrorKind, Status, TimeoutOrigin};
 use crate::store::EventKind;
 
@@ -30,6 +32,9 @@ use crate::store::EventKind;
             times are RFC 3339 strings in UTC with millisecond precision.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
+    // The bodies of the answers routes list by type (`IntoResponses`), which do not bring
+    // their schemas into the document themselves.
+    components(schemas(EventStream, ErrorBody)),
     tags(
         (name = "runs", description = "Enqueue runs, read them, cancel them."),
         (name = "events", description = "Server-sent event streams of run lifecycle events."),
@@ -60,15 +65,16 @@ pub(super) async fn openapi_json() -> axum::response::Response {
         .into_response()
 }
 
-/// Declares a string schema whose allowed values come from the code.
+/// Declares string schemas whose allowed values (`&str`s, in order) come from the code:
+/// each entry is `/// description`, `TypeName = "SchemaName", values;`.
 macro_rules! string_enum {
-    ($(#[doc = $doc:literal])+ $ty:ident = $name:literal, $values:expr) => {
+    ($($(#[doc = $doc:literal])+ $ty:ident = $name:literal, $values:expr;)+) => {$(
         $(#[doc = $doc])+
         pub(super) struct $ty;
 
         impl ::utoipa::PartialSchema for $ty {
             fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
-                let values: Vec<String> = $values;
+                let values: Vec<String> = $values.into_iter().map(String::from).collect();
                 ::utoipa::openapi::schema::ObjectBuilder::new()
                     .schema_type(::utoipa::openapi::schema::Type::String)
                     .description(Some([$($doc),+].map(str::trim).join(" ")))
@@ -82,70 +88,43 @@ macro_rules! string_enum {
                 ::std::borrow::Cow::Borrowed($name)
             }
         }
-    };
+    )+};
 }
 pub(super) use string_enum;
 
-string_enum!(
+string_enum! {
     /// `live`: a person is waiting; `background`: opportunistic work that may be refused
     /// or dropped and never delays live work.
-    ClassName = "Class",
-    Class::ALL.iter().map(|c| c.as_str().to_string()).collect()
-);
+    ClassName = "Class", Class::ALL.map(Class::as_str);
 
-string_enum!(
     /// A run's status: `queued` → `running` → one terminal status.
-    StatusName = "RunStatus",
-    Status::ALL.iter().map(|s| s.as_str().to_string()).collect()
-);
+    StatusName = "RunStatus", Status::ALL.map(Status::as_str);
 
-string_enum!(
     /// Why a run timed out: `queue_wait` (never started within its queue deadline) or
     /// `generation` (its last attempt exceeded the per-attempt timeout).
-    TimeoutOriginName = "TimeoutOrigin",
-    [TimeoutOrigin::QueueWait, TimeoutOrigin::Generation]
-        .iter()
-        .map(|o| o.as_str().to_string())
-        .collect()
-);
+    TimeoutOriginName = "TimeoutOrigin", TimeoutOrigin::ALL.map(TimeoutOrigin::as_str);
 
-string_enum!(
     /// How an attempt failed.
-    ErrorKindName = "ErrorKind",
-    ErrorKind::ALL.iter().map(|k| k.as_str().to_string()).collect()
-);
+    ErrorKindName = "ErrorKind", ErrorKind::ALL.map(ErrorKind::as_str);
 
-string_enum!(
     /// `ok`; `degraded` (working, but something needs attention); `unavailable` (the
     /// database is unreachable: the response status is then 503).
-    HealthStatusName = "HealthStatus",
-    ["ok", "degraded", "unavailable"].map(String::from).to_vec()
-);
+    HealthStatusName = "HealthStatus", ["ok", "degraded", "unavailable"];
 
-string_enum!(
     /// The storage backend.
-    BackendName = "DatabaseBackend",
-    ["postgres", "sqlite"].map(String::from).to_vec()
-);
+    BackendName = "DatabaseBackend", ["postgres", "sqlite"];
 
-string_enum!(
     /// The kind of a provider: any OpenAI-compatible chat-completions endpoint, Anthropic,
     /// or the built-in simulator.
-    ProviderKindName = "ProviderKind",
-    ["openai", "anthropic", "sim"].map(String::from).to_vec()
-);
+    ProviderKindName = "ProviderKind", ["openai", "anthropic", "sim"];
 
-string_enum!(
     /// The type of a run lifecycle event (also the SSE `event:` name).
     EventTypeName = "EventType",
     {
-        let mut types: Vec<String> = EventKind::ALL
-            .iter()
-            .map(|k| k.as_str().to_string())
-            .collect();
+        let mut types = EventKind::ALL.map(EventKind::as_str).to_vec();
         // Token deltas go only to the live stream (never the log) of runs enqueued with
         // `stream: true`.
-        types.insert(2, "delta".to_string());
+        types.insert(2, "delta");
         types
-    }
-);
+    };
+}

@@ -1,12 +1,14 @@
 //! `GET /runs/{id}` and `POST /runs/{id}/cancel`.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::value::RawValue;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
-use super::error::Body as ApiErrorBody;
+use super::error::{Body as ApiErrorBody, DatabaseErrors, NoSuchRun};
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState};
 use crate::dispatch::Cancelled;
@@ -197,9 +199,32 @@ impl From<RunView> for RunBody {
     }
 }
 
-fn parse_id(raw: &str) -> Result<RunId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")))
+/// The run id of a `/runs/{id}…` path. A malformed id names no run, so it is a 404
+/// rather than a 400.
+#[derive(IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+pub(super) struct RunPath(
+    /// The run's id.
+    #[param(value_type = String, format = "uuid")]
+    pub(super) RunId,
+);
+
+impl<S: Send + Sync> FromRequestParts<S> for RunPath {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        raw.parse()
+            .map(RunPath)
+            .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")).into_response())
+    }
+}
+
+/// The answer for a well-formed id that names no run.
+pub(super) fn no_such_run(id: RunId) -> ApiError {
+    ApiError::NotFound(format!("no run with id {id}"))
 }
 
 /// `GET /runs/{id}`.
@@ -208,24 +233,20 @@ fn parse_id(raw: &str) -> Result<RunId, ApiError> {
     path = "/runs/{id}",
     tag = "runs",
     summary = "Read a run",
-    params(("id" = String, Path, format = "uuid", description = "The run's id.")),
+    params(RunPath),
     responses(
         (status = 200, description = "The run.", body = RunBody),
-        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ApiErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+        NoSuchRun,
+        DatabaseErrors,
     )
 )]
 pub(super) async fn get_run(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    RunPath(id): RunPath,
 ) -> Result<Json<RunBody>, ApiError> {
-    let id = parse_id(&raw)?;
     match state.store.get_run(id).await? {
         Some(run) => Ok(Json(run.into())),
-        None => Err(ApiError::NotFound(format!("no run with id {id}"))),
+        None => Err(no_such_run(id)),
     }
 }
 
@@ -236,25 +257,21 @@ pub(super) async fn get_run(
     tag = "runs",
     summary = "Cancel a run",
     description = "Cancels a `queued` or `running` run; an in-flight provider call is aborted.",
-    params(("id" = String, Path, format = "uuid", description = "The run's id.")),
+    params(RunPath),
     responses(
         (status = 200, description = "The run, now `cancelled`.", body = RunBody),
-        (status = 404, description = "`not_found`: no run has this id.", body = ApiErrorBody),
+        NoSuchRun,
         (status = 409, description = "`conflict`: the run is already in a terminal status.",
             body = ApiErrorBody),
-        (status = 503, description = "`unavailable`: the database is unreachable.",
-            body = ApiErrorBody,
-            headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
-        (status = 500, description = "`internal`: an unexpected server error.", body = ApiErrorBody),
+        DatabaseErrors,
     )
 )]
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
-    Path(raw): Path<String>,
+    RunPath(id): RunPath,
 ) -> Result<Json<RunBody>, ApiError> {
-    let id = parse_id(&raw)?;
     match state.dispatcher.cancel(id).await? {
-        Cancelled::NotFound => Err(ApiError::NotFound(format!("no run with id {id}"))),
+        Cancelled::NotFound => Err(no_such_run(id)),
         Cancelled::AlreadyTerminal(status) => Err(ApiError::Conflict(format!(
             "run {id} is already {status}; only queued or running runs can be cancelled"
         ))),

@@ -6,85 +6,77 @@
 use std::sync::Arc;
 
 use super::Shared;
+use super::ticker::{self, Service};
 use crate::run::{RunId, Status};
 
 /// Most expired leases rescued by one statement.
 const RESCUE_BATCH: usize = 1000;
 
 pub(super) async fn heartbeat(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.settings.heartbeat_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.stop_services.cancelled() => break,
-        }
-        let now = shared.clock.now();
-        // The adapted provider rates, so a restart resumes from them.
-        if let Err(e) = shared
-            .store
-            .save_provider_state(&shared.gates.snapshots(), now)
-            .await
-        {
-            tracing::warn!(error = %e, "could not save provider state");
-        }
-        let ids: Vec<RunId> = shared
-            .held
-            .lock()
-            .expect("held lock")
-            .keys()
-            .copied()
-            .collect();
-        if ids.is_empty() {
-            continue;
-        }
-        match shared
-            .store
-            .extend_leases(shared.worker, &ids, now, shared.settings.lease)
-            .await
-        {
-            Ok(n) if (n as usize) < ids.len() => tracing::debug!(
-                held = ids.len(),
-                renewed = n,
-                "some leases were not renewed (finished, cancelled or rescued meanwhile)"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, held = ids.len(), "could not renew leases"),
-        }
+    ticker::every(Service::Heartbeater, &shared, || beat(&shared)).await;
+}
+
+/// One beat: saves the adapted provider rates and extends every lease this process holds.
+async fn beat(shared: &Shared) {
+    let now = shared.clock.now();
+    // The adapted provider rates, so a restart resumes from them.
+    if let Err(e) = shared
+        .store
+        .save_provider_state(&shared.gates.snapshots(), now)
+        .await
+    {
+        tracing::warn!(error = %e, "could not save provider state");
     }
-    tracing::debug!("heartbeater stopped");
+    let ids: Vec<RunId> = shared
+        .held
+        .lock()
+        .expect("held lock")
+        .keys()
+        .copied()
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    match shared
+        .store
+        .extend_leases(shared.worker, &ids, now, shared.settings.lease)
+        .await
+    {
+        Ok(n) if (n as usize) < ids.len() => tracing::debug!(
+            held = ids.len(),
+            renewed = n,
+            "some leases were not renewed (finished, cancelled or rescued meanwhile)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, held = ids.len(), "could not renew leases"),
+    }
 }
 
 pub(super) async fn rescue(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(shared.settings.rescue_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shared.stop_claiming.cancelled() => break,
-        }
-        match shared
-            .store
-            .rescue_expired(shared.clock.now(), RESCUE_BATCH)
-            .await
-        {
-            Ok(rescued) if !rescued.is_empty() => {
-                let requeued = rescued.iter().filter(|(_, s)| *s == Status::Queued).count();
-                let failed = rescued.len() - requeued;
-                tracing::warn!(requeued, failed, "rescued runs whose lease expired");
-                crate::metrics::rescued("queued", requeued as u64);
-                crate::metrics::rescued("failed", failed as u64);
-                for (id, status) in &rescued {
-                    tracing::info!(run_id = %id, status = status.as_str(), "rescued");
-                }
-                if requeued > 0 {
-                    shared.wake.notify_one();
-                }
+    ticker::every(Service::Rescuer, &shared, || rescue_pass(&shared)).await;
+}
+
+/// One pass: requeues (or fails, on their last attempt) the runs whose lease expired.
+async fn rescue_pass(shared: &Shared) {
+    match shared
+        .store
+        .rescue_expired(shared.clock.now(), RESCUE_BATCH)
+        .await
+    {
+        Ok(rescued) if !rescued.is_empty() => {
+            let requeued = rescued.iter().filter(|(_, s)| *s == Status::Queued).count();
+            let failed = rescued.len() - requeued;
+            tracing::warn!(requeued, failed, "rescued runs whose lease expired");
+            crate::metrics::rescued("queued", requeued as u64);
+            crate::metrics::rescued("failed", failed as u64);
+            for (id, status) in &rescued {
+                tracing::info!(run_id = %id, status = status.as_str(), "rescued");
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "rescue pass failed"),
+            if requeued > 0 {
+                shared.wake.notify_one();
+            }
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "rescue pass failed"),
     }
-    tracing::debug!("rescuer stopped");
 }

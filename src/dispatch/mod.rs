@@ -17,6 +17,7 @@
 //! - `leases`: the heartbeater (extends every held lease in one statement) and the rescuer
 //!   (requeues the runs of a process that died).
 //! - `sweeper`: ends runs whose queue deadline passed before they started.
+//! - `ticker`: the beat of those periodic services, and their stop.
 //! - `cancel`: cancels a run in the store and stops its attempt wherever it runs.
 //! - `endings`: records a run's terminal status in the metrics, whoever ended it.
 //! - `wake`: turns the store's cross-process notices into wake-ups and aborts.
@@ -35,6 +36,7 @@ mod producer;
 mod reservation;
 mod submit;
 mod sweeper;
+mod ticker;
 mod wake;
 mod worker;
 

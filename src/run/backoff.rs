@@ -49,16 +49,24 @@ pub fn retry_delay(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn backoff() -> Backoff {
+impl Backoff {
+    /// The configuration's defaults, for the tests of the retry arithmetic.
+    pub(super) fn example() -> Backoff {
         Backoff {
             base: Duration::from_millis(300),
             cap: Duration::from_secs(30),
             provider_cap: Duration::from_secs(600),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn backoff() -> Backoff {
+        Backoff::example()
     }
 
     #[test]

@@ -1,6 +1,40 @@
 //! The pure domain of a run: identifiers, classes, statuses, the legal transitions between
 //! them and the retry/backoff arithmetic. Nothing here does I/O or reads a clock; every
 //! other module builds on these types.
+//!
+//! Layout: this module holds the ids, classes, error kinds and what follows a failed
+//! attempt; `status` the statuses and their transitions; `backoff` the retry delays;
+//! `names` the declaration of the enums whose variants have stable string names.
+
+/// Declares a UUIDv7 id newtype, so ids sort by creation time and index well: `new` (and
+/// `Default`) make a fresh one, `Display` shows the UUID.
+macro_rules! v7_id {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn new() -> Self {
+                $name(Uuid::now_v7())
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+#[macro_use]
+mod names;
 
 mod backoff;
 mod status;
@@ -32,28 +66,12 @@ pub const DEFAULT_PRIORITY: i16 = 5;
 /// concurrency key, session, idempotency key and batch.
 pub const MAX_NAME_LEN: usize = 256;
 
-/// A run's identity: a UUIDv7, so ids sort by creation time and index well.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RunId(pub Uuid);
-
-impl RunId {
-    pub fn new() -> Self {
-        RunId(Uuid::now_v7())
-    }
-}
-
-impl Default for RunId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for RunId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
+v7_id!(
+    /// A run's identity.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+    #[serde(transparent)]
+    RunId
+);
 
 impl FromStr for RunId {
     type Err = uuid::Error;
@@ -62,51 +80,25 @@ impl FromStr for RunId {
     }
 }
 
-/// Identity of one worker process's claims: leases name their owner so that a stale
-/// process can never finish a run that was rescued and handed to someone else.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct WorkerId(pub Uuid);
+v7_id!(
+    /// Identity of one worker process's claims: leases name their owner so that a stale
+    /// process can never finish a run that was rescued and handed to someone else.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    WorkerId
+);
 
-impl WorkerId {
-    pub fn new() -> Self {
-        WorkerId(Uuid::now_v7())
+named_enum! {
+    /// Whether a person is waiting (`live`) or the work is opportunistic (`background`).
+    /// The numeric rank is the dispatch order: lower ranks go first.
+    #[derive(PartialOrd, Ord, Default)]
+    pub enum Class {
+        #[default]
+        Live,
+        Background,
     }
-}
-
-impl Default for WorkerId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-/// Whether a person is waiting (`live`) or the work is opportunistic (`background`).
-/// The numeric rank is the dispatch order: lower ranks go first.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Class {
-    #[default]
-    Live,
-    Background,
 }
 
 impl Class {
-    pub const ALL: [Class; 2] = [Class::Live, Class::Background];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Class::Live => "live",
-            Class::Background => "background",
-        }
-    }
-
     /// Rank stored in the database so that `ORDER BY class` puts live work first.
     pub fn rank(self) -> i16 {
         match self {
@@ -124,75 +116,30 @@ impl Class {
     }
 }
 
-/// Why a run timed out: it never started in time, or its last attempt ran too long.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeoutOrigin {
-    QueueWait,
-    Generation,
-}
-
-impl TimeoutOrigin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TimeoutOrigin::QueueWait => "queue_wait",
-            TimeoutOrigin::Generation => "generation",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "queue_wait" => Some(TimeoutOrigin::QueueWait),
-            "generation" => Some(TimeoutOrigin::Generation),
-            _ => None,
-        }
+named_enum! {
+    /// Why a run timed out: it never started in time, or its last attempt ran too long.
+    pub enum TimeoutOrigin {
+        QueueWait,
+        Generation,
     }
 }
 
-/// How an attempt failed. The kind decides whether the run is retried and which
-/// protection (limiter or breaker) the failure feeds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    RateLimited,
-    Server,
-    Client,
-    Timeout,
-    Connection,
-    BreakerOpen,
-    Cancelled,
-    InvalidOutput,
+named_enum! {
+    /// How an attempt failed. The kind decides whether the run is retried and which
+    /// protection (limiter or breaker) the failure feeds.
+    pub enum ErrorKind {
+        RateLimited,
+        Server,
+        Client,
+        Timeout,
+        Connection,
+        BreakerOpen,
+        Cancelled,
+        InvalidOutput,
+    }
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 8] = [
-        ErrorKind::RateLimited,
-        ErrorKind::Server,
-        ErrorKind::Client,
-        ErrorKind::Timeout,
-        ErrorKind::Connection,
-        ErrorKind::BreakerOpen,
-        ErrorKind::Cancelled,
-        ErrorKind::InvalidOutput,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::RateLimited => "rate_limited",
-            ErrorKind::Server => "server",
-            ErrorKind::Client => "client",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Connection => "connection",
-            ErrorKind::BreakerOpen => "breaker_open",
-            ErrorKind::Cancelled => "cancelled",
-            ErrorKind::InvalidOutput => "invalid_output",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// Whether another attempt may succeed. Client errors (a malformed request) and a
     /// cancellation never improve by trying again.
     pub fn is_retryable(self) -> bool {
@@ -247,14 +194,9 @@ pub fn after_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn backoff() -> Backoff {
-        Backoff {
-            base: Duration::from_millis(300),
-            cap: Duration::from_secs(30),
-            provider_cap: Duration::from_secs(600),
-        }
+        Backoff::example()
     }
 
     #[test]
@@ -306,7 +248,27 @@ mod tests {
             assert_eq!(ErrorKind::parse(kind.as_str()), Some(kind));
         }
         for class in Class::ALL {
+            assert_eq!(Class::parse(class.as_str()), Some(class));
             assert_eq!(Class::from_rank(class.rank()), Some(class));
         }
+        for origin in TimeoutOrigin::ALL {
+            assert_eq!(TimeoutOrigin::parse(origin.as_str()), Some(origin));
+        }
+    }
+
+    /// The names in the database and metrics are the ones the API reads and writes.
+    #[test]
+    fn names_are_the_serde_names() {
+        fn check<T: serde::Serialize + fmt::Display>(all: &[T]) {
+            for v in all {
+                assert_eq!(serde_json::to_value(v).unwrap(), v.to_string());
+            }
+        }
+        check(&Class::ALL);
+        check(&TimeoutOrigin::ALL);
+        check(&ErrorKind::ALL);
+        check(&Status::ALL);
+        assert_eq!(ErrorKind::RateLimited.as_str(), "rate_limited");
+        assert_eq!(Status::TimedOut.as_str(), "timed_out");
     }
 }

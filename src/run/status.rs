@@ -11,57 +11,21 @@
 //!   │  └──queue deadline (background)─▶ dropped
 //! ```
 
-use std::fmt;
-
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Running,
-    Completed,
-    Failed,
-    TimedOut,
-    Cancelled,
-    Dropped,
+named_enum! {
+    pub enum Status {
+        Queued,
+        Running,
+        Completed,
+        Failed,
+        TimedOut,
+        Cancelled,
+        Dropped,
+    }
 }
 
 impl Status {
-    pub const ALL: [Status; 7] = [
-        Status::Queued,
-        Status::Running,
-        Status::Completed,
-        Status::Failed,
-        Status::TimedOut,
-        Status::Cancelled,
-        Status::Dropped,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Queued => "queued",
-            Status::Running => "running",
-            Status::Completed => "completed",
-            Status::Failed => "failed",
-            Status::TimedOut => "timed_out",
-            Status::Cancelled => "cancelled",
-            Status::Dropped => "dropped",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        Status::ALL.into_iter().find(|st| st.as_str() == s)
-    }
-
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Running)
-    }
-}
-
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
