@@ -11,8 +11,11 @@
 //! too). On PostgreSQL a process holds one LISTEN connection: it feeds the event pump and
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
-//! Layout: `model` (the values that cross this boundary), `hub`, `postgres`, `sqlite`.
+//! Layout: `model` (the values that cross this boundary, and the event data they store),
+//! `codec` (stored rows back into those values, for both backends), `hub`, `postgres`,
+//! `sqlite`. Neither backend uses the other.
 
+mod codec;
 mod hub;
 mod model;
 mod postgres;
@@ -354,14 +357,21 @@ impl Store {
         if runs.is_empty() {
             return Ok(0);
         }
-        let written = delegate!(self, s => s.release(worker, runs, now).await)?;
-        Ok(self.published(written))
+        // Each run given back is queued again with one event.
+        let events = delegate!(self, s => s.release(worker, runs, now).await)?;
+        Ok(self.published((events.len() as u64, events)))
     }
 
     /// Cancels a queued or running run.
     pub async fn cancel(&self, id: RunId, now: DateTime<Utc>) -> Result<CancelOutcome> {
-        let written = delegate!(self, s => s.cancel(id, now).await)?;
-        Ok(self.published(written))
+        let (was, events) = delegate!(self, s => s.cancel(id, now).await)?;
+        let outcome = match was {
+            None => CancelOutcome::NotFound,
+            // No event: it had already ended, and nothing was written.
+            Some(was) if events.is_empty() => CancelOutcome::AlreadyTerminal(was),
+            Some(was) => CancelOutcome::Cancelled { was },
+        };
+        Ok(self.published((outcome, events)))
     }
 
     /// Runs whose lease expired (their worker died) go back to `queued`, or end `failed`

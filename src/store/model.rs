@@ -395,6 +395,48 @@ pub fn stale_data() -> Box<RawValue> {
     json(&serde_json::json!({"reason": "stale"}))
 }
 
+/// Event data of a run given back at shutdown, queued again.
+pub fn released_data() -> Box<RawValue> {
+    json(&serde_json::json!({"reason": OUTCOME_RELEASED}))
+}
+
+/// The message of a run cancelled through the API.
+pub const CANCEL_MESSAGE: &str = "cancelled by request";
+
+/// Event data of a cancelled run.
+pub fn cancelled_data() -> Box<RawValue> {
+    #[derive(serde::Serialize)]
+    struct Data {
+        kind: &'static str,
+        message: &'static str,
+    }
+    json(&Data {
+        kind: ErrorKind::Cancelled.as_str(),
+        message: CANCEL_MESSAGE,
+    })
+}
+
+/// The error recorded on a run whose worker stopped renewing its lease.
+pub const ABANDONED_MESSAGE: &str = "the worker running this attempt stopped renewing its lease (process stopped or lost the database)";
+
+fn abandoned_error() -> RunError {
+    RunError {
+        kind: ErrorKind::Timeout,
+        message: ABANDONED_MESSAGE.to_string(),
+        status: None,
+    }
+}
+
+/// Event data for an attempt whose worker vanished (`retry_at` when it will run again).
+pub fn abandoned_data(retry_at: Option<DateTime<Utc>>) -> Box<RawValue> {
+    attempt_failed_data(&abandoned_error(), retry_at)
+}
+
+/// Terminal event data of a run whose worker vanished during its last attempt.
+pub fn abandoned_final_data() -> Box<RawValue> {
+    final_failure_data(&abandoned_error(), None)
+}
+
 /// A run the sweeper ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Expired {
@@ -412,4 +454,20 @@ pub struct KeyLoad {
     pub class: Class,
     pub running: i64,
     pub queued: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored event data is served to clients as stored: the builders must keep the bytes.
+    #[test]
+    fn event_data_keeps_its_stored_form() {
+        assert_eq!(released_data().get(), r#"{"reason":"released"}"#);
+        assert_eq!(
+            cancelled_data().get(),
+            r#"{"kind":"cancelled","message":"cancelled by request"}"#
+        );
+        assert_eq!(stale_data().get(), r#"{"reason":"stale"}"#);
+    }
 }

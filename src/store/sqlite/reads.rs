@@ -1,37 +1,27 @@
 //! Reads for the API, admission and health (runs, depths, backlogs, key loads), and the provider state.
 
 use super::*;
+use crate::run::Class;
+use crate::store::codec::{
+    ACTIVE_COUNTS_SQL, ATTEMPTS_SQL, BUSIEST_KEYS_SQL, IDEMPOTENT_SQL, RunRecord, active_counts,
+    key_loads,
+};
 
 impl SqliteStore {
     pub(in crate::store) async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
         let sql = format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?");
-        let Some(row) = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let run: Option<RunRecord<i64>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(id.0)
             .fetch_optional(&self.reader)
-            .await?
-        else {
+            .await?;
+        let Some(run) = run else {
             return Ok(None);
         };
-        let attempts = sqlx::query(
-            "SELECT attempt, started_at, finished_at, outcome, status, retry_after_ms, error_message
-             FROM run_attempts WHERE run_id = ? ORDER BY id",
-        )
-        .bind(id.0)
-        .fetch_all(&self.reader)
-        .await?;
-        let mut view = view_from_row(&row)?;
-        for a in &attempts {
-            view.attempt_log.push(AttemptView {
-                attempt: a.try_get::<i64, _>("attempt")? as u32,
-                started_at: from_ms(a.try_get("started_at")?)?,
-                finished_at: from_ms_opt(a.try_get("finished_at")?)?,
-                outcome: a.try_get("outcome")?,
-                status: a.try_get("status")?,
-                retry_after_ms: a.try_get("retry_after_ms")?,
-                error_message: a.try_get("error_message")?,
-            });
-        }
-        Ok(Some(view))
+        let attempts = sqlx::query_as(ATTEMPTS_SQL)
+            .bind(id.0)
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(Some(run.decode(attempts)?))
     }
 
     pub(in crate::store) async fn provider_backlog(
@@ -71,8 +61,7 @@ impl SqliteStore {
     }
 
     pub(in crate::store) async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
-        let sql = format!("{BUSIEST_KEYS_SQL}?");
-        let rows: Vec<(String, i16, i64, i64)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query_as(BUSIEST_KEYS_SQL)
             .bind(limit as i64)
             .fetch_all(&self.reader)
             .await?;
@@ -80,7 +69,7 @@ impl SqliteStore {
     }
 
     pub(in crate::store) async fn find_idempotent(&self, idem_key: &str) -> Result<Option<RunId>> {
-        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
+        let id: Option<Uuid> = sqlx::query_scalar(IDEMPOTENT_SQL)
             .bind(idem_key)
             .fetch_optional(&self.reader)
             .await?;
@@ -118,15 +107,10 @@ impl SqliteStore {
     }
 
     pub(in crate::store) async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
-        let rows: Vec<(i16, String, i64)> = sqlx::query_as(
-            "SELECT class, status, count(*) FROM runs
-             WHERE status IN ('queued', 'running') GROUP BY class, status",
-        )
-        .fetch_all(&self.reader)
-        .await?;
-        rows.into_iter()
-            .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
-            .collect()
+        let rows = sqlx::query_as(ACTIVE_COUNTS_SQL)
+            .fetch_all(&self.reader)
+            .await?;
+        active_counts(rows)
     }
 
     pub(in crate::store) async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
