@@ -7,8 +7,7 @@
 //! over it ([`StoredTime`]): PostgreSQL keeps a `timestamptz`, SQLite integer milliseconds.
 //! A value that does not decode is [`StoreError::Corrupt`].
 //!
-//! The stored JSON of event data is built by the typed builders in `model`; the queries
-//! whose text is the same on both backends are here too, next to the decoding of their rows.
+//! The stored JSON of event data is built by the typed builders in `model`.
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -19,17 +18,22 @@ use crate::store::model::*;
 use crate::store::{Result, StoreError};
 
 /// How a backend stores a point in time.
-pub(super) trait StoredTime {
+pub(super) trait StoredTime: Sized {
+    fn from_utc(t: DateTime<Utc>) -> Self;
     fn into_utc(self) -> Result<DateTime<Utc>>;
 }
 
 impl StoredTime for DateTime<Utc> {
+    fn from_utc(t: DateTime<Utc>) -> Self {
+        t
+    }
+
     fn into_utc(self) -> Result<DateTime<Utc>> {
         Ok(self)
     }
 }
 
-fn time_opt<T: StoredTime>(t: Option<T>) -> Result<Option<DateTime<Utc>>> {
+pub(super) fn time_opt<T: StoredTime>(t: Option<T>) -> Result<Option<DateTime<Utc>>> {
     t.map(T::into_utc).transpose()
 }
 
@@ -272,11 +276,7 @@ impl<T: StoredTime> RunRecord<T> {
     }
 }
 
-/// The attempts of a run, oldest first (`$1` the run).
-pub(super) const ATTEMPTS_SQL: &str = "SELECT attempt, started_at, finished_at, outcome, status, \
-     retry_after_ms, error_message FROM run_attempts WHERE run_id = $1 ORDER BY id";
-
-/// A row of [`ATTEMPTS_SQL`].
+/// A row of `run_attempts`.
 #[derive(sqlx::FromRow)]
 pub(super) struct AttemptRecord<T> {
     attempt: i16,
@@ -300,42 +300,4 @@ impl<T: StoredTime> AttemptRecord<T> {
             error_message: self.error_message,
         })
     }
-}
-
-/// The run holding an idempotency key (`$1`).
-pub(super) const IDEMPOTENT_SQL: &str = "SELECT id FROM runs WHERE idem_key = $1";
-
-/// Queued and running runs by class and status.
-pub(super) const ACTIVE_COUNTS_SQL: &str = "SELECT class, status, count(*) FROM runs
-     WHERE status IN ('queued', 'running') GROUP BY class, status";
-
-/// Rows of [`ACTIVE_COUNTS_SQL`].
-pub(super) fn active_counts(rows: Vec<(i16, String, i64)>) -> Result<Vec<(Class, Status, i64)>> {
-    rows.into_iter()
-        .map(|(class, status, n)| Ok((parse_class(class)?, parse_status(&status)?, n)))
-        .collect()
-}
-
-/// The concurrency keys with the most runs queued or running (`$1` how many).
-pub(super) const BUSIEST_KEYS_SQL: &str = "SELECT concurrency_key, class,
-        SUM(CASE WHEN status = 'running' THEN 1 ELSE 0 END) AS running,
-        SUM(CASE WHEN status = 'queued' THEN 1 ELSE 0 END) AS queued
-     FROM runs
-     WHERE status IN ('queued', 'running') AND concurrency_key IS NOT NULL
-     GROUP BY concurrency_key, class
-     ORDER BY 3 DESC, 4 DESC, 1
-     LIMIT $1";
-
-/// Rows of [`BUSIEST_KEYS_SQL`].
-pub(super) fn key_loads(rows: Vec<(String, i16, i64, i64)>) -> Result<Vec<KeyLoad>> {
-    rows.into_iter()
-        .map(|(key, class, running, queued)| {
-            Ok(KeyLoad {
-                key,
-                class: parse_class(class)?,
-                running,
-                queued,
-            })
-        })
-        .collect()
 }

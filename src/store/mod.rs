@@ -12,13 +12,15 @@
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
 //! Layout: `model` (the values that cross this boundary, and the event data they store),
-//! `codec` (stored rows back into those values, for both backends), `hub`, `postgres`,
-//! `sqlite`. Neither backend uses the other.
+//! `codec` (stored rows back into those values, for both backends), `reads` (the reads
+//! written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend uses the
+//! other.
 
 mod codec;
 mod hub;
 mod model;
 mod postgres;
+mod reads;
 mod sqlite;
 
 pub use hub::{Delta, EventHub};
@@ -211,7 +213,7 @@ impl Store {
 
     /// The events of one run after `after` (an event id; 0 for all), in order.
     pub async fn events_for_run(&self, run: RunId, after: i64) -> Result<Vec<RunEvent>> {
-        delegate!(self, s => s.events_for_run(run, after).await)
+        delegate!(self, s => s.reads().events_for_run(run, after).await)
     }
 
     /// Events of all runs after `after`, matching `filter`, oldest first, at most `limit`.
@@ -221,12 +223,12 @@ impl Store {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<RunEvent>> {
-        delegate!(self, s => s.events_after(after, filter, limit).await)
+        delegate!(self, s => s.reads().events_after(after, filter, limit).await)
     }
 
     /// The newest event id (0 when the log is empty).
     pub async fn last_event_id(&self) -> Result<i64> {
-        delegate!(self, s => s.last_event_id().await)
+        delegate!(self, s => s.reads().last_event_id().await)
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -399,7 +401,7 @@ impl Store {
 
     /// Every provider's saved limiter state (JSON).
     pub async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
-        delegate!(self, s => s.load_provider_state().await)
+        delegate!(self, s => s.reads().load_provider_state().await)
     }
 
     /// Ends queued runs whose queue deadline passed before they ever started: live runs
@@ -412,7 +414,7 @@ impl Store {
     /// For admission control: live runs of `provider` due and waiting at `now`, and its
     /// background runs waiting (due or not).
     pub async fn provider_backlog(&self, provider: &str, now: DateTime<Utc>) -> Result<(i64, i64)> {
-        delegate!(self, s => s.provider_backlog(provider, now).await)
+        delegate!(self, s => s.reads().provider_backlog(provider, now).await)
     }
 
     /// Background runs `session` enqueued under `key` since `since`, and the oldest one's
@@ -423,34 +425,34 @@ impl Store {
         key: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(i64, Option<DateTime<Utc>>)> {
-        delegate!(self, s => s.session_background_since(session, key, since).await)
+        delegate!(self, s => s.reads().session_background_since(session, key, since).await)
     }
 
     /// The concurrency keys with the most runs queued or running, busiest first.
     pub async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
-        delegate!(self, s => s.busiest_keys(limit).await)
+        delegate!(self, s => s.reads().busiest_keys(limit).await)
     }
 
     /// The run holding an idempotency key (see [`NewRun::idem_key`]), if any.
     pub async fn find_idempotent(&self, run: &NewRun) -> Result<Option<RunId>> {
         match run.idem_key() {
-            Some(key) => delegate!(self, s => s.find_idempotent(&key).await),
+            Some(key) => delegate!(self, s => s.reads().find_idempotent(&key).await),
             None => Ok(None),
         }
     }
 
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
-        delegate!(self, s => s.get_run(id).await)
+        delegate!(self, s => s.reads().get_run(id).await)
     }
 
     /// Number of queued and running runs by class and status.
     pub async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
-        delegate!(self, s => s.count_active().await)
+        delegate!(self, s => s.reads().count_active().await)
     }
 
     /// The earliest due time of a queued run, to sleep exactly until then.
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        delegate!(self, s => s.next_due_at().await)
+        delegate!(self, s => s.reads().next_due_at().await)
     }
 
     /// A round trip to the database.

@@ -2,19 +2,18 @@
 //! `unnest` arrays, writes each state change and its events in one statement, and wakes
 //! other processes' producers with `NOTIFY`.
 //!
-//! Layout: this file (connection, claim, heartbeat), `enqueue` (the enqueue statement),
-//! `finish` (ending attempts and runs), `reads` (queries for the API, admission and health),
-//! `events` (event log reads and the event pump), `listen` (the LISTEN connection). Rows
-//! are decoded by the store's `codec`.
+//! Layout: this file (connection, claim, heartbeat, provider state), `enqueue` (the
+//! enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
+//! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
+//! its `codec`.
 
 mod enqueue;
 mod events;
 mod finish;
 mod listen;
-mod reads;
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::{FromRow, Row, postgres::PgConnectOptions};
 use std::str::FromStr;
 use std::sync::LazyLock;
@@ -22,6 +21,7 @@ use uuid::Uuid;
 
 use super::codec::{ClaimedRecord, EventRecord};
 use super::model::*;
+use super::reads::Reads;
 use super::{OpenOptions, Result};
 use crate::run::{RunId, Status, TimeoutOrigin, WorkerId};
 
@@ -161,12 +161,6 @@ pub struct PgStore {
 /// Connections of the enqueue pool: the group-commit enqueuer runs one statement at a time.
 const ENQUEUE_CONNECTIONS: u32 = 2;
 
-const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
-     session, batch, metadata::text AS metadata, stream, attempts, max_attempts, timeout_ms, \
-     queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, \
-     output_content, finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, \
-     error_status";
-
 impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {
         let connect = PgConnectOptions::from_str(url)?
@@ -303,6 +297,32 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    /// The reads written once for both backends.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Postgres, DateTime<Utc>> {
+        Reads::new(&self.pool)
+    }
+
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (names, values): (Vec<&str>, Vec<&str>) =
+            states.iter().map(|(n, v)| (n.as_str(), v.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO provider_state (provider, limiter, updated_at)
+             SELECT p, l::json, $3 FROM unnest($1::text[], $2::text[]) AS t(p, l)
+             ON CONFLICT (provider) DO UPDATE
+             SET limiter = EXCLUDED.limiter, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&names)
+        .bind(&values)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub(in crate::store) async fn ping(&self) -> Result<()> {

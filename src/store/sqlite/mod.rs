@@ -3,16 +3,12 @@
 //! own statements) and reads through a separate pool; WAL mode lets them run side by side.
 //! Times are stored as integer milliseconds since the Unix epoch.
 //!
-//! Layout: this file (connection, enqueue, claim, heartbeat), `pick` (the quota-aware
-//! claim), `finish` (ending attempts and runs), `reads` (queries for the API, admission and
-//! health), `events` (the event log). Rows are decoded by the store's `codec`.
+//! Layout: this file (connection, enqueue, claim, heartbeat, event log writes, provider
+//! state), `pick` (the quota-aware claim), `finish` (ending attempts and runs). Reads are
+//! the store's `reads`, rows are decoded by its `codec`.
 
-mod events;
 mod finish;
 mod pick;
-mod reads;
-
-use events::insert_event;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -27,6 +23,7 @@ use uuid::Uuid;
 
 use super::codec::{ClaimedRecord, EventScope, StoredTime};
 use super::model::*;
+use super::reads::Reads;
 use super::{OpenOptions, Result, StoreError};
 use crate::run::{RunId, Status, TimeoutOrigin, WorkerId};
 
@@ -48,21 +45,16 @@ pub(super) fn from_ms(v: i64) -> Result<DateTime<Utc>> {
         .ok_or_else(|| StoreError::Corrupt(format!("time {v} is out of range")))
 }
 
-pub(super) fn from_ms_opt(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
-    v.map(from_ms).transpose()
-}
-
 /// SQLite stores a time as milliseconds since the Unix epoch.
 impl StoredTime for i64 {
+    fn from_utc(t: DateTime<Utc>) -> Self {
+        ms(t)
+    }
+
     fn into_utc(self) -> Result<DateTime<Utc>> {
         from_ms(self)
     }
 }
-
-const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
-     session, batch, metadata, stream, attempts, max_attempts, timeout_ms, queue_deadline_at, \
-     due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, output_content, \
-     finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, error_status";
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file and its folder.
@@ -304,6 +296,33 @@ impl SqliteStore {
         Ok(n)
     }
 
+    /// The reads written once for both backends; times are milliseconds.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Sqlite, i64> {
+        Reads::new(&self.reader)
+    }
+
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (name, value) in states {
+            sqlx::query(
+                "INSERT INTO provider_state (provider, limiter, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (provider) DO UPDATE
+                 SET limiter = excluded.limiter, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(in crate::store) async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())
@@ -313,6 +332,29 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
+
+/// Appends `event` inside the transaction of the state change it reports; returns it with
+/// the id the log gave it.
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: RunEvent,
+) -> Result<RunEvent> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(event.run_id.0)
+    .bind(event.kind.as_str())
+    .bind(ms(event.at))
+    .bind(event.attempt.map(i64::from))
+    .bind(event.data.as_ref().map(|d| d.get()))
+    .bind(event.class.rank())
+    .bind(&event.tenant)
+    .bind(&event.batch)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(RunEvent { id, ..event })
 }
 
 async fn close_attempt(
