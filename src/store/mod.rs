@@ -458,7 +458,7 @@ impl Store {
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<Duration> {
         let started = std::time::Instant::now();
-        delegate!(self, s => s.ping().await)?;
+        delegate!(self, s => s.reads().ping().await)?;
         Ok(started.elapsed())
     }
 

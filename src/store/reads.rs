@@ -240,4 +240,10 @@ where
                 .await?,
         )
     }
+
+    /// A round trip to the database.
+    pub(super) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(self.pool).await?;
+        Ok(())
+    }
 }

@@ -325,11 +325,6 @@ impl PgStore {
         Ok(())
     }
 
-    pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
     pub(in crate::store) async fn close(&self) {
         self.enqueue_pool.close().await;
         self.pool.close().await

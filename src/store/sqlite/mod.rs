@@ -323,11 +323,6 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        Ok(())
-    }
-
     pub(in crate::store) async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
