@@ -11,18 +11,20 @@
 //! too). On PostgreSQL a process holds one LISTEN connection: it feeds the event pump and
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
-//! Layout: `model` (the values that cross this boundary, and the event data they store),
-//! `codec` (stored rows back into those values, for both backends), `reads` (the reads
-//! written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend uses the
-//! other.
+//! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
+//! with events), `codec` (stored rows back into values, for both backends), `reads` (the
+//! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
+//! uses the other.
 
 mod codec;
+mod event_data;
 mod hub;
 mod model;
 mod postgres;
 mod reads;
 mod sqlite;
 
+pub use event_data::*;
 pub use hub::{Delta, EventHub};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};

@@ -20,6 +20,7 @@ use std::sync::LazyLock;
 use uuid::Uuid;
 
 use super::codec::{ClaimedRecord, EventRecord};
+use super::event_data::*;
 use super::model::*;
 use super::reads::Reads;
 use super::{OpenOptions, Result};

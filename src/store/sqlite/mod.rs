@@ -22,6 +22,7 @@ use sqlx::{FromRow, Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::codec::{ClaimedRecord, EventScope, StoredTime};
+use super::event_data::*;
 use super::model::*;
 use super::reads::Reads;
 use super::{OpenOptions, Result, StoreError};
