@@ -7,7 +7,7 @@
 //! over it ([`StoredTime`]): PostgreSQL keeps a `timestamptz`, SQLite integer milliseconds.
 //! A value that does not decode is [`StoreError::Corrupt`].
 //!
-//! The stored JSON of event data is built by the typed builders in `model`.
+//! The JSON stored with events is built by `event_data`.
 
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
@@ -17,7 +17,7 @@ use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin};
 use crate::store::model::*;
 use crate::store::{Result, StoreError};
 
-/// How a backend stores a point in time.
+/// How a backend stores a point in time, both ways.
 pub(super) trait StoredTime: Sized {
     fn from_utc(t: DateTime<Utc>) -> Self;
     fn into_utc(self) -> Result<DateTime<Utc>>;
@@ -186,7 +186,7 @@ impl<T: StoredTime> ClaimedRecord<T> {
     }
 }
 
-/// A row of `runs` as `GET /runs/{id}` reads it (each backend's `RUN_COLUMNS`).
+/// A row of `runs` as `GET /runs/{id}` reads it (the columns `reads` selects).
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRecord<T> {
     id: Uuid,

@@ -24,7 +24,7 @@ use super::event_data::*;
 use super::model::*;
 use super::reads::Reads;
 use super::{OpenOptions, Result};
-use crate::run::{RunId, Status, TimeoutOrigin, WorkerId};
+use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// The channel a commit that makes runs due is announced on.
 pub const WAKE_CHANNEL: &str = "sluice_runs_due";
@@ -42,9 +42,10 @@ const CLAIM_LOCK: i64 = 0x5_11CE_0001;
 const STARTABLE: &str = "c.status = 'queued' AND c.due_at <= $1
       AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)";
 
-/// The startable runs of class `class` of the provider `q.provider`, in dispatch order,
+/// The startable runs of `class` of the provider `q.provider`, in dispatch order,
 /// locked: at most `limit`, and only those meeting `extra` (further `AND` conditions).
-fn provider_candidates(class: u8, extra: &str, limit: &str) -> String {
+fn provider_candidates(class: Class, extra: &str, limit: &str) -> String {
+    let class = class.rank();
     format!(
         "SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
         WHERE {STARTABLE} AND c.provider = q.provider AND c.class = {class} {extra}
@@ -55,8 +56,9 @@ fn provider_candidates(class: u8, extra: &str, limit: &str) -> String {
 }
 
 /// The condition that a run's concurrency key is below `cap` (a parameter, none for no
-/// cap) runs of class `class` in flight.
-fn key_below_cap(class: u8, cap: &str) -> String {
+/// cap) runs of `class` in flight.
+fn key_below_cap(class: Class, cap: &str) -> String {
+    let class = class.rank();
     format!(
         "AND (c.concurrency_key IS NULL OR {cap}::int8 IS NULL
            OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
@@ -70,21 +72,21 @@ fn key_below_cap(class: u8, cap: &str) -> String {
 /// its cap is skipped, and candidates sharing a key are ranked so one batch cannot overshoot.
 fn quota_pick() -> String {
     let live = provider_candidates(
-        0,
-        &key_below_cap(0, "$9"),
+        Class::Live,
+        &key_below_cap(Class::Live, "$9"),
         "GREATEST(0, CASE WHEN q.live_cap IS NULL THEN q.quota
             ELSE LEAST(q.quota, q.live_cap - (
                 SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
                   AND l.status = 'running')) END)",
     );
     let background = provider_candidates(
-        1,
+        Class::Background,
         &format!(
             "AND NOT EXISTS (
                 SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
                   AND l.status = 'queued' AND l.due_at <= $1)
              {}",
-            key_below_cap(1, "$10")
+            key_below_cap(Class::Background, "$10")
         ),
         "GREATEST(0, LEAST(q.quota, q.bg_cap - (
             SELECT count(*) FROM runs b WHERE b.provider = q.provider AND b.class = 1
@@ -121,7 +123,7 @@ fn quota_pick() -> String {
 /// either (parameters: $1 now, $2 limit, $5 providers, $6 how many may start): nothing to
 /// count, so no turn to take. Each provider's due live runs in dispatch order, merged.
 fn live_pick() -> String {
-    let live = provider_candidates(0, "", "q.quota");
+    let live = provider_candidates(Class::Live, "", "q.quota");
     format!(
         "picked AS (
     SELECT r.id FROM unnest($5::text[], $6::int8[]) AS q(provider, quota)

@@ -1,13 +1,15 @@
 //! Ending attempts and runs: completions, failures, releases, cancellations, rescues and queue-deadline expiry, each with its events.
 
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
 use super::*;
 use crate::run::Class;
 use crate::store::codec::{ScopeRecord, parse_status};
-use sqlx::Row;
 
 /// The run a finishing statement changed, as it returns it (`RETURNING id, class, tenant,
 /// batch`), or none when it changed nothing.
-fn changed(row: Option<sqlx::sqlite::SqliteRow>) -> Result<Option<EventScope>> {
+fn changed(row: Option<SqliteRow>) -> Result<Option<EventScope>> {
     row.map(|row| ScopeRecord::from_row(&row)?.decode())
         .transpose()
 }
