@@ -195,6 +195,11 @@ impl PgStore {
         &self.pool
     }
 
+    /// The reads written once for both backends.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Postgres, DateTime<Utc>> {
+        Reads::new(&self.pool)
+    }
+
     pub(in crate::store) async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
@@ -300,11 +305,6 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
-    }
-
-    /// The reads written once for both backends.
-    pub(in crate::store) fn reads(&self) -> Reads<'_, Postgres, DateTime<Utc>> {
-        Reads::new(&self.pool)
     }
 
     pub(in crate::store) async fn save_provider_state(

@@ -96,6 +96,11 @@ impl SqliteStore {
         Ok(self.writer.begin().await?)
     }
 
+    /// The reads written once for both backends; times are milliseconds.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Sqlite, i64> {
+        Reads::new(&self.reader)
+    }
+
     pub(in crate::store) async fn enqueue(
         &self,
         runs: &[NewRun],
@@ -295,11 +300,6 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(n)
-    }
-
-    /// The reads written once for both backends; times are milliseconds.
-    pub(in crate::store) fn reads(&self) -> Reads<'_, Sqlite, i64> {
-        Reads::new(&self.reader)
     }
 
     pub(in crate::store) async fn save_provider_state(
