@@ -11,13 +11,20 @@
 //! too). On PostgreSQL a process holds one LISTEN connection: it feeds the event pump and
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
-//! Layout: `model` (the values that cross this boundary), `hub`, `postgres`, `sqlite`.
+//! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
+//! with events), `codec` (stored rows back into values, for both backends), `reads` (the
+//! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
+//! uses the other.
 
+mod codec;
+mod event_data;
 mod hub;
 mod model;
 mod postgres;
+mod reads;
 mod sqlite;
 
+pub use event_data::*;
 pub use hub::{Delta, EventHub};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
@@ -208,7 +215,7 @@ impl Store {
 
     /// The events of one run after `after` (an event id; 0 for all), in order.
     pub async fn events_for_run(&self, run: RunId, after: i64) -> Result<Vec<RunEvent>> {
-        delegate!(self, s => s.events_for_run(run, after).await)
+        delegate!(self, s => s.reads().events_for_run(run, after).await)
     }
 
     /// Events of all runs after `after`, matching `filter`, oldest first, at most `limit`.
@@ -218,12 +225,12 @@ impl Store {
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<RunEvent>> {
-        delegate!(self, s => s.events_after(after, filter, limit).await)
+        delegate!(self, s => s.reads().events_after(after, filter, limit).await)
     }
 
     /// The newest event id (0 when the log is empty).
     pub async fn last_event_id(&self) -> Result<i64> {
-        delegate!(self, s => s.last_event_id().await)
+        delegate!(self, s => s.reads().last_event_id().await)
     }
 
     pub async fn migrate(&self) -> Result<()> {
@@ -354,14 +361,21 @@ impl Store {
         if runs.is_empty() {
             return Ok(0);
         }
-        let written = delegate!(self, s => s.release(worker, runs, now).await)?;
-        Ok(self.published(written))
+        // Each run given back is queued again with one event.
+        let events = delegate!(self, s => s.release(worker, runs, now).await)?;
+        Ok(self.published((events.len() as u64, events)))
     }
 
     /// Cancels a queued or running run.
     pub async fn cancel(&self, id: RunId, now: DateTime<Utc>) -> Result<CancelOutcome> {
-        let written = delegate!(self, s => s.cancel(id, now).await)?;
-        Ok(self.published(written))
+        let (was, events) = delegate!(self, s => s.cancel(id, now).await)?;
+        let outcome = match was {
+            None => CancelOutcome::NotFound,
+            // No event: it had already ended, and nothing was written.
+            Some(was) if events.is_empty() => CancelOutcome::AlreadyTerminal(was),
+            Some(was) => CancelOutcome::Cancelled { was },
+        };
+        Ok(self.published((outcome, events)))
     }
 
     /// Runs whose lease expired (their worker died) go back to `queued`, or end `failed`
@@ -389,7 +403,7 @@ impl Store {
 
     /// Every provider's saved limiter state (JSON).
     pub async fn load_provider_state(&self) -> Result<Vec<(String, String)>> {
-        delegate!(self, s => s.load_provider_state().await)
+        delegate!(self, s => s.reads().load_provider_state().await)
     }
 
     /// Ends queued runs whose queue deadline passed before they ever started: live runs
@@ -402,7 +416,7 @@ impl Store {
     /// For admission control: live runs of `provider` due and waiting at `now`, and its
     /// background runs waiting (due or not).
     pub async fn provider_backlog(&self, provider: &str, now: DateTime<Utc>) -> Result<(i64, i64)> {
-        delegate!(self, s => s.provider_backlog(provider, now).await)
+        delegate!(self, s => s.reads().provider_backlog(provider, now).await)
     }
 
     /// Background runs `session` enqueued under `key` since `since`, and the oldest one's
@@ -413,40 +427,40 @@ impl Store {
         key: Option<&str>,
         since: DateTime<Utc>,
     ) -> Result<(i64, Option<DateTime<Utc>>)> {
-        delegate!(self, s => s.session_background_since(session, key, since).await)
+        delegate!(self, s => s.reads().session_background_since(session, key, since).await)
     }
 
     /// The concurrency keys with the most runs queued or running, busiest first.
     pub async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
-        delegate!(self, s => s.busiest_keys(limit).await)
+        delegate!(self, s => s.reads().busiest_keys(limit).await)
     }
 
     /// The run holding an idempotency key (see [`NewRun::idem_key`]), if any.
     pub async fn find_idempotent(&self, run: &NewRun) -> Result<Option<RunId>> {
         match run.idem_key() {
-            Some(key) => delegate!(self, s => s.find_idempotent(&key).await),
+            Some(key) => delegate!(self, s => s.reads().find_idempotent(&key).await),
             None => Ok(None),
         }
     }
 
     pub async fn get_run(&self, id: RunId) -> Result<Option<RunView>> {
-        delegate!(self, s => s.get_run(id).await)
+        delegate!(self, s => s.reads().get_run(id).await)
     }
 
     /// Number of queued and running runs by class and status.
     pub async fn count_active(&self) -> Result<Vec<(Class, Status, i64)>> {
-        delegate!(self, s => s.count_active().await)
+        delegate!(self, s => s.reads().count_active().await)
     }
 
     /// The earliest due time of a queued run, to sleep exactly until then.
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
-        delegate!(self, s => s.next_due_at().await)
+        delegate!(self, s => s.reads().next_due_at().await)
     }
 
     /// A round trip to the database.
     pub async fn ping(&self) -> Result<Duration> {
         let started = std::time::Instant::now();
-        delegate!(self, s => s.ping().await)?;
+        delegate!(self, s => s.reads().ping().await)?;
         Ok(started.elapsed())
     }
 

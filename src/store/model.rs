@@ -330,69 +330,10 @@ impl EventFilter {
     }
 }
 
-/// The JSON of an event's `data` for a failed attempt.
-pub fn attempt_failed_data(error: &RunError, retry_at: Option<DateTime<Utc>>) -> Box<RawValue> {
-    #[derive(serde::Serialize)]
-    struct Data<'a> {
-        kind: &'static str,
-        status: Option<i32>,
-        retry_at: Option<String>,
-        message: &'a str,
-    }
-    json(&Data {
-        kind: error.kind.as_str(),
-        status: error.status,
-        retry_at: retry_at.map(rfc3339),
-        message: &error.message,
-    })
-}
-
-/// The JSON of a terminal event's `data` for a run that ended without output.
-pub fn final_failure_data(
-    error: &RunError,
-    timeout_origin: Option<TimeoutOrigin>,
-) -> Box<RawValue> {
-    #[derive(serde::Serialize)]
-    struct Data<'a> {
-        kind: &'static str,
-        status: Option<i32>,
-        message: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        timeout_origin: Option<&'static str>,
-    }
-    json(&Data {
-        kind: error.kind.as_str(),
-        status: error.status,
-        message: &error.message,
-        timeout_origin: timeout_origin.map(TimeoutOrigin::as_str),
-    })
-}
-
 /// RFC 3339, UTC, millisecond precision: the one time format of the API, in run bodies,
 /// event streams and the event data stored for them.
 pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn json(value: &impl serde::Serialize) -> Box<RawValue> {
-    serde_json::value::to_raw_value(value).expect("event data serialises")
-}
-
-/// The message of a live run that never started within its queue deadline.
-pub const QUEUE_WAIT_MESSAGE: &str = "not started within its queue deadline";
-
-/// Event data of a run that timed out waiting in the queue.
-pub fn queue_wait_data() -> Box<RawValue> {
-    json(&serde_json::json!({
-        "kind": "timeout",
-        "timeout_origin": "queue_wait",
-        "message": QUEUE_WAIT_MESSAGE,
-    }))
-}
-
-/// Event data of a background run dropped as stale.
-pub fn stale_data() -> Box<RawValue> {
-    json(&serde_json::json!({"reason": "stale"}))
 }
 
 /// A run the sweeper ended.

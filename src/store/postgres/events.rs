@@ -1,4 +1,4 @@
-//! Reading the PostgreSQL event log, and the event pump that feeds the in-process hub.
+//! The event pump that feeds the in-process hub from the PostgreSQL event log.
 //!
 //! Event ids come from a sequence, so they are allocated in statement order but become
 //! visible in commit order: a transaction can commit id 101 before another commits 100.
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::listen::Routes;
 use super::{PgStore, event_from_row};
-use crate::run::RunId;
-use crate::store::{EventFilter, EventHub, Notice, Result, RunEvent};
+use crate::store::reads::EVENT_COLUMNS;
+use crate::store::{EventHub, Notice, Result, RunEvent};
 
 /// How long a skipped id is looked for before it is taken for a rolled-back transaction.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
@@ -31,56 +31,7 @@ const PUMP_IDLE_POLL: Duration = Duration::from_secs(1);
 /// Least time between two reads while no one in this process is subscribed.
 const PUMP_UNWATCHED_INTERVAL: Duration = Duration::from_millis(100);
 
-const EVENT_COLUMNS: &str =
-    "id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch";
-
 impl PgStore {
-    pub(in crate::store) async fn events_for_run(
-        &self,
-        run: RunId,
-        after: i64,
-    ) -> Result<Vec<RunEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM run_events WHERE run_id = $1 AND id > $2 ORDER BY id"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(run.0)
-            .bind(after)
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    pub(in crate::store) async fn events_after(
-        &self,
-        after: i64,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<RunEvent>> {
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM run_events
-             WHERE id > $1 AND ($2::int2 IS NULL OR class = $2)
-               AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR batch = $4)
-             ORDER BY id LIMIT $5"
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(after)
-            .bind(filter.class.map(|c| c.rank()))
-            .bind(filter.tenant.as_deref())
-            .bind(filter.batch.as_deref())
-            .bind(limit as i64)
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
-            .fetch_one(self.pool())
-            .await?;
-        Ok(id.unwrap_or(0))
-    }
-
     /// Holds the process's LISTEN connection (see `listen`) and publishes every committed
     /// event (this process's and others') to `hub`, starting from the newest event at
     /// start, until `stop` fires. Each commit that writes events notifies; notifications
@@ -143,7 +94,7 @@ struct Pump {
 impl Pump {
     async fn read(&mut self, store: &PgStore, hub: &EventHub) -> Result<()> {
         let Some(cursor) = self.cursor else {
-            self.cursor = Some(store.last_event_id().await?);
+            self.cursor = Some(store.reads().last_event_id().await?);
             return Ok(());
         };
         let now = Instant::now();

@@ -1,6 +1,7 @@
 //! Ending attempts and runs: completions, failures, releases, cancellations, rescues and queue-deadline expiry, each with its events.
 
 use super::*;
+use crate::store::codec::parse_status;
 
 impl PgStore {
     pub(in crate::store) async fn mark_completed(
@@ -177,7 +178,7 @@ impl PgStore {
         worker: WorkerId,
         runs: &[(RunId, u32)],
         now: DateTime<Utc>,
-    ) -> Result<(u64, Vec<RunEvent>)> {
+    ) -> Result<Vec<RunEvent>> {
         let ids: Vec<Uuid> = runs.iter().map(|(id, _)| id.0).collect();
         let attempts: Vec<i16> = runs.iter().map(|(_, a)| *a as i16).collect();
         let rows = sqlx::query(
@@ -199,8 +200,7 @@ impl PgStore {
                 SELECT pg_notify($5, '') FROM back LIMIT 1
              ), ev AS (
                 INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
-                SELECT id, 'queued', $4, attempt, '{\"reason\":\"released\"}'::json, class,
-                    tenant, batch
+                SELECT id, 'queued', $4, attempt, $6::json, class, tenant, batch
                 FROM back
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
@@ -211,25 +211,25 @@ impl PgStore {
         .bind(&attempts)
         .bind(now)
         .bind(WAKE_CHANNEL)
+        .bind(released_data().get())
         .fetch_all(&self.pool)
         .await?;
-        let events: Vec<RunEvent> = rows.iter().map(event_from_row).collect::<Result<_>>()?;
-        Ok((events.len() as u64, events))
+        rows.iter().map(event_from_row).collect()
     }
 
     pub(in crate::store) async fn cancel(
         &self,
         id: RunId,
         now: DateTime<Utc>,
-    ) -> Result<(CancelOutcome, Vec<RunEvent>)> {
+    ) -> Result<(Option<Status>, Vec<RunEvent>)> {
         let row = sqlx::query(
             "WITH target AS (
                 SELECT id, status FROM runs WHERE id = $1 FOR UPDATE
              ), cancelled AS (
                 UPDATE runs r
                 SET status = 'cancelled', finished_at = $2, lease_owner = NULL,
-                    lease_expires_at = NULL, error_kind = 'cancelled',
-                    error_message = 'cancelled by request', error_status = NULL
+                    lease_expires_at = NULL, error_kind = 'cancelled', error_message = $4,
+                    error_status = NULL
                 FROM target t
                 WHERE r.id = t.id AND t.status IN ('queued', 'running')
                 RETURNING r.id, r.attempts, r.class, r.tenant, r.batch
@@ -238,9 +238,7 @@ impl PgStore {
                 FROM cancelled c WHERE a.run_id = c.id AND a.finished_at IS NULL
              ), ev AS (
                 INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
-                SELECT id, 'cancelled', $2, NULLIF(attempts, 0),
-                    '{\"kind\":\"cancelled\",\"message\":\"cancelled by request\"}'::json,
-                    class, tenant, batch
+                SELECT id, 'cancelled', $2, NULLIF(attempts, 0), $5::json, class, tenant, batch
                 FROM cancelled
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              ), told AS (
@@ -254,21 +252,20 @@ impl PgStore {
         .bind(id.0)
         .bind(now)
         .bind(CANCEL_CHANNEL)
+        .bind(CANCEL_MESSAGE)
+        .bind(cancelled_data().get())
         .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
-            return Ok((cancel_outcome(None)?, Vec::new()));
+            return Ok((None, Vec::new()));
         };
-        let previous: String = row.try_get("previous")?;
+        let previous = parse_status(&row.try_get::<String, _>("previous")?)?;
         let event_id: Option<i64> = row.try_get("id")?;
         let events = match event_id {
             Some(_) => vec![event_from_row(&row)?],
             None => Vec::new(),
         };
-        Ok((
-            cancel_outcome(Some((previous, events.len() as i64)))?,
-            events,
-        ))
+        Ok((Some(previous), events))
     }
 
     pub(in crate::store) async fn rescue_expired(

@@ -2,31 +2,27 @@
 //! `unnest` arrays, writes each state change and its events in one statement, and wakes
 //! other processes' producers with `NOTIFY`.
 //!
-//! Layout: this file (connection, claim, heartbeat), `enqueue` (the enqueue statement),
-//! `finish` (ending attempts and runs), `reads` (queries for the API, admission and health), `rows` (row mapping),
-//! `events` (event log reads and the event pump), `listen` (the LISTEN connection).
+//! Layout: this file (connection, claim, heartbeat, provider state), `enqueue` (the
+//! enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
+//! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
+//! its `codec`.
 
 mod enqueue;
 mod events;
 mod finish;
 mod listen;
-mod reads;
-mod rows;
-
-pub(super) use rows::{
-    ABANDONED_MESSAGE, BUSIEST_KEYS_SQL, abandoned_data, abandoned_final_data, cancel_outcome,
-    key_loads, parse_class, parse_status, raw_json,
-};
-use rows::{claimed_from_row, event_from_row, view_from_row};
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Row, postgres::PgConnectOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};
+use sqlx::{FromRow, Row, postgres::PgConnectOptions};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
+use super::codec::{ClaimedRecord, EventRecord};
+use super::event_data::*;
 use super::model::*;
+use super::reads::Reads;
 use super::{OpenOptions, Result};
 use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
 
@@ -41,12 +37,63 @@ const EVENTS_CHANNEL: &str = "sluice_events";
 /// The advisory lock claims that count in-flight runs take turns on.
 const CLAIM_LOCK: i64 = 0x5_11CE_0001;
 
+/// A run that may start now: queued, due, and not past its queue deadline unless it has
+/// started before (a run past it is never started: the sweeper ends it). `c` is the run.
+const STARTABLE: &str = "c.status = 'queued' AND c.due_at <= $1
+      AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)";
+
+/// The startable runs of `class` of the provider `q.provider`, in dispatch order,
+/// locked: at most `limit`, and only those meeting `extra` (further `AND` conditions).
+fn provider_candidates(class: Class, extra: &str, limit: &str) -> String {
+    let class = class.rank();
+    format!(
+        "SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
+        WHERE {STARTABLE} AND c.provider = q.provider AND c.class = {class} {extra}
+        ORDER BY c.priority, c.due_at
+        LIMIT {limit}
+        FOR UPDATE SKIP LOCKED"
+    )
+}
+
+/// The condition that a run's concurrency key is below `cap` (a parameter, none for no
+/// cap) runs of `class` in flight.
+fn key_below_cap(class: Class, cap: &str) -> String {
+    let class = class.rank();
+    format!(
+        "AND (c.concurrency_key IS NULL OR {cap}::int8 IS NULL
+           OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
+               AND k.class = {class} AND k.status = 'running') < {cap})"
+    )
+}
+
 /// The quota-aware pick (parameters: $1 now, $2 limit, $5 providers, $6 how many may start,
 /// $7 live caps, $8 background caps, $9 live key cap, $10 background key cap). Live runs
-/// first; a provider's background runs only while none of its live runs is due; a run
-/// past its queue deadline is never started (the sweeper ends it); a key at its cap is
-/// skipped, and candidates sharing a key are ranked so one batch cannot overshoot.
-const QUOTA_PICK: &str = "picked AS (
+/// first; a provider's background runs only while none of its live runs is due; a key at
+/// its cap is skipped, and candidates sharing a key are ranked so one batch cannot overshoot.
+fn quota_pick() -> String {
+    let live = provider_candidates(
+        Class::Live,
+        &key_below_cap(Class::Live, "$9"),
+        "GREATEST(0, CASE WHEN q.live_cap IS NULL THEN q.quota
+            ELSE LEAST(q.quota, q.live_cap - (
+                SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
+                  AND l.status = 'running')) END)",
+    );
+    let background = provider_candidates(
+        Class::Background,
+        &format!(
+            "AND NOT EXISTS (
+                SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
+                  AND l.status = 'queued' AND l.due_at <= $1)
+             {}",
+            key_below_cap(Class::Background, "$10")
+        ),
+        "GREATEST(0, LEAST(q.quota, q.bg_cap - (
+            SELECT count(*) FROM runs b WHERE b.provider = q.provider AND b.class = 1
+              AND b.status = 'running')))",
+    );
+    format!(
+        "picked AS (
     SELECT id FROM (
         SELECT cand.*,
             ROW_NUMBER() OVER (PARTITION BY cand.concurrency_key, cand.class
@@ -54,43 +101,11 @@ const QUOTA_PICK: &str = "picked AS (
         FROM (
             SELECT r.* FROM unnest($5::text[], $6::int8[], $7::int8[], $8::int8[])
                 AS q(provider, quota, live_cap, bg_cap)
-            CROSS JOIN LATERAL (
-                SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
-                WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
-                  AND c.class = 0
-                  AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
-                       OR c.started_at IS NOT NULL)
-                  AND (c.concurrency_key IS NULL OR $9::int8 IS NULL
-                       OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
-                           AND k.class = 0 AND k.status = 'running') < $9)
-                ORDER BY c.priority, c.due_at
-                LIMIT GREATEST(0, CASE WHEN q.live_cap IS NULL THEN q.quota
-                    ELSE LEAST(q.quota, q.live_cap - (
-                        SELECT count(*) FROM runs l WHERE l.provider = q.provider AND l.class = 0
-                          AND l.status = 'running')) END)
-                FOR UPDATE SKIP LOCKED
-            ) r
+            CROSS JOIN LATERAL ({live}) r
             UNION ALL
             SELECT r.* FROM unnest($5::text[], $6::int8[], $7::int8[], $8::int8[])
                 AS q(provider, quota, live_cap, bg_cap)
-            CROSS JOIN LATERAL (
-                SELECT c.id, c.class, c.priority, c.due_at, c.concurrency_key FROM runs c
-                WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
-                  AND c.class = 1
-                  AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
-                       OR c.started_at IS NOT NULL)
-                  AND NOT EXISTS (
-                      SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
-                        AND l.status = 'queued' AND l.due_at <= $1)
-                  AND (c.concurrency_key IS NULL OR $10::int8 IS NULL
-                       OR (SELECT count(*) FROM runs k WHERE k.concurrency_key = c.concurrency_key
-                           AND k.class = 1 AND k.status = 'running') < $10)
-                ORDER BY c.priority, c.due_at
-                LIMIT GREATEST(0, LEAST(q.quota, q.bg_cap - (
-                    SELECT count(*) FROM runs b WHERE b.provider = q.provider AND b.class = 1
-                      AND b.status = 'running')))
-                FOR UPDATE SKIP LOCKED
-            ) r
+            CROSS JOIN LATERAL ({background}) r
         ) cand
     ) ranked
     WHERE concurrency_key IS NULL
@@ -100,42 +115,42 @@ const QUOTA_PICK: &str = "picked AS (
           <= (CASE WHEN class = 0 THEN $9::int8 ELSE $10::int8 END)
     ORDER BY class, priority, due_at
     LIMIT $2
-)";
+)"
+    )
+}
 
 /// Live runs of providers whose live runs have no cap, when live concurrency keys have none
 /// either (parameters: $1 now, $2 limit, $5 providers, $6 how many may start): nothing to
 /// count, so no turn to take. Each provider's due live runs in dispatch order, merged.
-const LIVE_PICK: &str = "picked AS (
+fn live_pick() -> String {
+    let live = provider_candidates(Class::Live, "", "q.quota");
+    format!(
+        "picked AS (
     SELECT r.id FROM unnest($5::text[], $6::int8[]) AS q(provider, quota)
-    CROSS JOIN LATERAL (
-        SELECT c.id, c.priority, c.due_at FROM runs c
-        WHERE c.status = 'queued' AND c.due_at <= $1 AND c.provider = q.provider
-          AND c.class = 0
-          AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1
-               OR c.started_at IS NOT NULL)
-        ORDER BY c.priority, c.due_at
-        LIMIT q.quota
-        FOR UPDATE SKIP LOCKED
-    ) r
+    CROSS JOIN LATERAL ({live}) r
     ORDER BY r.priority, r.due_at
     LIMIT $2
-)";
+)"
+    )
+}
 
 /// The pick without quotas: one index scan in dispatch order.
-const PLAIN_PICK: &str = "picked AS (
-    SELECT id FROM runs
-    WHERE status = 'queued' AND due_at <= $1
-      AND (queue_deadline_at IS NULL OR queue_deadline_at > $1
-           OR started_at IS NOT NULL)
-    ORDER BY class, priority, due_at
+fn plain_pick() -> String {
+    format!(
+        "picked AS (
+    SELECT c.id FROM runs c
+    WHERE {STARTABLE}
+    ORDER BY c.class, c.priority, c.due_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)";
+)"
+    )
+}
 
 /// The three claim statements, built once.
-static PLAIN_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(PLAIN_PICK));
-static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(LIVE_PICK));
-static QUOTA_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(QUOTA_PICK));
+static PLAIN_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(&plain_pick()));
+static LIVE_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(&live_pick()));
+static QUOTA_CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(&quota_pick()));
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -148,12 +163,6 @@ pub struct PgStore {
 
 /// Connections of the enqueue pool: the group-commit enqueuer runs one statement at a time.
 const ENQUEUE_CONNECTIONS: u32 = 2;
-
-const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
-     session, batch, metadata::text AS metadata, stream, attempts, max_attempts, timeout_ms, \
-     queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, \
-     output_content, finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, \
-     error_status";
 
 impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {
@@ -184,6 +193,11 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// The reads written once for both backends.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Postgres, DateTime<Utc>> {
+        Reads::new(&self.pool)
     }
 
     pub(in crate::store) async fn migrate(&self) -> Result<()> {
@@ -293,8 +307,24 @@ impl PgStore {
         Ok(done.rows_affected())
     }
 
-    pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    pub(in crate::store) async fn save_provider_state(
+        &self,
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let (names, values): (Vec<&str>, Vec<&str>) =
+            states.iter().map(|(n, v)| (n.as_str(), v.as_str())).unzip();
+        sqlx::query(
+            "INSERT INTO provider_state (provider, limiter, updated_at)
+             SELECT p, l::json, $3 FROM unnest($1::text[], $2::text[]) AS t(p, l)
+             ON CONFLICT (provider) DO UPDATE
+             SET limiter = EXCLUDED.limiter, updated_at = EXCLUDED.updated_at",
+        )
+        .bind(&names)
+        .bind(&values)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -329,26 +359,21 @@ fn claim_sql(picked: &str) -> String {
     )
 }
 
-fn claimed_runs(
-    rows: &[sqlx::postgres::PgRow],
-    now: DateTime<Utc>,
-) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
+fn claimed_runs(rows: &[PgRow], now: DateTime<Utc>) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
     let mut claimed = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
     for row in rows {
-        let run = claimed_from_row(row)?;
+        let (run, scope) = ClaimedRecord::<DateTime<Utc>>::from_row(row)?.decode()?;
         events.push(RunEvent {
             id: row.try_get("event_id")?,
-            run_id: run.id,
-            kind: EventKind::Started,
-            at: now,
-            attempt: Some(run.attempt),
-            data: None,
-            class: run.class,
-            tenant: run.tenant.clone(),
-            batch: row.try_get("batch")?,
+            ..scope.event(EventKind::Started, now, Some(run.attempt), None)
         });
         claimed.push(run);
     }
     Ok((claimed, events))
+}
+
+/// A row holding an event of the log (and maybe more columns).
+fn event_from_row(row: &PgRow) -> Result<RunEvent> {
+    EventRecord::<DateTime<Utc>>::from_row(row)?.decode()
 }

@@ -1,6 +1,18 @@
 //! Ending attempts and runs: completions, failures, releases, cancellations, rescues and queue-deadline expiry, each with its events.
 
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
 use super::*;
+use crate::run::Class;
+use crate::store::codec::{ScopeRecord, parse_status};
+
+/// The run a finishing statement changed, as it returns it (`RETURNING id, class, tenant,
+/// batch`), or none when it changed nothing.
+fn changed(row: Option<SqliteRow>) -> Result<Option<EventScope>> {
+    row.map(|row| ScopeRecord::from_row(&row)?.decode())
+        .transpose()
+}
 
 impl SqliteStore {
     pub(in crate::store) async fn mark_completed(
@@ -18,7 +30,7 @@ impl SqliteStore {
                      lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
                      error_status = NULL
                  WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                 RETURNING class, tenant, batch",
+                 RETURNING id, class, tenant, batch",
             )
             .bind(ms(c.finished_at))
             .bind(&c.content)
@@ -30,7 +42,7 @@ impl SqliteStore {
             .bind(c.attempt as i64)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = hit else {
+            let Some(scope) = changed(hit)? else {
                 continue;
             };
             close_attempt(
@@ -42,18 +54,8 @@ impl SqliteStore {
                 None,
             )
             .await?;
-            let scope = EventScope::from_row(&row)?;
-            let e = insert_event(
-                &mut tx,
-                c.id,
-                EventKind::Completed,
-                c.finished_at,
-                Some(c.attempt),
-                None,
-                &scope,
-            )
-            .await?;
-            events.push(e);
+            let completed = scope.event(EventKind::Completed, c.finished_at, Some(c.attempt), None);
+            events.push(insert_event(&mut tx, completed).await?);
         }
         tx.commit().await?;
         Ok(events)
@@ -80,7 +82,7 @@ impl SqliteStore {
                      error_kind = ?, error_message = ?, error_status = ?, lease_owner = NULL,
                      lease_expires_at = NULL
                  WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                 RETURNING class, tenant, batch",
+                 RETURNING id, class, tenant, batch",
             )
             .bind(status.as_str())
             .bind(due)
@@ -94,7 +96,7 @@ impl SqliteStore {
             .bind(f.attempt as i64)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = hit else {
+            let Some(scope) = changed(hit)? else {
                 continue;
             };
             sqlx::query(
@@ -111,34 +113,18 @@ impl SqliteStore {
             .bind(f.attempt as i64)
             .execute(&mut *tx)
             .await?;
-            let scope = EventScope::from_row(&row)?;
             let retry_at = match f.next {
                 FailureNext::RetryAt(at) => Some(at),
                 FailureNext::Finish { .. } => None,
             };
-            let e = insert_event(
-                &mut tx,
-                f.id,
-                EventKind::AttemptFailed,
-                f.finished_at,
-                Some(f.attempt),
-                Some(attempt_failed_data(&f.error, retry_at)),
-                &scope,
-            )
-            .await?;
-            events.push(e);
+            let (at, attempt) = (f.finished_at, Some(f.attempt));
+            let data = attempt_failed_data(&f.error, retry_at);
+            let failed = scope.event(EventKind::AttemptFailed, at, attempt, Some(data));
+            events.push(insert_event(&mut tx, failed).await?);
             if let Some(kind) = EventKind::terminal_for(status) {
-                let e = insert_event(
-                    &mut tx,
-                    f.id,
-                    kind,
-                    f.finished_at,
-                    Some(f.attempt),
-                    Some(final_failure_data(&f.error, origin)),
-                    &scope,
-                )
-                .await?;
-                events.push(e);
+                let data = final_failure_data(&f.error, origin);
+                events
+                    .push(insert_event(&mut tx, scope.event(kind, at, attempt, Some(data))).await?);
             }
         }
         tx.commit().await?;
@@ -150,7 +136,7 @@ impl SqliteStore {
         worker: WorkerId,
         runs: &[(RunId, u32)],
         now: DateTime<Utc>,
-    ) -> Result<(u64, Vec<RunEvent>)> {
+    ) -> Result<Vec<RunEvent>> {
         let mut tx = self.begin().await?;
         let mut events = Vec::with_capacity(runs.len());
         for (id, attempt) in runs {
@@ -159,7 +145,7 @@ impl SqliteStore {
                  SET status = 'queued', attempts = attempts - 1, due_at = ?, lease_owner = NULL,
                      lease_expires_at = NULL
                  WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                 RETURNING class, tenant, batch",
+                 RETURNING id, class, tenant, batch",
             )
             .bind(ms(now))
             .bind(id.0)
@@ -167,51 +153,44 @@ impl SqliteStore {
             .bind(*attempt as i64)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(row) = hit else {
+            let Some(scope) = changed(hit)? else {
                 continue;
             };
             close_attempt(&mut tx, *id, *attempt, now, OUTCOME_RELEASED, None).await?;
-            let data = RawValue::from_string(r#"{"reason":"released"}"#.to_string())
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let scope = EventScope::from_row(&row)?;
-            let e = insert_event(
-                &mut tx,
-                *id,
+            let queued = scope.event(
                 EventKind::Queued,
                 now,
                 Some(*attempt),
-                Some(data),
-                &scope,
-            )
-            .await?;
-            events.push(e);
+                Some(released_data()),
+            );
+            events.push(insert_event(&mut tx, queued).await?);
         }
         tx.commit().await?;
-        Ok((events.len() as u64, events))
+        Ok(events)
     }
 
     pub(in crate::store) async fn cancel(
         &self,
         id: RunId,
         now: DateTime<Utc>,
-    ) -> Result<(CancelOutcome, Vec<RunEvent>)> {
+    ) -> Result<(Option<Status>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?")
             .bind(id.0)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(status) = status else {
-            return Ok((cancel_outcome(None)?, Vec::new()));
+            return Ok((None, Vec::new()));
         };
         let hit = sqlx::query(
             "UPDATE runs
              SET status = 'cancelled', finished_at = ?, lease_owner = NULL, lease_expires_at = NULL,
-                 error_kind = 'cancelled', error_message = 'cancelled by request',
-                 error_status = NULL
+                 error_kind = 'cancelled', error_message = ?, error_status = NULL
              WHERE id = ? AND status IN ('queued', 'running')
-             RETURNING attempts, class, tenant, batch",
+             RETURNING id, attempts, class, tenant, batch",
         )
         .bind(ms(now))
+        .bind(CANCEL_MESSAGE)
         .bind(id.0)
         .fetch_optional(&mut *tx)
         .await?;
@@ -226,28 +205,13 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
             let attempts: i64 = row.try_get("attempts")?;
-            let data = RawValue::from_string(
-                r#"{"kind":"cancelled","message":"cancelled by request"}"#.to_string(),
-            )
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            let scope = EventScope::from_row(&row)?;
             let attempt = (attempts > 0).then_some(attempts as u32);
-            events.push(
-                insert_event(
-                    &mut tx,
-                    id,
-                    EventKind::Cancelled,
-                    now,
-                    attempt,
-                    Some(data),
-                    &scope,
-                )
-                .await?,
-            );
+            let scope = ScopeRecord::from_row(&row)?.decode()?;
+            let cancelled = scope.event(EventKind::Cancelled, now, attempt, Some(cancelled_data()));
+            events.push(insert_event(&mut tx, cancelled).await?);
         }
         tx.commit().await?;
-        let applied = events.len() as i64;
-        Ok((cancel_outcome(Some((status, applied)))?, events))
+        Ok((Some(parse_status(&status)?), events))
     }
 
     pub(in crate::store) async fn rescue_expired(
@@ -275,47 +239,29 @@ impl SqliteStore {
         let mut out = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id = RunId(row.try_get("id")?);
+            let scope = ScopeRecord::from_row(row)?.decode()?;
             let attempt = row.try_get::<i64, _>("attempts")? as u32;
             let status = parse_status(&row.try_get::<String, _>("status")?)?;
+            let message = Some(ABANDONED_MESSAGE);
             close_attempt(
                 &mut tx,
-                id,
+                scope.run_id,
                 attempt,
                 now,
                 OUTCOME_ABANDONED,
-                Some(ABANDONED_MESSAGE),
+                message,
             )
             .await?;
-            let scope = EventScope::from_row(row)?;
             let requeued = status == Status::Queued;
-            events.push(
-                insert_event(
-                    &mut tx,
-                    id,
-                    EventKind::AttemptFailed,
-                    now,
-                    Some(attempt),
-                    Some(abandoned_data(requeued.then_some(now))),
-                    &scope,
-                )
-                .await?,
-            );
+            let data = abandoned_data(requeued.then_some(now));
+            let failed = scope.event(EventKind::AttemptFailed, now, Some(attempt), Some(data));
+            events.push(insert_event(&mut tx, failed).await?);
             if !requeued {
-                events.push(
-                    insert_event(
-                        &mut tx,
-                        id,
-                        EventKind::Failed,
-                        now,
-                        Some(attempt),
-                        Some(abandoned_final_data()),
-                        &scope,
-                    )
-                    .await?,
-                );
+                let data = abandoned_final_data();
+                let ended = scope.event(EventKind::Failed, now, Some(attempt), Some(data));
+                events.push(insert_event(&mut tx, ended).await?);
             }
-            out.push((id, status));
+            out.push((scope.run_id, status));
         }
         tx.commit().await?;
         Ok((out, events))
@@ -350,15 +296,14 @@ impl SqliteStore {
         let mut expired = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
-            let id = RunId(row.try_get("id")?);
-            let scope = EventScope::from_row(row)?;
+            let scope = ScopeRecord::from_row(row)?.decode()?;
             let (status, kind, data) = match scope.class {
                 Class::Live => (Status::TimedOut, EventKind::TimedOut, queue_wait_data()),
                 Class::Background => (Status::Dropped, EventKind::Dropped, stale_data()),
             };
-            events.push(insert_event(&mut tx, id, kind, now, None, Some(data), &scope).await?);
+            events.push(insert_event(&mut tx, scope.event(kind, now, None, Some(data))).await?);
             expired.push(Expired {
-                id,
+                id: scope.run_id,
                 class: scope.class,
                 status,
                 created_at: from_ms(row.try_get("created_at")?)?,

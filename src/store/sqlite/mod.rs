@@ -3,36 +3,30 @@
 //! own statements) and reads through a separate pool; WAL mode lets them run side by side.
 //! Times are stored as integer milliseconds since the Unix epoch.
 //!
-//! Layout: this file (connection, enqueue, claim, heartbeat, event log reads), `pick` (the
-//! quota-aware claim), `finish` (ending attempts and runs), `reads` (queries for the API,
-//! admission and health), `rows` (row mapping and event writes).
+//! Layout: this file (connection, enqueue, claim, heartbeat, event log writes, provider
+//! state), `pick` (the quota-aware claim), `finish` (ending attempts and runs). Reads are
+//! the store's `reads`, rows are decoded by its `codec`.
 
 mod finish;
 mod pick;
-mod reads;
-mod rows;
-
-use rows::{EventScope, claimed_from_row, event_from_row, insert_event, view_from_row};
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::value::RawValue;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{FromRow, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::codec::{ClaimedRecord, EventScope, StoredTime};
+use super::event_data::*;
 use super::model::*;
-use super::postgres::{
-    ABANDONED_MESSAGE, BUSIEST_KEYS_SQL, abandoned_data, abandoned_final_data, cancel_outcome,
-    key_loads, parse_class, parse_status,
-};
+use super::reads::Reads;
 use super::{OpenOptions, Result, StoreError};
-use crate::run::{Class, RunId, Status, TimeoutOrigin, WorkerId};
+use crate::run::{RunId, Status, TimeoutOrigin, WorkerId};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
@@ -52,14 +46,16 @@ pub(super) fn from_ms(v: i64) -> Result<DateTime<Utc>> {
         .ok_or_else(|| StoreError::Corrupt(format!("time {v} is out of range")))
 }
 
-pub(super) fn from_ms_opt(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
-    v.map(from_ms).transpose()
-}
+/// SQLite stores a time as milliseconds since the Unix epoch.
+impl StoredTime for i64 {
+    fn from_utc(t: DateTime<Utc>) -> Self {
+        ms(t)
+    }
 
-const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
-     session, batch, metadata, stream, attempts, max_attempts, timeout_ms, queue_deadline_at, \
-     due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, output_content, \
-     finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, error_status";
+    fn into_utc(self) -> Result<DateTime<Utc>> {
+        from_ms(self)
+    }
+}
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file and its folder.
@@ -98,6 +94,11 @@ impl SqliteStore {
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin().await?)
+    }
+
+    /// The reads written once for both backends; times are milliseconds.
+    pub(in crate::store) fn reads(&self) -> Reads<'_, Sqlite, i64> {
+        Reads::new(&self.reader)
     }
 
     pub(in crate::store) async fn enqueue(
@@ -161,24 +162,16 @@ impl SqliteStore {
             .rows_affected();
             if inserted == 1 {
                 let scope = EventScope {
+                    run_id: r.id,
                     class: r.class,
                     tenant: r.tenant.clone(),
                     batch: r.batch.clone(),
                 };
-                let e = insert_event(
-                    &mut tx,
-                    r.id,
-                    EventKind::Queued,
-                    r.created_at,
-                    None,
-                    None,
-                    &scope,
-                )
-                .await?;
-                events.push(e);
+                let queued = scope.event(EventKind::Queued, r.created_at, None, None);
+                events.push(insert_event(&mut tx, queued).await?);
                 out.push(Enqueued::Created(r.id));
                 if let (Some(s), true) = (&start, go[i]) {
-                    events.push(start_now(&mut tx, r, s, &scope).await?);
+                    events.push(start_now(&mut tx, s, &scope).await?);
                 }
                 continue;
             }
@@ -262,7 +255,7 @@ impl SqliteStore {
         };
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            let run = claimed_from_row(row)?;
+            let (run, scope) = ClaimedRecord::<i64>::from_row(row)?.decode()?;
             sqlx::query(
                 "INSERT INTO run_attempts (run_id, attempt, worker, started_at) VALUES (?, ?, ?, ?)",
             )
@@ -272,26 +265,17 @@ impl SqliteStore {
             .bind(ms(now))
             .execute(&mut *tx)
             .await?;
-            let order = (run.class, run.priority, row.try_get::<i64, _>("due_at")?);
-            claimed.push((order, EventScope::from_row(row)?, run));
+            claimed.push((run, scope));
         }
-        claimed.sort_by_key(|(order, _, _)| *order);
+        // The events in dispatch order, as the claim's result is.
+        claimed.sort_by_key(|(run, _)| (run.class, run.priority, run.due_at));
         let mut events = Vec::with_capacity(claimed.len());
-        for (_, scope, run) in &claimed {
-            let e = insert_event(
-                &mut tx,
-                run.id,
-                EventKind::Started,
-                now,
-                Some(run.attempt),
-                None,
-                scope,
-            )
-            .await?;
-            events.push(e);
+        for (run, scope) in &claimed {
+            let started = scope.event(EventKind::Started, now, Some(run.attempt), None);
+            events.push(insert_event(&mut tx, started).await?);
         }
         tx.commit().await?;
-        Ok((claimed.into_iter().map(|(_, _, run)| run).collect(), events))
+        Ok((claimed.into_iter().map(|(run, _)| run).collect(), events))
     }
 
     pub(in crate::store) async fn extend_leases(
@@ -318,54 +302,25 @@ impl SqliteStore {
         Ok(n)
     }
 
-    pub(in crate::store) async fn events_for_run(
+    pub(in crate::store) async fn save_provider_state(
         &self,
-        run: RunId,
-        after: i64,
-    ) -> Result<Vec<RunEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, run_id, kind, at, attempt, data, class, tenant, batch
-             FROM run_events WHERE run_id = ? AND id > ? ORDER BY id",
-        )
-        .bind(run.0)
-        .bind(after)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    pub(in crate::store) async fn events_after(
-        &self,
-        after: i64,
-        filter: &EventFilter,
-        limit: usize,
-    ) -> Result<Vec<RunEvent>> {
-        let rows = sqlx::query(
-            "SELECT id, run_id, kind, at, attempt, data, class, tenant, batch
-             FROM run_events
-             WHERE id > ?1 AND (?2 IS NULL OR class = ?2) AND (?3 IS NULL OR tenant = ?3)
-               AND (?4 IS NULL OR batch = ?4)
-             ORDER BY id LIMIT ?5",
-        )
-        .bind(after)
-        .bind(filter.class.map(|c| c.rank()))
-        .bind(filter.tenant.as_deref())
-        .bind(filter.batch.as_deref())
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(event_from_row).collect()
-    }
-
-    pub(in crate::store) async fn last_event_id(&self) -> Result<i64> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT max(id) FROM run_events")
-            .fetch_one(&self.reader)
+        states: &[(String, String)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        let mut tx = self.begin().await?;
+        for (name, value) in states {
+            sqlx::query(
+                "INSERT INTO provider_state (provider, limiter, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (provider) DO UPDATE
+                 SET limiter = excluded.limiter, updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(value)
+            .bind(ms(now))
+            .execute(&mut *tx)
             .await?;
-        Ok(id.unwrap_or(0))
-    }
-
-    pub(in crate::store) async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -373,6 +328,29 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
+
+/// Appends `event` inside the transaction of the state change it reports; returns it with
+/// the id the log gave it.
+pub(super) async fn insert_event(
+    tx: &mut Transaction<'static, Sqlite>,
+    event: RunEvent,
+) -> Result<RunEvent> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO run_events (run_id, kind, at, attempt, data, class, tenant, batch)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(event.run_id.0)
+    .bind(event.kind.as_str())
+    .bind(ms(event.at))
+    .bind(event.attempt.map(i64::from))
+    .bind(event.data.as_ref().map(|d| d.get()))
+    .bind(event.class.rank())
+    .bind(&event.tenant)
+    .bind(&event.batch)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(RunEvent { id, ..event })
 }
 
 async fn close_attempt(
@@ -400,7 +378,6 @@ async fn close_attempt(
 /// Starts a run just inserted by the same transaction: attempt 1 under the lease.
 async fn start_now(
     tx: &mut Transaction<'static, Sqlite>,
-    r: &NewRun,
     s: &StartNow<'_>,
     scope: &EventScope,
 ) -> Result<RunEvent> {
@@ -411,16 +388,16 @@ async fn start_now(
     .bind(s.worker.0)
     .bind(ms(s.lease_until))
     .bind(ms(s.now))
-    .bind(r.id.0)
+    .bind(scope.run_id.0)
     .execute(&mut **tx)
     .await?;
     sqlx::query(
         "INSERT INTO run_attempts (run_id, attempt, worker, started_at) VALUES (?, 1, ?, ?)",
     )
-    .bind(r.id.0)
+    .bind(scope.run_id.0)
     .bind(s.worker.0)
     .bind(ms(s.now))
     .execute(&mut **tx)
     .await?;
-    insert_event(tx, r.id, EventKind::Started, s.now, Some(1), None, scope).await
+    insert_event(tx, scope.event(EventKind::Started, s.now, Some(1), None)).await
 }
