@@ -29,8 +29,21 @@ pub struct Delta {
     pub attempt: u32,
     /// 1, 2, 3… within the attempt.
     pub seq: u64,
+    /// The next piece of text; empty on a piece of a tool call.
     pub content: String,
+    /// A piece of a tool call the model is writing, when this delta is one.
+    pub tool_call: Option<ToolCallDelta>,
     pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A piece of a streamed tool call: the call's `id` and function `name` when it starts,
+/// then its `arguments` text bit by bit. Calls are told apart by `index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 struct DeltaLog {
@@ -97,6 +110,21 @@ impl EventHub {
         if content.is_empty() {
             return;
         }
+        self.push_delta(run, attempt, content.to_string(), None);
+    }
+
+    /// Records a piece of a tool call of a running attempt and wakes its subscribers.
+    pub fn publish_tool_call_delta(&self, run: RunId, attempt: u32, piece: ToolCallDelta) {
+        self.push_delta(run, attempt, String::new(), Some(piece));
+    }
+
+    fn push_delta(
+        &self,
+        run: RunId,
+        attempt: u32,
+        content: String,
+        tool_call: Option<ToolCallDelta>,
+    ) {
         {
             let mut logs = self.deltas.lock().expect("delta lock");
             let log = logs.entry(run).or_insert_with(|| DeltaLog {
@@ -121,7 +149,8 @@ impl EventHub {
             log.items.push_back(Delta {
                 attempt,
                 seq,
-                content: content.to_string(),
+                content,
+                tool_call,
                 at: self.clock.now(),
             });
         }

@@ -18,7 +18,7 @@ mod model;
 mod postgres;
 mod sqlite;
 
-pub use hub::{Delta, EventHub};
+pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;

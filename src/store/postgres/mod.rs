@@ -153,7 +153,7 @@ const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant,
      session, batch, metadata::text AS metadata, stream, attempts, max_attempts, timeout_ms, \
      queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, \
      output_content, finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, \
-     error_status";
+     error_status, output_tool_calls::text AS output_tool_calls, output_refusal, raw_finish_reason";
 
 impl PgStore {
     pub async fn connect(url: &str, options: &OpenOptions) -> Result<PgStore> {

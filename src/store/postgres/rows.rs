@@ -92,10 +92,13 @@ pub(super) fn view_from_row(row: &PgRow) -> Result<RunView> {
         timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
         drop_reason: row.try_get("drop_reason")?,
         output: if status == Status::Completed {
-            output_content.map(|content| Output {
-                content,
-                finish_reason: row.try_get("finish_reason").unwrap_or(None),
-            })
+            Some(Output::from_columns(
+                output_content,
+                row.try_get("output_tool_calls")?,
+                row.try_get("output_refusal")?,
+                row.try_get("finish_reason").unwrap_or(None),
+                row.try_get("raw_finish_reason")?,
+            )?)
         } else {
             None
         },

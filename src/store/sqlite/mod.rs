@@ -59,7 +59,8 @@ pub(super) fn from_ms_opt(v: Option<i64>) -> Result<Option<DateTime<Utc>>> {
 const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
      session, batch, metadata, stream, attempts, max_attempts, timeout_ms, queue_deadline_at, \
      due_at, created_at, started_at, finished_at, timeout_origin, drop_reason, output_content, \
-     finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, error_status";
+     finish_reason, prompt_tokens, completion_tokens, error_kind, error_message, error_status, \
+     output_tool_calls, output_refusal, raw_finish_reason";
 
 impl SqliteStore {
     /// Opens (creating when missing) the database file and its folder.

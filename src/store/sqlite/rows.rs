@@ -60,11 +60,14 @@ pub(super) fn view_from_row(row: &SqliteRow) -> Result<RunView> {
         finished_at: from_ms_opt(row.try_get("finished_at")?)?,
         timeout_origin: timeout_origin.as_deref().and_then(TimeoutOrigin::parse),
         drop_reason: row.try_get("drop_reason")?,
-        output: match (status, output_content) {
-            (Status::Completed, Some(content)) => Some(Output {
-                content,
+        output: match status {
+            Status::Completed => Some(Output::from_columns(
+                output_content,
+                row.try_get("output_tool_calls")?,
+                row.try_get("output_refusal")?,
                 finish_reason,
-            }),
+                row.try_get("raw_finish_reason")?,
+            )?),
             _ => None,
         },
         prompt_tokens: row.try_get("prompt_tokens")?,
