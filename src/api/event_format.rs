@@ -141,6 +141,7 @@ pub(super) struct DeltaEvent<'a> {
 /// its first piece, then `arguments` text arrives piece by piece. `index` tells the calls
 /// of one answer apart; joining the `arguments` of one index gives the call's arguments.
 #[derive(Serialize, ToSchema)]
+#[schema(as = DeltaToolCall)]
 pub(super) struct ToolCallPiece<'a> {
     index: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +155,7 @@ pub(super) struct ToolCallPiece<'a> {
 }
 
 #[derive(Serialize, ToSchema)]
+#[schema(as = DeltaFunctionCall)]
 pub(super) struct FunctionPiece<'a> {
     /// On the first piece.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -13,7 +13,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ProviderSetupError;
 use super::anthropic_request::{Converted, convert};
@@ -120,8 +121,9 @@ struct Block {
     id: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    /// Kept as sent, so the arguments keep the model's key order and text.
     #[serde(default)]
-    input: Option<Value>,
+    input: Option<Box<RawValue>>,
 }
 
 #[derive(Clone, Copy, Default, Deserialize)]
@@ -130,6 +132,11 @@ struct Usage {
     input_tokens: Option<u32>,
     #[serde(default)]
     output_tokens: Option<u32>,
+}
+
+/// A `tool_use` block's input as JSON text.
+fn input_text(input: Option<&RawValue>) -> &str {
+    input.map_or(EMPTY_INPUT, RawValue::get)
 }
 
 /// The finish of a JSON-output answer: the forced tool call is the answer, so it stopped.
@@ -157,17 +164,16 @@ impl Reply {
                     .get_or_insert_default()
                     .push_str(block.text.as_deref().unwrap_or_default()),
                 "tool_use" if json_tool.is_some() && block.name.as_deref() == json_tool => {
-                    let input = block.input.unwrap_or_else(|| json!({}));
                     out.content
                         .get_or_insert_default()
-                        .push_str(&input.to_string());
+                        .push_str(input_text(block.input.as_deref()));
                 }
                 "tool_use" => out.tool_calls.push(ToolCall {
                     id: block.id.unwrap_or_default(),
                     kind: FUNCTION_TYPE.to_string(),
                     function: FunctionCall {
                         name: block.name.unwrap_or_default(),
-                        arguments: block.input.unwrap_or_else(|| json!({})).to_string(),
+                        arguments: input_text(block.input.as_deref()).to_string(),
                     },
                 }),
                 _ => {}

@@ -50,7 +50,8 @@ pub struct AttemptRequest<'a> {
     /// The client's request body (OpenAI chat shape), exactly as it was enqueued.
     pub request: &'a RawValue,
     /// Present when the client asked for `stream`: the provider streams and reports each
-    /// content delta here; the assembled content is still returned in the output.
+    /// piece of text and of a tool call here; the assembled message is still returned in
+    /// the output.
     pub deltas: Option<DeltaSink>,
 }
 

@@ -2,11 +2,11 @@
 //! streams). A subscriber that falls behind loses its place in the broadcast buffer and
 //! catches up from the event log, so the hub never slows the writers down.
 //!
-//! Content deltas of streaming attempts live here too, in memory only (one database write
-//! per token would be absurd): a bounded buffer per run holds the current attempt's deltas,
-//! so a subscriber that reconnects during the attempt replays what it missed. Deltas are
-//! seen by subscribers of the process running the attempt. Deltas are timed by the
-//! server's [`Clock`].
+//! Deltas of streaming attempts (text, and pieces of tool calls) live here too, in memory
+//! only (one database write per token would be absurd): a bounded buffer per run holds the
+//! current attempt's deltas, so a subscriber that reconnects during the attempt replays
+//! what it missed. Deltas are seen by subscribers of the process running the attempt.
+//! Deltas are timed by the server's [`Clock`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -207,6 +207,19 @@ mod tests {
             .collect();
         assert_eq!(all, vec![(1, "Hel".to_string()), (2, "lo".to_string())]);
         assert_eq!(hub.deltas_after(run, 1, 1).len(), 1);
+        let piece = ToolCallDelta {
+            index: 0,
+            id: Some("call_1".into()),
+            name: Some("weather".into()),
+            arguments: String::new(),
+        };
+        hub.publish_tool_call_delta(run, 1, piece.clone());
+        let third = &hub.deltas_after(run, 1, 2)[0];
+        assert_eq!(third.seq, 3, "a tool-call piece takes the next seq");
+        assert_eq!(
+            (third.content.as_str(), third.tool_call.as_ref()),
+            ("", Some(&piece))
+        );
         hub.publish_delta(run, 2, "again");
         assert!(
             hub.deltas_after(run, 1, 0).is_empty(),
