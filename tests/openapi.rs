@@ -199,6 +199,29 @@ kind = "sim"
         .unwrap_or(class);
     assert_eq!(class["enum"], serde_json::json!(["live", "background"]));
 
+    // A run's output is the whole assistant message; a delta may carry a tool call.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["RunOutput"]["required"],
+        serde_json::json!([
+            "content",
+            "tool_calls",
+            "refusal",
+            "finish_reason",
+            "raw_finish_reason"
+        ])
+    );
+    let call = resolve(
+        &doc,
+        &schemas["RunOutput"]["properties"]["tool_calls"]["items"],
+    );
+    assert!(call["properties"]["function"].is_object(), "{call}");
+    let piece = resolve(
+        &doc,
+        &schemas["DeltaEvent"]["properties"]["tool_calls"]["items"],
+    );
+    assert!(piece["properties"]["index"].is_object(), "{piece}");
+
     // Every reference resolves.
     let mut all = Vec::new();
     refs(&doc, &mut all);

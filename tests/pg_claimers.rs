@@ -37,8 +37,11 @@ async fn eight_concurrent_claimers_claim_each_of_5000_runs_exactly_once() {
                             id: c.id,
                             attempt: c.attempt,
                             finished_at: now,
-                            content: String::new(),
+                            content: None,
+                            tool_calls: None,
+                            refusal: None,
                             finish_reason: None,
+                            raw_finish_reason: None,
                             prompt_tokens: None,
                             completion_tokens: None,
                         })

@@ -16,7 +16,8 @@ use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use sluice::config::{Config, ProviderConfig, ProviderKind};
 use sluice::providers::{
-    AttemptRequest, DeltaSink, OpenAiProvider, ProviderError, ProviderOutput, Providers,
+    AttemptRequest, DeltaSink, FinishReason, OpenAiProvider, ProviderError, ProviderOutput,
+    Providers, StreamDelta,
 };
 use sluice::run::{ErrorKind, RunId};
 
@@ -121,8 +122,11 @@ type Received = Arc<Mutex<Vec<(Instant, String)>>>;
 fn recorder() -> (DeltaSink, Received) {
     let got: Received = Arc::default();
     let sink = got.clone();
-    let sink: DeltaSink =
-        Arc::new(move |d: &str| sink.lock().unwrap().push((Instant::now(), d.into())));
+    let sink: DeltaSink = Arc::new(move |d: StreamDelta<'_>| {
+        if let StreamDelta::Text(text) = d {
+            sink.lock().unwrap().push((Instant::now(), text.into()))
+        }
+    });
     (sink, got)
 }
 
@@ -138,8 +142,8 @@ async fn openai_answer_is_parsed_and_request_is_sent_as_configured() {
     let out = attempt(config(ProviderKind::Openai, &root, key), None)
         .await
         .unwrap();
-    assert_eq!(out.content, "Hello there");
-    assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(out.content.as_deref(), Some("Hello there"));
+    assert_eq!(out.finish_reason, Some(FinishReason::Stop));
     assert_eq!(tokens(&out), (Some(11), Some(2)));
 
     let (headers, body) = &seen.lock().unwrap()[0];
@@ -165,8 +169,9 @@ async fn anthropic_answer_is_parsed_and_request_is_converted() {
     );
     c.anthropic_version = "2023-06-01".into();
     let out = attempt(c, None).await.unwrap();
-    assert_eq!(out.content, "Hello there");
-    assert_eq!(out.finish_reason.as_deref(), Some("end_turn"));
+    assert_eq!(out.content.as_deref(), Some("Hello there"));
+    assert_eq!(out.finish_reason, Some(FinishReason::Stop));
+    assert_eq!(out.raw_finish_reason.as_deref(), Some("end_turn"));
     assert_eq!(tokens(&out), (Some(21), Some(3)));
 
     let (headers, body) = &seen.lock().unwrap()[0];
@@ -217,8 +222,8 @@ async fn openai_stream_reports_deltas_in_order() {
     let got = got.lock().unwrap();
     let deltas: Vec<&str> = got.iter().map(|(_, d)| d.as_str()).collect();
     assert_eq!(deltas, ["Hel", "lo, ", "world"]);
-    assert_eq!(out.content, deltas.concat());
-    assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(out.content, Some(deltas.concat()));
+    assert_eq!(out.finish_reason, Some(FinishReason::Stop));
     assert_eq!(tokens(&out), (Some(9), Some(3)));
     // Deltas are reported as they arrive, not once the stream is over.
     assert!(finished - got[0].0 >= Duration::from_millis(60));
@@ -270,8 +275,8 @@ async fn anthropic_stream_reports_deltas_in_order() {
     let out = attempt(c, Some(sink)).await.unwrap();
     let deltas: Vec<String> = got.lock().unwrap().iter().map(|(_, d)| d.clone()).collect();
     assert_eq!(deltas, ["Hello", ", ", "world"]);
-    assert_eq!(out.content, deltas.concat());
-    assert_eq!(out.finish_reason.as_deref(), Some("end_turn"));
+    assert_eq!(out.content, Some(deltas.concat()));
+    assert_eq!(out.raw_finish_reason.as_deref(), Some("end_turn"));
     assert_eq!(tokens(&out), (Some(25), Some(15)));
     assert_eq!(seen.lock().unwrap()[0].1["stream"], true);
 }

@@ -24,3 +24,4 @@ mod provider_e2e;
 mod providers_http;
 mod secrets;
 mod store_conformance;
+mod tool_calls;

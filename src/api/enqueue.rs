@@ -358,6 +358,9 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
             ));
         }
     }
+    provider
+        .check_request(&b.request)
+        .map_err(|e| ApiError::invalid(e.field, e.message))?;
     if let Some(m) = &b.metadata
         && !m.get().trim_start().starts_with('{')
     {

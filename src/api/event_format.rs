@@ -16,6 +16,7 @@ use utoipa::{IntoResponses, PartialSchema, ToSchema};
 
 use super::ApiError;
 use super::openapi::{ClassName, ErrorKindName, EventTypeName, TimeoutOriginName};
+use crate::providers::FUNCTION_TYPE;
 use crate::run::RunId;
 use crate::store::{Delta, RunEvent, rfc3339};
 
@@ -110,8 +111,9 @@ where
     Option::<T>::deserialize(deserializer).map(Some)
 }
 
-/// The next piece of text a streaming attempt generated: live only, never in the event
-/// log. Its SSE `id:` is `N-S`: the S-th delta of the attempt that event `N` started.
+/// The next piece of text, or of a tool call, a streaming attempt generated: live only,
+/// never in the event log. Its SSE `id:` is `N-S`: the S-th delta of the attempt that
+/// event `N` started.
 // The fields are in alphabetical order, the order deltas have always been sent in.
 #[derive(Serialize, ToSchema)]
 pub(super) struct DeltaEvent<'a> {
@@ -119,16 +121,48 @@ pub(super) struct DeltaEvent<'a> {
     at: String,
     /// The attempt (1-based) that generated the text.
     attempt: u32,
-    /// The next piece of generated text.
+    /// The next piece of generated text (empty on a piece of a tool call).
     content: &'a str,
     #[schema(value_type = String, format = "uuid")]
     run_id: RunId,
     /// 1, 2, 3… within the attempt.
     seq: u64,
+    /// On a piece of a tool call only: that piece, as OpenAI streams it (one item).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tool_calls: Option<[ToolCallPiece<'a>; 1]>,
     /// Always `delta`.
     #[serde(rename = "type")]
     #[schema(example = "delta", pattern = "^delta$")]
     event_type: &'static str,
+}
+
+/// A piece of a streamed tool call: the call's `id`, `type` and function `name` come with
+/// its first piece, then `arguments` text arrives piece by piece. `index` tells the calls
+/// of one answer apart; joining the `arguments` of one index gives the call's arguments.
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeltaToolCall)]
+pub(super) struct ToolCallPiece<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    id: Option<&'a str>,
+    /// `function`, on the first piece.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false, pattern = "^function$")]
+    kind: Option<&'static str>,
+    function: FunctionPiece<'a>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(as = DeltaFunctionCall)]
+pub(super) struct FunctionPiece<'a> {
+    /// On the first piece.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    name: Option<&'a str>,
+    /// The next piece of the arguments' JSON text (possibly empty).
+    arguments: &'a str,
 }
 
 /// The last event of a `GET /events` stream whose subscriber fell behind the live buffer;
@@ -180,6 +214,17 @@ pub(super) fn render_delta(run: RunId, event_id: i64, d: &Delta) -> Event {
         content: &d.content,
         run_id: run,
         seq: d.seq,
+        tool_calls: d.tool_call.as_ref().map(|c| {
+            [ToolCallPiece {
+                index: c.index,
+                id: c.id.as_deref(),
+                kind: c.id.is_some().then_some(FUNCTION_TYPE),
+                function: FunctionPiece {
+                    name: c.name.as_deref(),
+                    arguments: &c.arguments,
+                },
+            }]
+        }),
         event_type: DELTA_TYPE,
     });
     Event::default()

@@ -87,13 +87,56 @@ pub(super) struct RunBody {
     attempt_log: Vec<AttemptBody>,
 }
 
+/// The assistant message of a completed run, in the OpenAI shape whichever provider
+/// answered.
 #[derive(Serialize, ToSchema)]
 #[schema(as = RunOutput)]
 struct OutputBody {
-    content: String,
-    /// The provider's finish reason (`stop`, `length`, …).
+    /// The text; `null` when the model answered with tool calls (or a refusal) only.
+    #[schema(required = true)]
+    content: Option<String>,
+    /// The tool calls the model made (Anthropic `tool_use` blocks included); `null` when
+    /// none.
+    #[schema(required = true, value_type = Option<Vec<ToolCallBody>>)]
+    tool_calls: Option<serde_json::Value>,
+    /// The model's refusal message, when it refused.
+    #[schema(required = true)]
+    refusal: Option<String>,
+    /// Why the model stopped, the same for every provider: `stop`, `length`,
+    /// `tool_calls` or `content_filter` (`null` for a value none of these fits).
     #[schema(required = true)]
     finish_reason: Option<String>,
+    /// The provider's own finish value (`end_turn`, `max_tokens`, `stop`, …).
+    #[schema(required = true)]
+    raw_finish_reason: Option<String>,
+}
+
+/// A tool call: call the function `function.name` with `function.arguments`, and send the
+/// result back in a `tool` message naming `id` as its `tool_call_id`.
+#[derive(ToSchema)]
+#[schema(as = RunToolCall)]
+#[allow(
+    dead_code,
+    reason = "describes the stored tool-call JSON in the OpenAPI document"
+)]
+struct ToolCallBody {
+    id: String,
+    /// Always `function`.
+    #[schema(rename = "type", pattern = "^function$")]
+    kind: String,
+    function: FunctionCallBody,
+}
+
+#[derive(ToSchema)]
+#[schema(as = RunFunctionCall)]
+#[allow(
+    dead_code,
+    reason = "describes the stored tool-call JSON in the OpenAPI document"
+)]
+struct FunctionCallBody {
+    name: String,
+    /// The arguments as JSON text, exactly as the model wrote them.
+    arguments: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -169,7 +212,10 @@ impl From<RunView> for RunBody {
             drop_reason: r.drop_reason,
             output: r.output.map(|o| OutputBody {
                 content: o.content,
+                tool_calls: o.tool_calls,
+                refusal: o.refusal,
                 finish_reason: o.finish_reason,
+                raw_finish_reason: o.raw_finish_reason,
             }),
             usage: (r.prompt_tokens.is_some() || r.completion_tokens.is_some()).then_some(
                 UsageBody {

@@ -11,7 +11,7 @@ use tracing::Instrument;
 use super::gates::{Report, Ticket};
 use super::reservation::Reservation;
 use super::{AbortReason, Shared};
-use crate::providers::{AttemptRequest, DeltaSink, ProviderError};
+use crate::providers::{AttemptRequest, DeltaSink, ProviderError, StreamDelta};
 use chrono::{DateTime, Utc};
 
 use crate::run::{AfterFailure, Class, ErrorKind, RunId, after_failure};
@@ -121,7 +121,11 @@ async fn attempt(
                 attempt: run.attempt,
                 finished_at: now,
                 content: out.content,
-                finish_reason: out.finish_reason,
+                tool_calls: (!out.tool_calls.is_empty())
+                    .then(|| serde_json::to_value(&out.tool_calls).expect("tool calls serialise")),
+                refusal: out.refusal,
+                finish_reason: out.finish_reason.map(|r| r.as_str().to_string()),
+                raw_finish_reason: out.raw_finish_reason,
                 prompt_tokens: out.prompt_tokens.map(|t| t.min(i32::MAX as u32) as i32),
                 completion_tokens: out.completion_tokens.map(|t| t.min(i32::MAX as u32) as i32),
             })
@@ -167,7 +171,10 @@ async fn call(
     let deltas = run.stream.then(|| {
         let hub = shared.store.hub().clone();
         let (id, attempt) = (run.id, run.attempt);
-        let sink: DeltaSink = Arc::new(move |text: &str| hub.publish_delta(id, attempt, text));
+        let sink: DeltaSink = Arc::new(move |delta: StreamDelta<'_>| match delta {
+            StreamDelta::Text(text) => hub.publish_delta(id, attempt, text),
+            StreamDelta::ToolCall(piece) => hub.publish_tool_call_delta(id, attempt, piece.clone()),
+        });
         sink
     });
     let call = entry.imp.call(AttemptRequest {

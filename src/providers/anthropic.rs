@@ -6,24 +6,29 @@
     reason = "ProviderError is the error type of the Provider trait; failures are the cold path"
 )]
 
+use std::collections::HashMap;
 use std::pin::pin;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::ProviderSetupError;
+use super::anthropic_request::{Converted, convert};
 use super::http::{self, ApiKey};
+use super::message::{FUNCTION_TYPE, FinishReason, FunctionCall, StreamedMessage, ToolCall};
 use super::{AttemptRequest, DeltaSink, Provider, ProviderError, ProviderOutput};
 use crate::config::ProviderConfig;
 use crate::limits::RateLimitInfo;
 use crate::run::ErrorKind;
+use crate::store::ToolCallDelta;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
-/// Anthropic requires `max_tokens`; used when the request sets no limit.
-pub const DEFAULT_MAX_TOKENS: u64 = 1024;
+/// The arguments of a tool called without input.
+const EMPTY_INPUT: &str = "{}";
 
 pub struct AnthropicProvider {
     client: reqwest::Client,
@@ -60,28 +65,30 @@ impl AnthropicProvider {
     }
 
     async fn attempt(&self, attempt: AttemptRequest<'_>) -> Result<ProviderOutput, ProviderError> {
-        let body = convert(
+        // Refused at enqueue already; a run stored before that check lands here.
+        let Converted { body, json_tool } = convert(
             attempt.request.get(),
             attempt.model,
             attempt.deltas.is_some(),
-        )?;
+        )
+        .map_err(|e| ProviderError {
+            status: Some(400),
+            ..ProviderError::new(ErrorKind::Client, e.to_string())
+        })?;
         // `.json` sets `content-type: application/json`.
-        let mut request = self
+        let request = self
             .client
             .post(self.url.clone())
             .header("anthropic-version", self.version.clone())
             .json(&body);
-        if let Some(key) = &self.key {
-            request = key.apply(request, HeaderName::from_static("x-api-key"));
-        }
-        let response = http::send(request).await?;
-        let rate_limits = http::rate_limits(&response);
+        let key_header = HeaderName::from_static("x-api-key");
+        let (response, rate_limits) =
+            http::send_keyed(request, self.key.as_ref(), key_header).await?;
         match &attempt.deltas {
-            None => {
-                let reply: Reply = http::json(response).await?;
-                Ok(reply.into_output(rate_limits))
-            }
-            Some(sink) => stream(response, sink, rate_limits).await,
+            None => Ok(http::json::<Reply>(response)
+                .await?
+                .into_output(rate_limits, json_tool)),
+            Some(sink) => stream(response, sink, rate_limits, json_tool).await,
         }
     }
 }
@@ -92,123 +99,6 @@ impl Provider for AnthropicProvider {
         attempt: AttemptRequest<'a>,
     ) -> BoxFuture<'a, Result<ProviderOutput, ProviderError>> {
         Box::pin(async move { http::redact_with(self.key.as_ref(), self.attempt(attempt).await) })
-    }
-}
-
-/// What is read of the OpenAI-shaped request.
-#[derive(Deserialize)]
-struct ChatRequest {
-    messages: Vec<ChatMessage>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
-    #[serde(default)]
-    temperature: Option<Value>,
-    #[serde(default)]
-    top_p: Option<Value>,
-    #[serde(default)]
-    stop: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct ChatMessage {
-    role: String,
-    #[serde(default)]
-    content: Value,
-}
-
-fn client_error(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ErrorKind::Client, message)
-}
-
-/// The Messages API body for an OpenAI chat request: system messages become `system`, the
-/// rest `messages`; `max_tokens` is always set; `stop` becomes `stop_sequences`.
-fn convert(request: &str, model: &str, stream: bool) -> Result<Value, ProviderError> {
-    let chat: ChatRequest = serde_json::from_str(request)
-        .map_err(|e| client_error(format!("invalid chat request: {e}")))?;
-    let mut system = Vec::new();
-    let mut messages = Vec::new();
-    for (i, m) in chat.messages.iter().enumerate() {
-        match m.role.as_str() {
-            "system" | "developer" => system.push(system_text(i, &m.content)?),
-            "user" | "assistant" => {
-                messages.push(json!({ "role": m.role, "content": content(i, &m.content)? }))
-            }
-            other => {
-                return Err(client_error(format!(
-                    "messages[{i}]: role {other:?} is not supported by the anthropic provider"
-                )));
-            }
-        }
-    }
-    let mut body = Map::new();
-    body.insert("model".into(), model.into());
-    body.insert("messages".into(), messages.into());
-    if !system.is_empty() {
-        body.insert("system".into(), system.join("\n").into());
-    }
-    let max_tokens = chat
-        .max_tokens
-        .or(chat.max_completion_tokens)
-        .unwrap_or(DEFAULT_MAX_TOKENS);
-    body.insert("max_tokens".into(), max_tokens.into());
-    for (key, value) in [("temperature", chat.temperature), ("top_p", chat.top_p)] {
-        if let Some(value) = value.filter(|v| !v.is_null()) {
-            body.insert(key.into(), value);
-        }
-    }
-    match chat.stop {
-        Some(Value::String(s)) => {
-            body.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(stops)) if !stops.is_empty() => {
-            body.insert("stop_sequences".into(), stops.into());
-        }
-        _ => {}
-    }
-    if stream {
-        body.insert("stream".into(), true.into());
-    }
-    Ok(body.into())
-}
-
-/// The text parts of a content value, as Anthropic content blocks.
-fn text_parts(i: usize, parts: &[Value]) -> Result<Vec<Value>, ProviderError> {
-    parts
-        .iter()
-        .map(|part| match part.get("type").and_then(Value::as_str) {
-            Some("text") => {
-                let text = part.get("text").and_then(Value::as_str).unwrap_or_default();
-                Ok(json!({ "type": "text", "text": text }))
-            }
-            other => Err(client_error(format!(
-                "messages[{i}]: content part type {:?} is not supported by the anthropic provider",
-                other.unwrap_or("(none)")
-            ))),
-        })
-        .collect()
-}
-
-fn content(i: usize, content: &Value) -> Result<Value, ProviderError> {
-    match content {
-        Value::String(s) => Ok(Value::String(s.clone())),
-        Value::Array(parts) => Ok(Value::Array(text_parts(i, parts)?)),
-        _ => Err(client_error(format!(
-            "messages[{i}]: content must be a string or an array of text parts"
-        ))),
-    }
-}
-
-fn system_text(i: usize, value: &Value) -> Result<String, ProviderError> {
-    match content(i, value)? {
-        Value::String(s) => Ok(s),
-        Value::Array(parts) => Ok(parts
-            .iter()
-            .filter_map(|p| p["text"].as_str())
-            .collect::<Vec<_>>()
-            .join("\n")),
-        _ => unreachable!("content() returns a string or an array"),
     }
 }
 
@@ -227,6 +117,13 @@ struct Block {
     kind: String,
     #[serde(default)]
     text: Option<String>,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    /// Kept as sent, so the arguments keep the model's key order and text.
+    #[serde(default)]
+    input: Option<Box<RawValue>>,
 }
 
 #[derive(Clone, Copy, Default, Deserialize)]
@@ -237,21 +134,57 @@ struct Usage {
     output_tokens: Option<u32>,
 }
 
+/// A `tool_use` block's input as JSON text.
+fn input_text(input: Option<&RawValue>) -> &str {
+    input.map_or(EMPTY_INPUT, RawValue::get)
+}
+
+/// The finish of a JSON-output answer: the forced tool call is the answer, so it stopped.
+fn finish(out: &mut ProviderOutput, raw: &str, json_tool: Option<&str>) {
+    out.finish(raw, FinishReason::from_anthropic);
+    if json_tool.is_some() && out.finish_reason == Some(FinishReason::ToolCalls) {
+        out.finish_reason = Some(FinishReason::Stop);
+    }
+}
+
 impl Reply {
-    fn into_output(self, rate_limits: Option<RateLimitInfo>) -> ProviderOutput {
+    /// Text blocks become the content, `tool_use` blocks OpenAI tool calls (or, for the
+    /// JSON-output tool, the content); other blocks carry nothing to report.
+    fn into_output(
+        self,
+        rate_limits: Option<RateLimitInfo>,
+        json_tool: Option<&str>,
+    ) -> ProviderOutput {
         let usage = self.usage.unwrap_or_default();
-        ProviderOutput {
-            content: self
-                .content
-                .iter()
-                .filter(|b| b.kind == "text")
-                .filter_map(|b| b.text.as_deref())
-                .collect(),
-            finish_reason: self.stop_reason,
-            prompt_tokens: usage.input_tokens,
-            completion_tokens: usage.output_tokens,
-            rate_limits,
+        let mut out = ProviderOutput::new(rate_limits);
+        for block in self.content {
+            match block.kind.as_str() {
+                "text" => out
+                    .content
+                    .get_or_insert_default()
+                    .push_str(block.text.as_deref().unwrap_or_default()),
+                "tool_use" if json_tool.is_some() && block.name.as_deref() == json_tool => {
+                    out.content
+                        .get_or_insert_default()
+                        .push_str(input_text(block.input.as_deref()));
+                }
+                "tool_use" => out.tool_calls.push(ToolCall {
+                    id: block.id.unwrap_or_default(),
+                    kind: FUNCTION_TYPE.to_string(),
+                    function: FunctionCall {
+                        name: block.name.unwrap_or_default(),
+                        arguments: input_text(block.input.as_deref()).to_string(),
+                    },
+                }),
+                _ => {}
+            }
         }
+        if let Some(reason) = &self.stop_reason {
+            finish(&mut out, reason, json_tool);
+        }
+        out.prompt_tokens = usage.input_tokens;
+        out.completion_tokens = usage.output_tokens;
+        out
     }
 }
 
@@ -274,15 +207,26 @@ fn stream_error(kind: &str, message: &str) -> ProviderError {
     }
 }
 
-/// Reads the event stream until `message_stop`, reporting each text delta as it arrives.
+/// What a streamed content block is, by the block's index.
+enum StreamedBlock {
+    /// A tool call: the OpenAI tool-call index it is reported under.
+    Tool(u32),
+    /// The JSON-output tool: its input is the answer's text.
+    Json,
+}
+
+/// Reads the event stream until `message_stop`, reporting each piece of text and of a
+/// tool call as it arrives.
 async fn stream(
     response: reqwest::Response,
     sink: &DeltaSink,
     rate_limits: Option<RateLimitInfo>,
+    json_tool: Option<&str>,
 ) -> Result<ProviderOutput, ProviderError> {
     let status = response.status();
     let mut events = pin!(http::events(response));
-    let mut out = http::empty_output(rate_limits);
+    let mut message = StreamedMessage::new(sink, rate_limits);
+    let mut blocks: HashMap<u64, StreamedBlock> = HashMap::new();
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event?;
@@ -296,19 +240,64 @@ async fn stream(
         // message_start carries input tokens, message_delta the running output tokens.
         if let Some(usage) = data.get("usage").or_else(|| data.pointer("/message/usage")) {
             let tokens = |k: &str| usage.get(k).and_then(Value::as_u64).map(|n| n as u32);
-            out.prompt_tokens = tokens("input_tokens").or(out.prompt_tokens);
-            out.completion_tokens = tokens("output_tokens").or(out.completion_tokens);
+            message.usage(tokens("input_tokens"), tokens("output_tokens"));
         }
+        let index = data
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or_default();
         match text_at("/type").unwrap_or(&event.event) {
-            "content_block_delta" if text_at("/delta/type") == Some("text_delta") => {
-                if let Some(text) = text_at("/delta/text").filter(|t| !t.is_empty()) {
-                    sink(text);
-                    out.content.push_str(text);
+            "content_block_start" if text_at("/content_block/type") == Some("tool_use") => {
+                let name = text_at("/content_block/name");
+                if json_tool.is_some() && name == json_tool {
+                    blocks.insert(index, StreamedBlock::Json);
+                    continue;
                 }
+                let tool_index = blocks
+                    .values()
+                    .filter(|b| matches!(b, StreamedBlock::Tool(_)))
+                    .count() as u32;
+                blocks.insert(index, StreamedBlock::Tool(tool_index));
+                message.tool_call(ToolCallDelta {
+                    index: tool_index,
+                    id: text_at("/content_block/id").map(Into::into),
+                    name: name.map(Into::into),
+                    arguments: String::new(),
+                });
             }
+            "content_block_delta" => match (text_at("/delta/type"), blocks.get(&index)) {
+                (Some("text_delta"), _) => message.text(text_at("/delta/text").unwrap_or_default()),
+                (Some("input_json_delta"), Some(StreamedBlock::Json)) => {
+                    message.text(text_at("/delta/partial_json").unwrap_or_default())
+                }
+                (Some("input_json_delta"), Some(StreamedBlock::Tool(tool))) => {
+                    let piece = text_at("/delta/partial_json").unwrap_or_default();
+                    if !piece.is_empty() {
+                        message.tool_call(ToolCallDelta {
+                            index: *tool,
+                            id: None,
+                            name: None,
+                            arguments: piece.to_string(),
+                        });
+                    }
+                }
+                _ => {}
+            },
+            // A tool called without input streams no JSON; its input is the empty object.
+            "content_block_stop" => match blocks.get(&index) {
+                Some(StreamedBlock::Tool(tool)) if message.arguments_empty(*tool) => {
+                    message.tool_call(ToolCallDelta {
+                        index: *tool,
+                        id: None,
+                        name: None,
+                        arguments: EMPTY_INPUT.to_string(),
+                    });
+                }
+                _ => {}
+            },
             "message_delta" => {
                 if let Some(reason) = text_at("/delta/stop_reason") {
-                    out.finish_reason = Some(reason.to_string());
+                    finish(message.output(), reason, json_tool);
                 }
             }
             "message_stop" => {
@@ -321,11 +310,11 @@ async fn stream(
                     text_at("/error/message").unwrap_or(&event.data),
                 ));
             }
-            // message_start, content_block_start/stop, ping, and whatever comes later.
+            // message_start, ping, thinking blocks, and whatever comes later.
             _ => {}
         }
     }
-    http::finish_stream(out, done, status)
+    message.end(done, status)
 }
 
 #[cfg(test)]
@@ -333,87 +322,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn openai_request_is_converted() {
-        let body = convert(
-            r#"{"model":"ignored","messages":[
-                {"role":"system","content":"Be brief."},
-                {"role":"system","content":[{"type":"text","text":"Be kind."}]},
-                {"role":"user","content":"Hi"},
-                {"role":"assistant","content":"Hello!"},
-                {"role":"user","content":[{"type":"text","text":"Again"}]}],
-              "max_completion_tokens":50,"temperature":0.5,"top_p":0.9,"stop":"END"}"#,
-            "claude-test",
-            false,
-        )
-        .unwrap();
-        assert_eq!(
-            body,
-            json!({
-                "model": "claude-test",
-                "system": "Be brief.\nBe kind.",
-                "messages": [
-                    {"role": "user", "content": "Hi"},
-                    {"role": "assistant", "content": "Hello!"},
-                    {"role": "user", "content": [{"type": "text", "text": "Again"}]},
-                ],
-                "max_tokens": 50,
-                "temperature": 0.5,
-                "top_p": 0.9,
-                "stop_sequences": ["END"],
-            })
-        );
-    }
-
-    #[test]
-    fn max_tokens_defaults_and_stream_flag() {
-        let body = convert(
-            r#"{"messages":[{"role":"user","content":"Hi"}],"max_tokens":7,"max_completion_tokens":9,"stop":["a","b"]}"#,
-            "m",
-            true,
-        )
-        .unwrap();
-        assert_eq!(body["max_tokens"], 7);
-        assert_eq!(body["stream"], true);
-        assert_eq!(body["stop_sequences"], json!(["a", "b"]));
-        assert!(body.get("system").is_none());
-        let body = convert(
-            r#"{"messages":[{"role":"user","content":"Hi"}]}"#,
-            "m",
-            false,
-        )
-        .unwrap();
-        assert_eq!(body["max_tokens"], DEFAULT_MAX_TOKENS);
-        assert!(body.get("stream").is_none());
-    }
-
-    #[test]
-    fn unsupported_shapes_are_client_errors() {
-        for request in [
-            r#"{"messages":[{"role":"tool","content":"x"}]}"#,
-            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
-            r#"{"messages":[{"role":"user","content":null}]}"#,
-            r#"{"nope":1}"#,
-        ] {
-            let e = convert(request, "m", false).unwrap_err();
-            assert_eq!(e.kind, ErrorKind::Client, "{request}");
-        }
-    }
-
-    #[test]
-    fn reply_and_stream_errors_are_read() {
+    fn reply_blocks_become_content_and_tool_calls() {
         let reply: Reply = serde_json::from_str(
-            r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hel"},{"type":"tool_use","id":"t","name":"f","input":{}},{"type":"text","text":"lo"}],"stop_reason":"end_turn","usage":{"input_tokens":12,"output_tokens":3}}"#,
+            r#"{"id":"msg_1","type":"message","role":"assistant","content":[{"type":"text","text":"Hel"},{"type":"tool_use","id":"toolu_1","name":"weather","input":{"city":"Oslo"}},{"type":"text","text":"lo"}],"stop_reason":"tool_use","usage":{"input_tokens":12,"output_tokens":3}}"#,
         )
         .unwrap();
-        let out = reply.into_output(None);
-        assert_eq!(out.content, "Hello");
-        assert_eq!(out.finish_reason.as_deref(), Some("end_turn"));
+        let out = reply.into_output(None, None);
+        let weather = ToolCall {
+            id: "toolu_1".into(),
+            kind: FUNCTION_TYPE.into(),
+            function: FunctionCall {
+                name: "weather".into(),
+                arguments: r#"{"city":"Oslo"}"#.into(),
+            },
+        };
         assert_eq!(
-            (out.prompt_tokens, out.completion_tokens),
-            (Some(12), Some(3))
+            (out.content.as_deref(), out.tool_calls, out.finish_reason),
+            (Some("Hello"), vec![weather], Some(FinishReason::ToolCalls))
         );
+        assert_eq!(out.raw_finish_reason.as_deref(), Some("tool_use"));
+        assert_eq!(out.prompt_tokens.zip(out.completion_tokens), Some((12, 3)));
 
+        let tools_only: Reply = serde_json::from_str(
+            r#"{"content":[{"type":"tool_use","id":"t","name":"f","input":{}}],"stop_reason":"tool_use"}"#,
+        )
+        .unwrap();
+        assert_eq!(tools_only.into_output(None, None).content, None);
+
+        let json_answer: Reply = serde_json::from_str(
+            r#"{"content":[{"type":"tool_use","id":"t","name":"json_output","input":{"ok":true}}],"stop_reason":"tool_use"}"#,
+        )
+        .unwrap();
+        let out = json_answer.into_output(
+            None,
+            Some(super::super::anthropic_request::JSON_OUTPUT_TOOL),
+        );
+        assert_eq!(out.content.as_deref(), Some(r#"{"ok":true}"#));
+        assert!(out.tool_calls.is_empty());
+        assert_eq!(out.finish_reason, Some(FinishReason::Stop));
+    }
+
+    #[test]
+    fn stream_errors_are_classified() {
         let e = stream_error("overloaded_error", "Overloaded");
         assert_eq!((e.kind, e.status), (ErrorKind::Server, Some(529)));
+        let e = stream_error("rate_limit_error", "slow down");
+        assert_eq!((e.kind, e.status), (ErrorKind::RateLimited, Some(429)));
     }
 }

@@ -14,7 +14,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{RequestBuilder, Response, StatusCode};
 use serde::de::DeserializeOwned;
 
-use super::{ProviderError, ProviderOutput, ProviderSetupError, headers};
+use super::{ProviderError, ProviderSetupError, headers};
 use crate::config::ProviderConfig;
 use crate::limits::RateLimitInfo;
 use crate::run::ErrorKind;
@@ -123,6 +123,22 @@ pub fn redact_with<T>(
         Some(key) => key.redact(e),
         None => e,
     })
+}
+
+/// Sends the request with the key (when there is one) in header `name`; the answer comes
+/// with its rate-limit headers, read on arrival.
+pub async fn send_keyed(
+    request: RequestBuilder,
+    key: Option<&ApiKey>,
+    name: HeaderName,
+) -> Result<(Response, Option<RateLimitInfo>), ProviderError> {
+    let request = match key {
+        Some(key) => key.apply(request, name),
+        None => request,
+    };
+    let response = send(request).await?;
+    let limits = rate_limits(&response);
+    Ok((response, limits))
 }
 
 /// Sends the request; a non-2xx answer becomes its classified error.
@@ -239,36 +255,6 @@ pub fn events(response: Response) -> impl Stream<Item = Result<Event, ProviderEr
                 invalid_output(status, format!("stream is not valid SSE: {e}"))
             }
         })
-    })
-}
-
-/// The output a stream is assembled into.
-pub fn empty_output(rate_limits: Option<RateLimitInfo>) -> ProviderOutput {
-    ProviderOutput {
-        content: String::new(),
-        finish_reason: None,
-        prompt_tokens: None,
-        completion_tokens: None,
-        rate_limits,
-    }
-}
-
-/// A stream is complete when the provider sent its end marker or, as some compatible
-/// servers close without one, a finish reason; otherwise it was cut short.
-pub fn finish_stream(
-    out: ProviderOutput,
-    done: bool,
-    status: StatusCode,
-) -> Result<ProviderOutput, ProviderError> {
-    if done || out.finish_reason.is_some() {
-        return Ok(out);
-    }
-    Err(ProviderError {
-        status: Some(status.as_u16()),
-        ..ProviderError::new(
-            ErrorKind::Connection,
-            "the response stream ended before the provider finished",
-        )
     })
 }
 

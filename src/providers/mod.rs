@@ -4,12 +4,17 @@
 //! retry is visible, bounded and durable).
 
 mod anthropic;
+mod anthropic_messages;
+mod anthropic_request;
 mod headers;
 mod http;
+mod message;
 mod openai;
 mod sim;
 
 pub use anthropic::AnthropicProvider;
+pub use anthropic_request::Unconvertible;
+pub use message::{FUNCTION_TYPE, FinishReason, FunctionCall, ProviderOutput, ToolCall};
 pub use openai::OpenAiProvider;
 pub use sim::SimProvider;
 
@@ -23,9 +28,19 @@ use serde_json::value::RawValue;
 use crate::config::{Config, ProviderConfig, ProviderKind};
 use crate::limits::RateLimitInfo;
 use crate::run::{ErrorKind, RunId};
+use crate::store::ToolCallDelta;
 
-/// Receives the content deltas of a streaming attempt as they arrive.
-pub type DeltaSink = Arc<dyn Fn(&str) + Send + Sync>;
+/// Receives the pieces of a streaming attempt as they arrive.
+pub type DeltaSink = Arc<dyn Fn(StreamDelta<'_>) + Send + Sync>;
+
+/// One piece of a streamed answer.
+#[derive(Clone, Copy, Debug)]
+pub enum StreamDelta<'a> {
+    /// The next piece of text.
+    Text(&'a str),
+    /// The next piece of a tool call (its id and name first, then argument text).
+    ToolCall(&'a ToolCallDelta),
+}
 
 /// One attempt as a provider sees it.
 pub struct AttemptRequest<'a> {
@@ -35,7 +50,8 @@ pub struct AttemptRequest<'a> {
     /// The client's request body (OpenAI chat shape), exactly as it was enqueued.
     pub request: &'a RawValue,
     /// Present when the client asked for `stream`: the provider streams and reports each
-    /// content delta here; the assembled content is still returned in the output.
+    /// piece of text and of a tool call here; the assembled message is still returned in
+    /// the output.
     pub deltas: Option<DeltaSink>,
 }
 
@@ -48,16 +64,6 @@ impl std::fmt::Debug for AttemptRequest<'_> {
             .field("stream", &self.deltas.is_some())
             .finish()
     }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProviderOutput {
-    pub content: String,
-    pub finish_reason: Option<String>,
-    pub prompt_tokens: Option<u32>,
-    pub completion_tokens: Option<u32>,
-    /// Rate-limit headers of the response, when the provider sent any.
-    pub rate_limits: Option<RateLimitInfo>,
 }
 
 /// A failed attempt, classified so the dispatcher knows whether and when to retry.
@@ -168,6 +174,18 @@ impl Providers {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
+    }
+}
+
+impl ProviderEntry {
+    /// Whether this provider can send `request` without losing any of it: the Anthropic
+    /// conversion refuses a field it cannot carry over; an OpenAI-compatible provider
+    /// gets the request as it is, unknown fields included.
+    pub fn check_request(&self, request: &RawValue) -> Result<(), Unconvertible> {
+        match self.kind {
+            ProviderKind::Anthropic => anthropic_request::check(request.get()),
+            ProviderKind::Openai | ProviderKind::Sim => Ok(()),
+        }
     }
 }
 

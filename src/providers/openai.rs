@@ -16,10 +16,12 @@ use serde_json::{Map, Value};
 
 use super::ProviderSetupError;
 use super::http::{self, ApiKey};
+use super::message::{FinishReason, StreamedMessage, ToolCall};
 use super::{AttemptRequest, DeltaSink, Provider, ProviderError, ProviderOutput};
 use crate::config::ProviderConfig;
 use crate::limits::RateLimitInfo;
 use crate::run::ErrorKind;
+use crate::store::ToolCallDelta;
 
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
 
@@ -49,17 +51,13 @@ impl OpenAiProvider {
 
     async fn attempt(&self, attempt: AttemptRequest<'_>) -> Result<ProviderOutput, ProviderError> {
         let body = request_body(&attempt)?;
-        let mut request = self.client.post(self.url.clone()).json(&body);
-        if let Some(key) = &self.key {
-            request = key.apply(request, AUTHORIZATION);
-        }
-        let response = http::send(request).await?;
-        let rate_limits = http::rate_limits(&response);
+        let request = self.client.post(self.url.clone()).json(&body);
+        let (response, rate_limits) =
+            http::send_keyed(request, self.key.as_ref(), AUTHORIZATION).await?;
         match &attempt.deltas {
-            None => {
-                let reply: Reply = http::json(response).await?;
-                reply.into_output(rate_limits)
-            }
+            None => http::json::<Reply>(response)
+                .await?
+                .into_output(rate_limits),
             Some(sink) => stream(response, sink, rate_limits).await,
         }
     }
@@ -110,15 +108,49 @@ struct Choice {
     #[serde(default)]
     message: Option<Message>,
     #[serde(default)]
-    delta: Option<Message>,
+    delta: Option<Delta>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
 
+/// `choices[].message` of a whole answer.
 #[derive(Deserialize)]
 struct Message {
     #[serde(default)]
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCall>>,
+    #[serde(default)]
+    refusal: Option<String>,
+}
+
+/// `choices[].delta` of a stream chunk.
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    refusal: Option<String>,
+    #[serde(default)]
+    tool_calls: Option<Vec<ToolCallChunk>>,
+}
+
+/// A piece of a streamed tool call: `index` says which call it continues.
+#[derive(Deserialize)]
+struct ToolCallChunk {
+    index: u32,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    function: Option<FunctionChunk>,
+}
+
+#[derive(Deserialize)]
+struct FunctionChunk {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    arguments: Option<String>,
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -135,26 +167,32 @@ impl Reply {
     }
 
     fn into_output(
-        self,
+        mut self,
         rate_limits: Option<RateLimitInfo>,
     ) -> Result<ProviderOutput, ProviderError> {
         if let Some(error) = &self.error {
             return Err(embedded_error(error));
         }
-        let choice = self.first().ok_or_else(|| {
-            http::invalid_output(reqwest::StatusCode::OK, "response holds no choices")
-        })?;
-        Ok(ProviderOutput {
-            content: choice
-                .message
-                .as_ref()
-                .and_then(|m| m.content.clone())
-                .unwrap_or_default(),
-            finish_reason: choice.finish_reason.clone(),
-            prompt_tokens: self.usage.and_then(|u| u.prompt_tokens),
-            completion_tokens: self.usage.and_then(|u| u.completion_tokens),
-            rate_limits,
-        })
+        let at = self
+            .choices
+            .iter()
+            .position(|c| c.index == 0)
+            .ok_or_else(|| {
+                http::invalid_output(reqwest::StatusCode::OK, "response holds no choices")
+            })?;
+        let choice = self.choices.swap_remove(at);
+        let mut out = ProviderOutput::new(rate_limits);
+        if let Some(message) = choice.message {
+            out.content = message.content;
+            out.tool_calls = message.tool_calls.unwrap_or_default();
+            out.refusal = message.refusal;
+        }
+        if let Some(reason) = &choice.finish_reason {
+            out.finish(reason, FinishReason::from_openai);
+        }
+        out.prompt_tokens = self.usage.and_then(|u| u.prompt_tokens);
+        out.completion_tokens = self.usage.and_then(|u| u.completion_tokens);
+        Ok(out)
     }
 }
 
@@ -168,7 +206,8 @@ fn embedded_error(error: &Value) -> ProviderError {
     }
 }
 
-/// Reads `data:` chunks until `[DONE]`, reporting each content delta as it arrives.
+/// Reads `data:` chunks until `[DONE]`, reporting each piece of text and of a tool call
+/// as it arrives.
 async fn stream(
     response: reqwest::Response,
     sink: &DeltaSink,
@@ -176,7 +215,7 @@ async fn stream(
 ) -> Result<ProviderOutput, ProviderError> {
     let status = response.status();
     let mut events = pin!(http::events(response));
-    let mut out = http::empty_output(rate_limits);
+    let mut message = StreamedMessage::new(sink, rate_limits);
     let mut done = false;
     while let Some(event) = events.next().await {
         let event = event?;
@@ -195,22 +234,33 @@ async fn stream(
             return Err(embedded_error(error));
         }
         if let Some(usage) = chunk.usage {
-            out.prompt_tokens = usage.prompt_tokens.or(out.prompt_tokens);
-            out.completion_tokens = usage.completion_tokens.or(out.completion_tokens);
+            message.usage(usage.prompt_tokens, usage.completion_tokens);
         }
-        if let Some(choice) = chunk.first() {
-            if let Some(text) = choice.delta.as_ref().and_then(|d| d.content.as_deref())
-                && !text.is_empty()
-            {
-                sink(text);
-                out.content.push_str(text);
+        let Some(choice) = chunk.first() else {
+            continue;
+        };
+        if let Some(delta) = &choice.delta {
+            message.text(delta.content.as_deref().unwrap_or_default());
+            if let Some(refusal) = &delta.refusal {
+                message.refusal(refusal);
             }
-            if let Some(reason) = &choice.finish_reason {
-                out.finish_reason = Some(reason.clone());
+            for call in delta.tool_calls.iter().flatten() {
+                let function = call.function.as_ref();
+                message.tool_call(ToolCallDelta {
+                    index: call.index,
+                    id: call.id.clone(),
+                    name: function.and_then(|f| f.name.clone()),
+                    arguments: function
+                        .and_then(|f| f.arguments.clone())
+                        .unwrap_or_default(),
+                });
             }
+        }
+        if let Some(reason) = &choice.finish_reason {
+            message.finish(reason, FinishReason::from_openai);
         }
     }
-    http::finish_stream(out, done, status)
+    message.end(done, status)
 }
 
 #[cfg(test)]
@@ -255,12 +305,30 @@ mod tests {
         )
         .unwrap();
         let out = reply.into_output(None).unwrap();
-        assert_eq!(out.content, "Hello");
-        assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(out.content.as_deref(), Some("Hello"));
+        assert_eq!(out.finish_reason, Some(FinishReason::Stop));
+        assert_eq!(out.raw_finish_reason.as_deref(), Some("stop"));
         assert_eq!(
             (out.prompt_tokens, out.completion_tokens),
             (Some(5), Some(2))
         );
+
+        let tools: Reply = serde_json::from_str(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"weather","arguments":"{\"city\":\"Oslo\"}"}}]},"finish_reason":"tool_calls"}]}"#,
+        )
+        .unwrap();
+        let out = tools.into_output(None).unwrap();
+        assert_eq!(out.content, None);
+        assert_eq!(out.tool_calls[0].id, "call_1");
+        assert_eq!(out.tool_calls[0].function.arguments, r#"{"city":"Oslo"}"#);
+        assert_eq!(out.finish_reason, Some(FinishReason::ToolCalls));
+
+        let refused: Reply = serde_json::from_str(
+            r#"{"choices":[{"index":0,"message":{"role":"assistant","content":null,"refusal":"I can't help with that."},"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        let out = refused.into_output(None).unwrap();
+        assert_eq!(out.refusal.as_deref(), Some("I can't help with that."));
 
         let empty: Reply = serde_json::from_str(r#"{"choices":[]}"#).unwrap();
         assert_eq!(

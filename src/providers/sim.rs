@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use rand::Rng;
 use serde::Deserialize;
 
-use super::{AttemptRequest, Provider, ProviderError, ProviderOutput};
+use super::{AttemptRequest, FinishReason, Provider, ProviderError, ProviderOutput, StreamDelta};
 use crate::config::SimConfig;
 use crate::run::ErrorKind;
 
@@ -151,16 +151,15 @@ impl Provider for SimProvider {
                     if !self.config.delta_interval.is_zero() {
                         tokio::time::sleep(self.config.delta_interval).await;
                     }
-                    sink(piece);
+                    sink(StreamDelta::Text(piece));
                 }
             }
-            Ok(ProviderOutput {
-                rate_limits: None,
-                completion_tokens: Some(approx_tokens(content.len())),
-                prompt_tokens: Some(approx_tokens(prompt_chars)),
-                content,
-                finish_reason: Some(finish_reason.to_string()),
-            })
+            let mut out = ProviderOutput::new(None);
+            out.completion_tokens = Some(approx_tokens(content.len()));
+            out.prompt_tokens = Some(approx_tokens(prompt_chars));
+            out.content = Some(content);
+            out.finish(finish_reason, FinishReason::from_openai);
+            Ok(out)
         })
     }
 }
@@ -200,8 +199,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(out.content, "[sim-1] hello there");
-        assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+        assert_eq!(out.content.as_deref(), Some("[sim-1] hello there"));
+        assert_eq!(out.finish_reason, Some(FinishReason::Stop));
         assert!(out.prompt_tokens.unwrap() >= 1);
     }
 
@@ -214,8 +213,8 @@ mod tests {
         )
         .await
         .unwrap();
-        assert_eq!(out.content.len(), 8);
-        assert_eq!(out.finish_reason.as_deref(), Some("length"));
+        assert_eq!(out.content.map(|c| c.len()), Some(8));
+        assert_eq!(out.finish_reason, Some(FinishReason::Length));
     }
 
     #[tokio::test]

@@ -213,6 +213,10 @@ pub(super) struct RunRecord<T> {
     drop_reason: Option<String>,
     output_content: Option<String>,
     finish_reason: Option<String>,
+    /// JSON text (see [`Output::from_columns`]).
+    output_tool_calls: Option<String>,
+    output_refusal: Option<String>,
+    raw_finish_reason: Option<String>,
     prompt_tokens: Option<i32>,
     completion_tokens: Option<i32>,
     error_kind: Option<String>,
@@ -250,11 +254,14 @@ impl<T: StoredTime> RunRecord<T> {
                 .as_deref()
                 .and_then(TimeoutOrigin::parse),
             drop_reason: self.drop_reason,
-            output: match (status, self.output_content) {
-                (Status::Completed, Some(content)) => Some(Output {
-                    content,
-                    finish_reason: self.finish_reason,
-                }),
+            output: match status {
+                Status::Completed => Some(Output::from_columns(
+                    self.output_content,
+                    self.output_tool_calls,
+                    self.output_refusal,
+                    self.finish_reason,
+                    self.raw_finish_reason,
+                )?),
                 _ => None,
             },
             prompt_tokens: self.prompt_tokens,

@@ -2,11 +2,11 @@
 //! streams). A subscriber that falls behind loses its place in the broadcast buffer and
 //! catches up from the event log, so the hub never slows the writers down.
 //!
-//! Content deltas of streaming attempts live here too, in memory only (one database write
-//! per token would be absurd): a bounded buffer per run holds the current attempt's deltas,
-//! so a subscriber that reconnects during the attempt replays what it missed. Deltas are
-//! seen by subscribers of the process running the attempt. Deltas are timed by the
-//! server's [`Clock`].
+//! Deltas of streaming attempts (text, and pieces of tool calls) live here too, in memory
+//! only (one database write per token would be absurd): a bounded buffer per run holds the
+//! current attempt's deltas, so a subscriber that reconnects during the attempt replays
+//! what it missed. Deltas are seen by subscribers of the process running the attempt.
+//! Deltas are timed by the server's [`Clock`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,8 +29,21 @@ pub struct Delta {
     pub attempt: u32,
     /// 1, 2, 3… within the attempt.
     pub seq: u64,
+    /// The next piece of text; empty on a piece of a tool call.
     pub content: String,
+    /// A piece of a tool call the model is writing, when this delta is one.
+    pub tool_call: Option<ToolCallDelta>,
     pub at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A piece of a streamed tool call: the call's `id` and function `name` when it starts,
+/// then its `arguments` text bit by bit. Calls are told apart by `index`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 struct DeltaLog {
@@ -97,6 +110,21 @@ impl EventHub {
         if content.is_empty() {
             return;
         }
+        self.push_delta(run, attempt, content.to_string(), None);
+    }
+
+    /// Records a piece of a tool call of a running attempt and wakes its subscribers.
+    pub fn publish_tool_call_delta(&self, run: RunId, attempt: u32, piece: ToolCallDelta) {
+        self.push_delta(run, attempt, String::new(), Some(piece));
+    }
+
+    fn push_delta(
+        &self,
+        run: RunId,
+        attempt: u32,
+        content: String,
+        tool_call: Option<ToolCallDelta>,
+    ) {
         {
             let mut logs = self.deltas.lock().expect("delta lock");
             let log = logs.entry(run).or_insert_with(|| DeltaLog {
@@ -121,7 +149,8 @@ impl EventHub {
             log.items.push_back(Delta {
                 attempt,
                 seq,
-                content: content.to_string(),
+                content,
+                tool_call,
                 at: self.clock.now(),
             });
         }
@@ -178,6 +207,19 @@ mod tests {
             .collect();
         assert_eq!(all, vec![(1, "Hel".to_string()), (2, "lo".to_string())]);
         assert_eq!(hub.deltas_after(run, 1, 1).len(), 1);
+        let piece = ToolCallDelta {
+            index: 0,
+            id: Some("call_1".into()),
+            name: Some("weather".into()),
+            arguments: String::new(),
+        };
+        hub.publish_tool_call_delta(run, 1, piece.clone());
+        let third = &hub.deltas_after(run, 1, 2)[0];
+        assert_eq!(third.seq, 3, "a tool-call piece takes the next seq");
+        assert_eq!(
+            (third.content.as_str(), third.tool_call.as_ref()),
+            ("", Some(&piece))
+        );
         hub.publish_delta(run, 2, "again");
         assert!(
             hub.deltas_after(run, 1, 0).is_empty(),

@@ -25,7 +25,7 @@ mod reads;
 mod sqlite;
 
 pub use event_data::*;
-pub use hub::{Delta, EventHub};
+pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
+use super::StoreError;
 use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 
 /// A run to insert. Payloads stay raw JSON: the server stores and forwards them without
@@ -125,8 +126,15 @@ pub struct Completion {
     pub id: RunId,
     pub attempt: u32,
     pub finished_at: DateTime<Utc>,
-    pub content: String,
+    /// `None` when the model answered with tool calls or a refusal only.
+    pub content: Option<String>,
+    /// The tool calls (a JSON array in the OpenAI shape), when the model made any.
+    pub tool_calls: Option<serde_json::Value>,
+    pub refusal: Option<String>,
+    /// Normalised: `stop`, `length`, `tool_calls` or `content_filter`.
     pub finish_reason: Option<String>,
+    /// The provider's own finish value.
+    pub raw_finish_reason: Option<String>,
     pub prompt_tokens: Option<i32>,
     pub completion_tokens: Option<i32>,
 }
@@ -201,10 +209,38 @@ pub struct RunView {
     pub attempt_log: Vec<AttemptView>,
 }
 
+/// The assistant message of a completed run (see [`Completion`] for the fields).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Output {
-    pub content: String,
+    pub content: Option<String>,
+    pub tool_calls: Option<serde_json::Value>,
+    pub refusal: Option<String>,
     pub finish_reason: Option<String>,
+    pub raw_finish_reason: Option<String>,
+}
+
+impl Output {
+    /// The output of a completed run from its columns; `tool_calls` is the stored JSON
+    /// text. Rows written before tool calls were kept have none of the new columns set.
+    pub fn from_columns(
+        content: Option<String>,
+        tool_calls: Option<String>,
+        refusal: Option<String>,
+        finish_reason: Option<String>,
+        raw_finish_reason: Option<String>,
+    ) -> Result<Output, StoreError> {
+        let tool_calls = tool_calls
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("stored tool calls: {e}")))?;
+        Ok(Output {
+            content,
+            tool_calls,
+            refusal,
+            finish_reason,
+            raw_finish_reason,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

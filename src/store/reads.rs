@@ -24,7 +24,8 @@ const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant,
      session, batch, CAST(metadata AS TEXT) AS metadata, stream, attempts, max_attempts, \
      timeout_ms, queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, \
      drop_reason, output_content, finish_reason, prompt_tokens, completion_tokens, error_kind, \
-     error_message, error_status";
+     error_message, error_status, CAST(output_tool_calls AS TEXT) AS output_tool_calls, \
+     output_refusal, raw_finish_reason";
 
 /// The columns [`EventRecord`] reads.
 pub(super) const EVENT_COLUMNS: &str =

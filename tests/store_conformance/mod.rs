@@ -53,8 +53,11 @@ fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Com
         id,
         attempt,
         finished_at: at,
-        content: format!("done {id}"),
+        content: Some(format!("done {id}")),
+        tool_calls: None,
+        refusal: None,
         finish_reason: Some("stop".into()),
+        raw_finish_reason: Some("end_turn".into()),
         prompt_tokens: Some(3),
         completion_tokens: Some(4),
     }

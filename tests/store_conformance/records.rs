@@ -2,16 +2,45 @@
 //! provider state.
 
 use sluice::run::{Class, Status, WorkerId};
-use sluice::store::{FailureNext, Store};
+use sluice::store::{Completion, FailureNext, Store};
 
 use super::{LEASE, completion, enqueue_one, failure};
 use crate::common::{ms, new_run, t0};
 
 conformance!(
+    a_tool_call_answer_is_kept_whole,
     attempt_log_records_every_attempt,
     counts_by_class_and_status,
     provider_state_is_kept,
 );
+
+async fn a_tool_call_answer_is_kept_whole(store: Store) {
+    let now = t0();
+    let id = enqueue_one(&store, new_run(now)).await;
+    let worker = WorkerId::new();
+    store.claim_due(worker, 1, now, LEASE).await.unwrap();
+    let calls = serde_json::json!([{"id": "call_1", "type": "function",
+        "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]);
+    let done = Completion {
+        content: None,
+        tool_calls: Some(calls.clone()),
+        refusal: Some("not this part".into()),
+        finish_reason: Some("tool_calls".into()),
+        raw_finish_reason: Some("tool_use".into()),
+        ..completion(id, 1, now + ms(10))
+    };
+    store.mark_completed(worker, &[done]).await.unwrap();
+    let view = store.get_run(id).await.unwrap().unwrap();
+    assert_eq!(view.status, Status::Completed);
+    let out = view
+        .output
+        .expect("a completed run has an output, even without text");
+    assert_eq!(out.content, None);
+    assert_eq!(out.tool_calls, Some(calls));
+    assert_eq!(out.refusal.as_deref(), Some("not this part"));
+    assert_eq!(out.finish_reason.as_deref(), Some("tool_calls"));
+    assert_eq!(out.raw_finish_reason.as_deref(), Some("tool_use"));
+}
 
 async fn attempt_log_records_every_attempt(store: Store) {
     let now = t0();
@@ -44,8 +73,9 @@ async fn attempt_log_records_every_attempt(store: Store) {
     assert_eq!(view.finished_at, Some(now + ms(300)));
     assert!(view.error.is_none(), "a completed run carries no error");
     let out = view.output.expect("output");
-    assert_eq!(out.content, format!("done {id}"));
+    assert_eq!(out.content, Some(format!("done {id}")));
     assert_eq!(out.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(out.raw_finish_reason.as_deref(), Some("end_turn"));
     assert_eq!(
         (view.prompt_tokens, view.completion_tokens),
         (Some(3), Some(4))

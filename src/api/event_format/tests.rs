@@ -11,7 +11,8 @@ use serde_json::value::RawValue;
 use super::*;
 use crate::run::{Class, ErrorKind, TimeoutOrigin};
 use crate::store::{
-    EventKind, RunError, attempt_failed_data, final_failure_data, queue_wait_data, stale_data,
+    EventKind, RunError, ToolCallDelta, attempt_failed_data, final_failure_data, queue_wait_data,
+    stale_data,
 };
 
 const RUN: &str = "0190e3a0-0000-7000-8000-000000000001";
@@ -161,6 +162,7 @@ async fn deltas_and_lag_keep_their_bytes() {
         attempt: 2,
         seq: 7,
         content: "H\u{e9}\"llo\n".into(),
+        tool_call: None,
         at: at(),
     };
     let run = RunId(RUN.parse().expect("uuid"));
@@ -169,6 +171,39 @@ async fn deltas_and_lag_keep_their_bytes() {
         format!(
             "id: 41-7\nevent: delta\ndata: {{\"at\":\"{AT}\",\"attempt\":2,\"content\":\"H\u{e9}\\\"llo\\n\",\"run_id\":\"{RUN}\",\"seq\":7,\"type\":\"delta\"}}\n\n"
         )
+    );
+    let first_piece = Delta {
+        attempt: 1,
+        seq: 2,
+        content: String::new(),
+        tool_call: Some(ToolCallDelta {
+            index: 0,
+            id: Some("call_1".into()),
+            name: Some("weather".into()),
+            arguments: String::new(),
+        }),
+        at: at(),
+    };
+    assert_eq!(
+        sent(render_delta(run, 41, &first_piece)).await,
+        format!(
+            "id: 41-2\nevent: delta\ndata: {{\"at\":\"{AT}\",\"attempt\":1,\"content\":\"\",\"run_id\":\"{RUN}\",\"seq\":2,\"tool_calls\":[{{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{{\"name\":\"weather\",\"arguments\":\"\"}}}}],\"type\":\"delta\"}}\n\n"
+        )
+    );
+    let next_piece = Delta {
+        seq: 3,
+        tool_call: Some(ToolCallDelta {
+            index: 0,
+            id: None,
+            name: None,
+            arguments: "{\"city\"".into(),
+        }),
+        ..first_piece
+    };
+    assert!(
+        sent(render_delta(run, 41, &next_piece))
+            .await
+            .contains(r#""tool_calls":[{"index":0,"function":{"arguments":"{\"city\""}}]"#)
     );
     assert_eq!(
         sent(render_lagged(12, 40)).await,

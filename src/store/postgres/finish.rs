@@ -12,21 +12,32 @@ impl PgStore {
         let ids: Vec<Uuid> = done.iter().map(|c| c.id.0).collect();
         let attempts: Vec<i16> = done.iter().map(|c| c.attempt as i16).collect();
         let finished: Vec<DateTime<Utc>> = done.iter().map(|c| c.finished_at).collect();
-        let contents: Vec<&str> = done.iter().map(|c| c.content.as_str()).collect();
+        let contents: Vec<Option<&str>> = done.iter().map(|c| c.content.as_deref()).collect();
         let reasons: Vec<Option<&str>> = done.iter().map(|c| c.finish_reason.as_deref()).collect();
+        let tool_calls: Vec<Option<String>> = done
+            .iter()
+            .map(|c| c.tool_calls.as_ref().map(|v| v.to_string()))
+            .collect();
+        let refusals: Vec<Option<&str>> = done.iter().map(|c| c.refusal.as_deref()).collect();
+        let raw_reasons: Vec<Option<&str>> = done
+            .iter()
+            .map(|c| c.raw_finish_reason.as_deref())
+            .collect();
         let prompt: Vec<Option<i32>> = done.iter().map(|c| c.prompt_tokens).collect();
         let completion: Vec<Option<i32>> = done.iter().map(|c| c.completion_tokens).collect();
         let rows = sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($2::uuid[], $3::int2[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::int4[], $8::int4[])
+                    $6::text[], $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[])
                   AS t(id, attempt, finished_at, content, finish_reason, prompt_tokens,
-                       completion_tokens)
+                       completion_tokens, tool_calls, refusal, raw_finish_reason)
              ), done AS (
                 UPDATE runs r
                 SET status = 'completed', finished_at = i.finished_at, output_content = i.content,
                     finish_reason = i.finish_reason, prompt_tokens = i.prompt_tokens,
-                    completion_tokens = i.completion_tokens, lease_owner = NULL,
+                    completion_tokens = i.completion_tokens,
+                    output_tool_calls = i.tool_calls::jsonb, output_refusal = i.refusal,
+                    raw_finish_reason = i.raw_finish_reason, lease_owner = NULL,
                     lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
                     error_status = NULL
                 FROM input i
@@ -52,6 +63,9 @@ impl PgStore {
         .bind(&reasons)
         .bind(&prompt)
         .bind(&completion)
+        .bind(&tool_calls)
+        .bind(&refusals)
+        .bind(&raw_reasons)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()

@@ -26,7 +26,8 @@ impl SqliteStore {
             let hit = sqlx::query(
                 "UPDATE runs
                  SET status = 'completed', finished_at = ?, output_content = ?, finish_reason = ?,
-                     prompt_tokens = ?, completion_tokens = ?, lease_owner = NULL,
+                     prompt_tokens = ?, completion_tokens = ?, output_tool_calls = ?,
+                     output_refusal = ?, raw_finish_reason = ?, lease_owner = NULL,
                      lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
                      error_status = NULL
                  WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
@@ -37,6 +38,9 @@ impl SqliteStore {
             .bind(&c.finish_reason)
             .bind(c.prompt_tokens)
             .bind(c.completion_tokens)
+            .bind(c.tool_calls.as_ref().map(|v| v.to_string()))
+            .bind(&c.refusal)
+            .bind(&c.raw_finish_reason)
             .bind(c.id.0)
             .bind(worker.0)
             .bind(c.attempt as i64)
