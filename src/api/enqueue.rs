@@ -21,7 +21,7 @@ use super::{ApiError, AppState};
 use crate::run::{
     Class, DEFAULT_PRIORITY, MAX_ATTEMPTS_RANGE, MAX_NAME_LEN, PRIORITY_RANGE, RunId,
 };
-use crate::store::NewRun;
+use crate::store::{NewRun, RunSpec};
 
 /// The body of `POST /enqueue`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -423,20 +423,22 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
     };
     Ok(NewRun {
         id: RunId::new(),
-        provider: b.provider,
-        model: Some(model),
+        spec: RunSpec {
+            provider: b.provider,
+            model: Some(model),
+            class,
+            priority,
+            tenant: b.tenant,
+            concurrency_key: b.concurrency_key,
+            stream: b.stream.unwrap_or(false),
+            timeout_ms: b.timeout_ms.map(|t| t as i32),
+        },
         request: b.request,
-        class,
-        priority,
-        tenant: b.tenant,
-        concurrency_key: b.concurrency_key,
         session: b.session,
         batch: b.batch,
         idempotency_key: b.idempotency_key,
         metadata: b.metadata,
-        stream: b.stream.unwrap_or(false),
         max_attempts: max_attempts as i16,
-        timeout_ms: b.timeout_ms.map(|t| t as i32),
         // The deadline counts from when the run becomes due, so a scheduled run is not
         // dropped for waiting until its own start time.
         queue_deadline_at: due_at.checked_add_signed(queue_timeout),

@@ -54,12 +54,12 @@ impl Dispatcher {
     /// Decides whether a run may be enqueued. Not atomic with the insert: under a burst a
     /// bound may be overshot by the runs admitted at the same moment.
     pub async fn admit(&self, run: &NewRun) -> Result<Result<(), Refusal>, StoreError> {
-        if run.class != Class::Background {
+        if run.spec.class != Class::Background {
             return Ok(Ok(()));
         }
         let shared = &self.shared;
         let admission = &shared.admission;
-        let provider = run.provider.as_str();
+        let provider = run.spec.provider.as_str();
         if let Some(unhealthy) = shared.gates.unhealthy(
             provider,
             admission.timeout_rate_threshold,
@@ -118,7 +118,11 @@ impl Dispatcher {
             let window = chrono::Duration::from_std(QUOTA_WINDOW).expect("an hour fits");
             let (used, oldest) = shared
                 .store
-                .session_background_since(session, run.concurrency_key.as_deref(), now - window)
+                .session_background_since(
+                    session,
+                    run.spec.concurrency_key.as_deref(),
+                    now - window,
+                )
                 .await?;
             if used >= i64::from(admission.session_hourly_quota) {
                 let frees_at = oldest.map(|t| t + window).unwrap_or(now + window);
@@ -132,7 +136,7 @@ impl Dispatcher {
                     message: format!(
                         "session {session:?} has used its {} background runs for this hour{}",
                         admission.session_hourly_quota,
-                        match &run.concurrency_key {
+                        match &run.spec.concurrency_key {
                             Some(k) => format!(" under concurrency_key {k:?}"),
                             None => String::new(),
                         }

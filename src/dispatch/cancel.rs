@@ -40,7 +40,7 @@ impl Dispatcher {
             )))?;
         let ending = Ending {
             id,
-            class: run.class,
+            class: run.spec.class,
             created_at: run.created_at,
             status: Status::Cancelled,
             timeout_origin: None,

@@ -94,7 +94,7 @@ impl FastPath {
             if started.contains(&run.id) {
                 launch(shared, tasks, run, reservation, self.now);
             } else {
-                reservation.give_back(shared, run.id, 1, &run.provider);
+                reservation.give_back(shared, run.id, 1, &run.spec.provider);
             }
         }
         if let Some(due) = queued {
@@ -105,15 +105,15 @@ impl FastPath {
 
 fn reserve_one(shared: &Shared, run: &NewRun, now: DateTime<Utc>) -> Option<Reservation> {
     if shared.stop_claiming.is_cancelled()
-        || run.class != Class::Live
+        || run.spec.class != Class::Live
         || run.due_at > now
-        || (run.concurrency_key.is_some() && shared.settings.key_caps.live.is_some())
-        || !shared.gates.uncapped_live(&run.provider)
+        || (run.spec.concurrency_key.is_some() && shared.settings.key_caps.live.is_some())
+        || !shared.gates.uncapped_live(&run.spec.provider)
     {
         return None;
     }
     let slot = shared.slots.clone().try_acquire_owned().ok()?;
-    Reservation::take(shared, run.id, 1, &run.provider, &run.request, slot)
+    Reservation::take(shared, run.id, 1, &run.spec.provider, &run.request, slot)
 }
 
 /// Runs the first attempt of a run its enqueue started, in the slot set aside for it.
@@ -125,20 +125,13 @@ fn launch(
     now: DateTime<Utc>,
 ) {
     let wait = (now - run.due_at).to_std().unwrap_or_default();
-    crate::metrics::queue_wait(run.class.as_str(), wait);
+    crate::metrics::queue_wait(run.spec.class.as_str(), wait);
     let claimed = ClaimedRun {
         id: run.id,
         attempt: 1,
         max_attempts: u32::try_from(run.max_attempts).unwrap_or(1),
-        provider: run.provider,
-        model: run.model,
+        spec: run.spec,
         request: run.request,
-        class: run.class,
-        priority: run.priority,
-        tenant: run.tenant,
-        concurrency_key: run.concurrency_key,
-        stream: run.stream,
-        timeout_ms: run.timeout_ms,
         created_at: run.created_at,
         due_at: run.due_at,
     };

@@ -72,7 +72,7 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         tracing::trace!(want, allowed, got, "claimed");
         for run in claimed {
             let wait = (now - run.due_at).to_std().unwrap_or_default();
-            crate::metrics::queue_wait(run.class.as_str(), wait);
+            crate::metrics::queue_wait(run.spec.class.as_str(), wait);
             let permit = slots
                 .split(1)
                 .expect("no more runs are claimed than slots set aside");
@@ -80,7 +80,7 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
                 &shared,
                 run.id,
                 run.attempt,
-                &run.provider,
+                &run.spec.provider,
                 &run.request,
                 permit,
             ) else {

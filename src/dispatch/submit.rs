@@ -52,15 +52,15 @@ impl Dispatcher {
     /// half-written: a refused or failed submit leaves no run behind.
     pub async fn submit(&self, run: NewRun) -> Result<Submitted, SubmitError> {
         let store = &self.shared.store;
-        let class = run.class;
+        let class = run.spec.class;
         // A repeat of an admitted run answers with that run, whatever admission says now.
         let repeat = class == Class::Background && store.find_idempotent(&run).await?.is_some();
         if !repeat && let Err(refusal) = self.admit(&run).await? {
             crate::metrics::admission_refused(refusal.reason.as_str());
             tracing::info!(
-                provider = %run.provider,
+                provider = %run.spec.provider,
                 session = run.session.as_deref().unwrap_or(""),
-                concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
+                concurrency_key = run.spec.concurrency_key.as_deref().unwrap_or(""),
                 reason = refusal.reason.as_str(),
                 "background run refused"
             );

@@ -55,7 +55,7 @@ pub(super) async fn give_back(shared: &Shared, run: ClaimedRun) {
     let finished = Finished {
         id: run.id,
         attempt: run.attempt,
-        class: run.class,
+        class: run.spec.class,
         created_at: run.created_at,
         result: AttemptResult::Released {
             attempt: run.attempt,
@@ -77,10 +77,10 @@ pub(super) async fn execute(shared: Arc<Shared>, run: ClaimedRun, reservation: R
     let span = tracing::info_span!(
         "attempt",
         run_id = %run.id,
-        class = run.class.as_str(),
-        provider = %run.provider,
+        class = run.spec.class.as_str(),
+        provider = %run.spec.provider,
         attempt = run.attempt,
-        concurrency_key = run.concurrency_key.as_deref().unwrap_or(""),
+        concurrency_key = run.spec.concurrency_key.as_deref().unwrap_or(""),
     );
     let result = attempt(&shared, &run, ticket, &abort, &reason)
         .instrument(span)
@@ -88,7 +88,7 @@ pub(super) async fn execute(shared: Arc<Shared>, run: ClaimedRun, reservation: R
     let finished = Finished {
         id: run.id,
         attempt: run.attempt,
-        class: run.class,
+        class: run.spec.class,
         created_at: run.created_at,
         result,
         slot: Some(slot),
@@ -152,23 +152,25 @@ async fn call(
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> Outcome {
-    let Some(entry) = shared.providers.get(&run.provider) else {
+    let Some(entry) = shared.providers.get(&run.spec.provider) else {
         return Outcome::Error(ProviderError::new(
             ErrorKind::Client,
             format!(
                 "provider {:?} is not configured on this server",
-                run.provider
+                run.spec.provider
             ),
         ));
     };
-    let model = run.model.as_deref().unwrap_or(&entry.default_model);
-    let timeout = match run.timeout_ms {
+    let model = run.spec.model.as_deref().unwrap_or(&entry.default_model);
+    let timeout = match run.spec.timeout_ms {
         Some(ms) => Duration::from_millis(ms.max(1) as u64),
-        None => shared
-            .gates
-            .attempt_timeout(&run.provider, run.class, &shared.settings.timeouts),
+        None => shared.gates.attempt_timeout(
+            &run.spec.provider,
+            run.spec.class,
+            &shared.settings.timeouts,
+        ),
     };
-    let deltas = run.stream.then(|| {
+    let deltas = run.spec.stream.then(|| {
         let hub = shared.store.hub().clone();
         let (id, attempt) = (run.id, run.attempt);
         let sink: DeltaSink = Arc::new(move |delta: StreamDelta<'_>| match delta {
@@ -210,13 +212,13 @@ fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, 
         Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
         Outcome::Aborted(AbortReason::Shutdown) => "released",
     };
-    crate::metrics::attempt(&run.provider, outcome_name, took);
-    if run.stream {
+    crate::metrics::attempt(&run.spec.provider, outcome_name, took);
+    if run.spec.stream {
         shared.store.hub().end_deltas(run.id, run.attempt);
     }
     let report = match outcome {
         Outcome::Output(out) => {
-            crate::metrics::tokens(&run.provider, out.prompt_tokens, out.completion_tokens);
+            crate::metrics::tokens(&run.spec.provider, out.prompt_tokens, out.completion_tokens);
             Report::Success {
                 took,
                 tokens: match (out.prompt_tokens, out.completion_tokens) {
@@ -233,7 +235,7 @@ fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, 
         },
         Outcome::Aborted(_) => Report::Abandoned,
     };
-    shared.gates.report(&run.provider, ticket, report);
+    shared.gates.report(&run.spec.provider, ticket, report);
 }
 
 /// A failed attempt: retried after a backoff (the provider's delay when it gave one), or

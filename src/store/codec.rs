@@ -137,22 +137,44 @@ impl<T: StoredTime> EventRecord<T> {
     }
 }
 
+/// The columns of a run's [`RunSpec`], read the same way wherever a run is read.
+#[derive(sqlx::FromRow)]
+pub(super) struct SpecRecord {
+    provider: String,
+    model: Option<String>,
+    class: i16,
+    priority: i16,
+    tenant: Option<String>,
+    concurrency_key: Option<String>,
+    stream: bool,
+    timeout_ms: Option<i32>,
+}
+
+impl SpecRecord {
+    fn decode(self) -> Result<RunSpec> {
+        Ok(RunSpec {
+            provider: self.provider,
+            model: self.model,
+            class: parse_class(self.class)?,
+            priority: self.priority,
+            tenant: self.tenant,
+            concurrency_key: self.concurrency_key,
+            stream: self.stream,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
 /// A run just claimed, as the claim statement returns it (with `batch`, for its event).
 #[derive(sqlx::FromRow)]
 pub(super) struct ClaimedRecord<T> {
     id: Uuid,
     attempts: i16,
     max_attempts: i16,
-    provider: String,
-    model: Option<String>,
+    #[sqlx(flatten)]
+    spec: SpecRecord,
     request: String,
-    class: i16,
-    priority: i16,
-    tenant: Option<String>,
     batch: Option<String>,
-    concurrency_key: Option<String>,
-    stream: bool,
-    timeout_ms: Option<i32>,
     created_at: T,
     due_at: T,
 }
@@ -164,22 +186,15 @@ impl<T: StoredTime> ClaimedRecord<T> {
             id: RunId(self.id),
             attempt: self.attempts as u32,
             max_attempts: self.max_attempts as u32,
-            provider: self.provider,
-            model: self.model,
+            spec: self.spec.decode()?,
             request: raw_json(self.request)?,
-            class: parse_class(self.class)?,
-            priority: self.priority,
-            tenant: self.tenant,
-            concurrency_key: self.concurrency_key,
-            stream: self.stream,
-            timeout_ms: self.timeout_ms,
             created_at: self.created_at.into_utc()?,
             due_at: self.due_at.into_utc()?,
         };
         let scope = EventScope {
             run_id: run.id,
-            class: run.class,
-            tenant: run.tenant.clone(),
+            class: run.spec.class,
+            tenant: run.spec.tenant.clone(),
             batch: self.batch,
         };
         Ok((run, scope))
@@ -191,19 +206,13 @@ impl<T: StoredTime> ClaimedRecord<T> {
 pub(super) struct RunRecord<T> {
     id: Uuid,
     status: String,
-    provider: String,
-    model: Option<String>,
-    class: i16,
-    priority: i16,
-    tenant: Option<String>,
-    concurrency_key: Option<String>,
+    #[sqlx(flatten)]
+    spec: SpecRecord,
     session: Option<String>,
     batch: Option<String>,
     metadata: Option<String>,
-    stream: bool,
     attempts: i16,
     max_attempts: i16,
-    timeout_ms: Option<i32>,
     queue_deadline_at: Option<T>,
     due_at: T,
     created_at: T,
@@ -231,19 +240,12 @@ impl<T: StoredTime> RunRecord<T> {
         Ok(RunView {
             id: RunId(self.id),
             status,
-            provider: self.provider,
-            model: self.model,
-            class: parse_class(self.class)?,
-            priority: self.priority,
-            tenant: self.tenant,
-            concurrency_key: self.concurrency_key,
+            spec: self.spec.decode()?,
             session: self.session,
             batch: self.batch,
             metadata: self.metadata.map(raw_json).transpose()?,
-            stream: self.stream,
             attempts: self.attempts as u32,
             max_attempts: self.max_attempts as u32,
-            timeout_ms: self.timeout_ms,
             queue_deadline_at: time_opt(self.queue_deadline_at)?,
             due_at: self.due_at.into_utc()?,
             created_at: self.created_at.into_utc()?,

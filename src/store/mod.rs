@@ -261,7 +261,7 @@ impl Store {
                 || runs
                     .iter()
                     .zip(s.runs)
-                    .any(|(r, f)| *f && r.class != Class::Live))
+                    .any(|(r, f)| *f && r.spec.class != Class::Live))
         {
             return Err(StoreError::Misuse(
                 "start flags must match the runs, and flag live runs only",

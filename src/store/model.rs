@@ -6,25 +6,36 @@ use serde_json::value::RawValue;
 use super::StoreError;
 use crate::run::{Class, ErrorKind, RunId, Status, TimeoutOrigin, WorkerId};
 
+/// What a run asks of dispatch, fixed at enqueue: the part of a run that the run to
+/// insert, the claimed run and the stored view all carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunSpec {
+    pub provider: String,
+    pub model: Option<String>,
+    pub class: Class,
+    /// 1 (most urgent) … 10: the order within a class.
+    pub priority: i16,
+    pub tenant: Option<String>,
+    /// Caps the in-flight runs that share it.
+    pub concurrency_key: Option<String>,
+    /// Stream the provider's token deltas onto the run's events.
+    pub stream: bool,
+    /// The per-attempt timeout asked for; adaptive when absent.
+    pub timeout_ms: Option<i32>,
+}
+
 /// A run to insert. Payloads stay raw JSON: the server stores and forwards them without
 /// re-encoding.
 #[derive(Clone, Debug)]
 pub struct NewRun {
     pub id: RunId,
-    pub provider: String,
-    pub model: Option<String>,
+    pub spec: RunSpec,
     pub request: Box<RawValue>,
-    pub class: Class,
-    pub priority: i16,
-    pub tenant: Option<String>,
-    pub concurrency_key: Option<String>,
     pub session: Option<String>,
     pub batch: Option<String>,
     pub idempotency_key: Option<String>,
     pub metadata: Option<Box<RawValue>>,
-    pub stream: bool,
     pub max_attempts: i16,
-    pub timeout_ms: Option<i32>,
     pub queue_deadline_at: Option<DateTime<Utc>>,
     /// Not started before this time (`run_at`, or now).
     pub due_at: DateTime<Utc>,
@@ -36,7 +47,7 @@ impl NewRun {
     pub fn idem_key(&self) -> Option<String> {
         self.idempotency_key
             .as_ref()
-            .map(|k| format!("{}\u{1f}{}", self.tenant.as_deref().unwrap_or(""), k))
+            .map(|k| format!("{}\u{1f}{}", self.spec.tenant.as_deref().unwrap_or(""), k))
     }
 }
 
@@ -107,15 +118,8 @@ pub struct ClaimedRun {
     /// 1-based number of the attempt just opened.
     pub attempt: u32,
     pub max_attempts: u32,
-    pub provider: String,
-    pub model: Option<String>,
+    pub spec: RunSpec,
     pub request: Box<RawValue>,
-    pub class: Class,
-    pub priority: i16,
-    pub tenant: Option<String>,
-    pub concurrency_key: Option<String>,
-    pub stream: bool,
-    pub timeout_ms: Option<i32>,
     pub created_at: DateTime<Utc>,
     /// When it became due (for the queue-wait measure).
     pub due_at: DateTime<Utc>,
@@ -182,19 +186,12 @@ pub enum CancelOutcome {
 pub struct RunView {
     pub id: RunId,
     pub status: Status,
-    pub provider: String,
-    pub model: Option<String>,
-    pub class: Class,
-    pub priority: i16,
-    pub tenant: Option<String>,
-    pub concurrency_key: Option<String>,
+    pub spec: RunSpec,
     pub session: Option<String>,
     pub batch: Option<String>,
     pub metadata: Option<Box<RawValue>>,
-    pub stream: bool,
     pub attempts: u32,
     pub max_attempts: u32,
-    pub timeout_ms: Option<i32>,
     pub queue_deadline_at: Option<DateTime<Utc>>,
     pub due_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,

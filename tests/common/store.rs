@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 use sluice::run::{Class, RunId};
-use sluice::store::{NewRun, OpenOptions, Store};
+use sluice::store::{NewRun, OpenOptions, RunSpec, Store};
 
 use super::pg::fresh_pg_database;
 
@@ -49,20 +49,22 @@ pub fn chat(text: &str) -> Box<RawValue> {
 pub fn new_run(now: DateTime<Utc>) -> NewRun {
     NewRun {
         id: RunId::new(),
-        provider: "sim".into(),
-        model: Some("sim-1".into()),
+        spec: RunSpec {
+            provider: "sim".into(),
+            model: Some("sim-1".into()),
+            class: Class::Live,
+            priority: 5,
+            tenant: None,
+            concurrency_key: None,
+            stream: false,
+            timeout_ms: None,
+        },
         request: chat("hello"),
-        class: Class::Live,
-        priority: 5,
-        tenant: None,
-        concurrency_key: None,
         session: None,
         batch: None,
         idempotency_key: None,
         metadata: None,
-        stream: false,
         max_attempts: 5,
-        timeout_ms: None,
         queue_deadline_at: None,
         due_at: now,
         created_at: now,

@@ -18,8 +18,8 @@ async fn claims_in_dispatch_order(store: Store) {
     let mut runs = Vec::new();
     let mut add = |class: Class, priority: i16, due_offset_ms: i64| {
         let mut r = new_run(now);
-        r.class = class;
-        r.priority = priority;
+        r.spec.class = class;
+        r.spec.priority = priority;
         r.due_at = now - ms(due_offset_ms);
         runs.push(r.clone());
         r.id
@@ -52,13 +52,16 @@ async fn claims_in_dispatch_order(store: Store) {
     let mut again = Vec::new();
     for (class, p) in [(Class::Background, 1), (Class::Live, 3), (Class::Live, 2)] {
         let mut r = new_run(now);
-        r.class = class;
-        r.priority = p;
+        r.spec.class = class;
+        r.spec.priority = p;
         again.push(r);
     }
     store.enqueue(&again).await.unwrap();
     let batch = store.claim_due(worker, 10, now, LEASE).await.unwrap();
-    let got: Vec<(Class, i16)> = batch.iter().map(|c| (c.class, c.priority)).collect();
+    let got: Vec<(Class, i16)> = batch
+        .iter()
+        .map(|c| (c.spec.class, c.spec.priority))
+        .collect();
     assert_eq!(
         got,
         vec![(Class::Live, 2), (Class::Live, 3), (Class::Background, 1)]
@@ -184,7 +187,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
     // A run of another provider is not held back by them; one not due yet never starts;
     // and a flag on a background run is refused.
     let mut d = new_run(now + ms(3));
-    d.provider = "other".into();
+    d.spec.provider = "other".into();
     let mut later = new_run(now + ms(3));
     later.due_at = now + ms(60_000);
     let (d_id, later_id) = (d.id, later.id);
@@ -207,7 +210,7 @@ async fn enqueue_starts_flagged_runs_that_overtake_nothing(store: Store) {
         Status::Queued
     );
     let mut bg = new_run(now + ms(4));
-    bg.class = Class::Background;
+    bg.spec.class = Class::Background;
     assert!(
         store
             .enqueue_starting(

@@ -48,14 +48,14 @@ async fn idempotency_keys_are_scoped_by_tenant_and_batch(store: Store) {
     let now = t0();
     let mut a = new_run(now);
     a.idempotency_key = Some("k".into());
-    a.tenant = Some("acme".into());
+    a.spec.tenant = Some("acme".into());
     let mut b = new_run(now);
     b.idempotency_key = Some("k".into());
-    b.tenant = Some("globex".into());
+    b.spec.tenant = Some("globex".into());
     // The same key twice inside one batch: the second answers with the first.
     let mut a2 = new_run(now);
     a2.idempotency_key = Some("k".into());
-    a2.tenant = Some("acme".into());
+    a2.spec.tenant = Some("acme".into());
     let out = store.enqueue(&[a.clone(), b.clone(), a2]).await.unwrap();
     assert_eq!(out[0], Enqueued::Created(a.id));
     assert_eq!(
@@ -67,7 +67,7 @@ async fn idempotency_keys_are_scoped_by_tenant_and_batch(store: Store) {
     // And later, from another call.
     let mut a3 = new_run(now);
     a3.idempotency_key = Some("k".into());
-    a3.tenant = Some("acme".into());
+    a3.spec.tenant = Some("acme".into());
     assert_eq!(
         store.enqueue(&[a3]).await.unwrap(),
         vec![Enqueued::Existing(a.id)]
@@ -82,23 +82,23 @@ async fn payloads_round_trip_verbatim(store: Store) {
     r.metadata = Some(
         serde_json::value::RawValue::from_string(r#"{"trace":"abc","n":[1,2]}"#.into()).unwrap(),
     );
-    r.tenant = Some("acme".into());
-    r.concurrency_key = Some("style-9".into());
+    r.spec.tenant = Some("acme".into());
+    r.spec.concurrency_key = Some("style-9".into());
     r.session = Some("sess".into());
     r.batch = Some("b1".into());
-    r.stream = true;
-    r.timeout_ms = Some(1234);
+    r.spec.stream = true;
+    r.spec.timeout_ms = Some(1234);
     r.queue_deadline_at = Some(now + ms(20_000));
     let id = enqueue_one(&store, r).await;
     let view = store.get_run(id).await.unwrap().unwrap();
     let meta: serde_json::Value = serde_json::from_str(view.metadata.unwrap().get()).unwrap();
     assert_eq!(meta, serde_json::json!({"trace":"abc","n":[1,2]}));
-    assert_eq!(view.tenant.as_deref(), Some("acme"));
-    assert_eq!(view.concurrency_key.as_deref(), Some("style-9"));
+    assert_eq!(view.spec.tenant.as_deref(), Some("acme"));
+    assert_eq!(view.spec.concurrency_key.as_deref(), Some("style-9"));
     assert_eq!(view.session.as_deref(), Some("sess"));
     assert_eq!(view.batch.as_deref(), Some("b1"));
-    assert!(view.stream);
-    assert_eq!(view.timeout_ms, Some(1234));
+    assert!(view.spec.stream);
+    assert_eq!(view.spec.timeout_ms, Some(1234));
     assert_eq!(view.queue_deadline_at, Some(now + ms(20_000)));
     assert_eq!(view.created_at, now);
     let claimed = store
@@ -111,6 +111,6 @@ async fn payloads_round_trip_verbatim(store: Store) {
         sent, expected,
         "the provider receives the request as enqueued"
     );
-    assert!(claimed[0].stream);
-    assert_eq!(claimed[0].tenant.as_deref(), Some("acme"));
+    assert!(claimed[0].spec.stream);
+    assert_eq!(claimed[0].spec.tenant.as_deref(), Some("acme"));
 }

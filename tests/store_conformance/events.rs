@@ -19,7 +19,7 @@ async fn event_log_records_every_transition(store: Store) {
     let now = t0();
     let mut r = new_run(now);
     r.max_attempts = 3;
-    r.tenant = Some("acme".into());
+    r.spec.tenant = Some("acme".into());
     r.batch = Some("b7".into());
     let id = enqueue_one(&store, r).await;
     let worker = WorkerId::new();
@@ -142,9 +142,9 @@ async fn event_log_filters_for_dashboards(store: Store) {
         ("b", "x", Class::Live),
     ] {
         let mut r = new_run(now);
-        r.tenant = Some(tenant.into());
+        r.spec.tenant = Some(tenant.into());
         r.batch = Some(batch.into());
-        r.class = class;
+        r.spec.class = class;
         runs.push(r);
     }
     store.enqueue(&runs).await.unwrap();

@@ -120,9 +120,9 @@ fn run_of(
     key: Option<&str>,
 ) -> sluice::store::NewRun {
     let mut r = new_run(now);
-    r.provider = "p".into();
-    r.class = class;
-    r.concurrency_key = key.map(str::to_string);
+    r.spec.provider = "p".into();
+    r.spec.class = class;
+    r.spec.concurrency_key = key.map(str::to_string);
     r
 }
 

@@ -25,9 +25,9 @@ async fn quotas_bound_each_provider(store: Store) {
         ("c", Class::Live, 1),
     ] {
         let mut r = new_run(now);
-        r.provider = provider.into();
-        r.class = class;
-        r.priority = priority;
+        r.spec.provider = provider.into();
+        r.spec.class = class;
+        r.spec.priority = priority;
         runs.push(r);
     }
     store.enqueue(&runs).await.unwrap();
@@ -46,7 +46,7 @@ async fn quotas_bound_each_provider(store: Store) {
         .unwrap();
     let picked: Vec<(String, i16)> = got
         .iter()
-        .map(|c| (c.provider.clone(), c.priority))
+        .map(|c| (c.spec.provider.clone(), c.spec.priority))
         .collect();
     assert_eq!(
         picked,
@@ -66,7 +66,7 @@ async fn quotas_bound_each_provider(store: Store) {
         .unwrap();
     let picked: Vec<(String, i16)> = got
         .iter()
-        .map(|c| (c.provider.clone(), c.priority))
+        .map(|c| (c.spec.provider.clone(), c.spec.priority))
         .collect();
     assert_eq!(
         picked,
@@ -91,7 +91,10 @@ async fn quotas_bound_each_provider(store: Store) {
         )
         .await
         .unwrap();
-    let picked: Vec<(String, Class)> = rest.iter().map(|c| (c.provider.clone(), c.class)).collect();
+    let picked: Vec<(String, Class)> = rest
+        .iter()
+        .map(|c| (c.spec.provider.clone(), c.spec.class))
+        .collect();
     assert_eq!(
         picked,
         vec![
@@ -120,7 +123,7 @@ async fn background_waits_for_live_and_its_cap(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        got.iter().map(|c| c.spec.class).collect::<Vec<_>>(),
         vec![Class::Live],
         "no background run while a live run of the provider is due"
     );
@@ -129,7 +132,7 @@ async fn background_waits_for_live_and_its_cap(store: Store) {
         .await
         .unwrap();
     assert_eq!(got.len(), 1, "one background run: the cap is 1");
-    assert_eq!(got[0].class, Class::Background);
+    assert_eq!(got[0].spec.class, Class::Background);
     assert!(
         store
             .claim_due_within(worker, 10, &caps(1), KeyCaps::default(), now, LEASE)
@@ -151,7 +154,7 @@ async fn background_waits_for_live_and_its_cap(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        got.iter().map(|c| c.spec.class).collect::<Vec<_>>(),
         vec![Class::Live]
     );
     let got = store
@@ -166,7 +169,7 @@ async fn background_waits_for_live_and_its_cap(store: Store) {
         .await
         .unwrap();
     assert_eq!(
-        got.iter().map(|c| c.class).collect::<Vec<_>>(),
+        got.iter().map(|c| c.spec.class).collect::<Vec<_>>(),
         vec![Class::Background]
     );
 }
@@ -196,7 +199,7 @@ async fn key_caps_bound_runs_in_flight(store: Store) {
         2,
         "two live runs of style-a (live key cap 2): {got:?}"
     );
-    assert!(got.iter().all(|c| c.class == Class::Live));
+    assert!(got.iter().all(|c| c.spec.class == Class::Live));
     // The third live run waits for its key; with no live run *claimable*, background still
     // waits because a live run of the provider is due.
     assert!(
@@ -227,7 +230,7 @@ async fn key_caps_bound_runs_in_flight(store: Store) {
         .unwrap();
     let keys: Vec<_> = got
         .iter()
-        .map(|c| c.concurrency_key.clone().unwrap())
+        .map(|c| c.spec.concurrency_key.clone().unwrap())
         .collect();
     assert_eq!(got.len(), 2, "one background run per key: {keys:?}");
     assert!(keys.contains(&"style-a".to_string()) && keys.contains(&"style-b".to_string()));

@@ -102,7 +102,7 @@ async fn counts_by_class_and_status(store: Store) {
     let mut runs = Vec::new();
     for i in 0..5 {
         let mut r = new_run(now);
-        r.class = if i < 3 {
+        r.spec.class = if i < 3 {
             Class::Live
         } else {
             Class::Background

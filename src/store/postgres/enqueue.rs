@@ -121,20 +121,20 @@ impl<'a> RunColumns<'a> {
         };
         for r in runs {
             c.ids.push(r.id.0);
-            c.providers.push(r.provider.as_str());
-            c.models.push(r.model.as_deref());
+            c.providers.push(r.spec.provider.as_str());
+            c.models.push(r.spec.model.as_deref());
             c.requests.push(r.request.get());
-            c.classes.push(r.class.rank());
-            c.priorities.push(r.priority);
-            c.tenants.push(r.tenant.as_deref());
-            c.keys.push(r.concurrency_key.as_deref());
+            c.classes.push(r.spec.class.rank());
+            c.priorities.push(r.spec.priority);
+            c.tenants.push(r.spec.tenant.as_deref());
+            c.keys.push(r.spec.concurrency_key.as_deref());
             c.sessions.push(r.session.as_deref());
             c.batches.push(r.batch.as_deref());
             c.idem.push(r.idem_key());
             c.metadata.push(r.metadata.as_ref().map(|m| m.get()));
-            c.streams.push(r.stream);
+            c.streams.push(r.spec.stream);
             c.max_attempts.push(r.max_attempts);
-            c.timeouts.push(r.timeout_ms);
+            c.timeouts.push(r.spec.timeout_ms);
             c.deadlines.push(r.queue_deadline_at);
             c.due.push(r.due_at);
             c.created.push(r.created_at);

@@ -284,7 +284,7 @@ impl PgStore {
         events.extend(more_events);
         // Both in dispatch order, as one claim's result is.
         let mut both: Vec<(ClaimedRun, RunEvent)> = claimed.into_iter().zip(events).collect();
-        both.sort_by_key(|(c, _)| (c.class, c.priority, c.due_at));
+        both.sort_by_key(|(c, _)| (c.spec.class, c.spec.priority, c.due_at));
         Ok(both.into_iter().unzip())
     }
 

@@ -123,7 +123,7 @@ impl SqliteStore {
                     "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued' AND provider = ?
                         AND class = 0 AND due_at <= ?)",
                 )
-                .bind(&r.provider)
+                .bind(&r.spec.provider)
                 .bind(ms(s.now))
                 .fetch_one(&mut *tx)
                 .await?;
@@ -140,20 +140,20 @@ impl SqliteStore {
                  ON CONFLICT DO NOTHING",
             )
             .bind(r.id.0)
-            .bind(&r.provider)
-            .bind(&r.model)
+            .bind(&r.spec.provider)
+            .bind(&r.spec.model)
             .bind(r.request.get())
-            .bind(r.class.rank())
-            .bind(r.priority)
-            .bind(&r.tenant)
-            .bind(&r.concurrency_key)
+            .bind(r.spec.class.rank())
+            .bind(r.spec.priority)
+            .bind(&r.spec.tenant)
+            .bind(&r.spec.concurrency_key)
             .bind(&r.session)
             .bind(&r.batch)
             .bind(&idem)
             .bind(r.metadata.as_ref().map(|m| m.get()))
-            .bind(r.stream)
+            .bind(r.spec.stream)
             .bind(r.max_attempts)
-            .bind(r.timeout_ms)
+            .bind(r.spec.timeout_ms)
             .bind(r.queue_deadline_at.map(ms))
             .bind(ms(r.due_at))
             .bind(ms(r.created_at))
@@ -163,8 +163,8 @@ impl SqliteStore {
             if inserted == 1 {
                 let scope = EventScope {
                     run_id: r.id,
-                    class: r.class,
-                    tenant: r.tenant.clone(),
+                    class: r.spec.class,
+                    tenant: r.spec.tenant.clone(),
                     batch: r.batch.clone(),
                 };
                 let queued = scope.event(EventKind::Queued, r.created_at, None, None);
@@ -268,7 +268,7 @@ impl SqliteStore {
             claimed.push((run, scope));
         }
         // The events in dispatch order, as the claim's result is.
-        claimed.sort_by_key(|(run, _)| (run.class, run.priority, run.due_at));
+        claimed.sort_by_key(|(run, _)| (run.spec.class, run.spec.priority, run.due_at));
         let mut events = Vec::with_capacity(claimed.len());
         for (run, scope) in &claimed {
             let started = scope.event(EventKind::Started, now, Some(run.attempt), None);
