@@ -23,4 +23,5 @@ mod process;
 mod provider_e2e;
 mod providers_http;
 mod secrets;
+mod slow_provider;
 mod store_conformance;

@@ -107,11 +107,12 @@ async fn attempt(
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> AttemptResult {
+    let limit = attempt_limit(shared, run);
     let started = std::time::Instant::now();
-    let outcome = call(shared, run, abort, reason).await;
+    let outcome = call(shared, run, limit.duration, abort, reason).await;
     let now = shared.clock.now();
     let took = started.elapsed();
-    report(shared, run, ticket, &outcome, took);
+    report(shared, run, ticket, &outcome, took, &limit);
     let elapsed_ms = took.as_millis() as u64;
     match outcome {
         Outcome::Output(out) => {
@@ -140,11 +141,47 @@ async fn attempt(
     }
 }
 
-/// Calls the provider under the attempt's timeout (the run's own, or the adaptive one),
-/// streaming deltas onto the run's events when asked, until it answers or `abort` fires.
+/// The timeout an attempt runs under.
+struct Limit {
+    duration: Duration,
+    /// Whether it is the adaptive one (the run named no `timeout_ms`).
+    adaptive: bool,
+    /// The model whose latency window the adaptive timeout comes from and learns into.
+    model: String,
+}
+
+/// The run's own timeout, or the adaptive one of its provider and model.
+fn attempt_limit(shared: &Shared, run: &ClaimedRun) -> Limit {
+    let model = match (&run.model, shared.providers.get(&run.provider)) {
+        (Some(m), _) => m.clone(),
+        (None, Some(entry)) => entry.default_model.clone(),
+        (None, None) => String::new(),
+    };
+    match run.timeout_ms {
+        Some(ms) => Limit {
+            duration: Duration::from_millis(ms.max(1) as u64),
+            adaptive: false,
+            model,
+        },
+        None => Limit {
+            duration: shared.gates.attempt_timeout(
+                &run.provider,
+                &model,
+                run.class,
+                &shared.settings.timeouts,
+            ),
+            adaptive: true,
+            model,
+        },
+    }
+}
+
+/// Calls the provider under the attempt's `timeout`, streaming deltas onto the run's
+/// events when asked, until it answers or `abort` fires.
 async fn call(
     shared: &Shared,
     run: &ClaimedRun,
+    timeout: Duration,
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> Outcome {
@@ -158,12 +195,6 @@ async fn call(
         ));
     };
     let model = run.model.as_deref().unwrap_or(&entry.default_model);
-    let timeout = match run.timeout_ms {
-        Some(ms) => Duration::from_millis(ms.max(1) as u64),
-        None => shared
-            .gates
-            .attempt_timeout(&run.provider, run.class, &shared.settings.timeouts),
-    };
     let deltas = run.stream.then(|| {
         let hub = shared.store.hub().clone();
         let (id, attempt) = (run.id, run.attempt);
@@ -194,9 +225,16 @@ async fn call(
     }
 }
 
-/// Feeds the outcome to the metrics and to the provider's limiter and breaker (which
-/// takes the ticket back), and ends the run's delta stream.
-fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, took: Duration) {
+/// Feeds the outcome to the metrics, to the provider's limiter and breaker (which takes
+/// the ticket back) and to its adaptive timeout, and ends the run's delta stream.
+fn report(
+    shared: &Shared,
+    run: &ClaimedRun,
+    ticket: Ticket,
+    outcome: &Outcome,
+    took: Duration,
+    limit: &Limit,
+) {
     let outcome_name = match outcome {
         Outcome::Output(_) => "completed",
         Outcome::Error(e) => e.kind.as_str(),
@@ -223,10 +261,18 @@ fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, 
             kind: e.kind,
             retry_after: e.retry_after,
             rate_limits: e.rate_limits.as_ref(),
+            adaptive_timeout: (e.kind == ErrorKind::Timeout && limit.adaptive)
+                .then_some(limit.duration),
         },
         Outcome::Aborted(_) => Report::Abandoned,
     };
-    shared.gates.report(&run.provider, ticket, report);
+    shared.gates.report(
+        &run.provider,
+        &limit.model,
+        ticket,
+        report,
+        &shared.settings.timeouts,
+    );
 }
 
 /// A failed attempt: retried after a backoff (the provider's delay when it gave one), or
