@@ -277,7 +277,6 @@ name = "fake"
 kind = "{kind}"
 base_url = "{base}"
 default_model = "fake-1"
-read_timeout = "30s"
 {extra}
 "#,
         db = dir.path().join("sluice.db").display().to_string()

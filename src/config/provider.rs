@@ -58,8 +58,15 @@ pub struct ProviderConfig {
     /// Longest wait for the TCP/TLS connection to the provider.
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
-    /// Longest silence while reading a response (between stream chunks, too).
-    #[serde(default = "default_read_timeout", with = "duration")]
+    /// Longest silence while reading a response (waiting for the answer, and between
+    /// stream chunks). Never shorter than the longest attempt timeout
+    /// (`queue.background_attempt_timeout_cap`): the attempt timeout is what ends a slow
+    /// attempt, and a shorter read timeout would cut a non-streamed attempt short of it.
+    /// Left out, it is that cap.
+    #[serde(
+        default = "read_timeout_from_cap",
+        deserialize_with = "deserialize_read_timeout"
+    )]
     pub read_timeout: Duration,
     /// `anthropic-version` header sent to `anthropic` providers.
     #[serde(default = "default_anthropic_version")]
@@ -89,8 +96,22 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
 }
 
-fn default_read_timeout() -> Duration {
-    Duration::from_secs(60)
+/// What `read_timeout` holds until loading sets it to the longest attempt timeout: an
+/// explicit value is never zero (refused by [`deserialize_read_timeout`]).
+const READ_TIMEOUT_FROM_CAP: Duration = Duration::ZERO;
+
+fn read_timeout_from_cap() -> Duration {
+    READ_TIMEOUT_FROM_CAP
+}
+
+fn deserialize_read_timeout<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let read = duration::deserialize(d)?;
+    if read.is_zero() {
+        return Err(serde::de::Error::custom(
+            "must be longer than zero (leave it out to follow queue.background_attempt_timeout_cap)",
+        ));
+    }
+    Ok(read)
 }
 
 fn default_anthropic_version() -> String {
@@ -114,7 +135,7 @@ impl ProviderConfig {
             background_max_in_flight: default_background_max_in_flight(),
             background_queue_max: default_background_queue_max(),
             connect_timeout: default_connect_timeout(),
-            read_timeout: default_read_timeout(),
+            read_timeout: super::QueueConfig::default().background_attempt_timeout_cap,
             anthropic_version: default_anthropic_version(),
             limiter: LimiterConfig::default(),
             breaker: BreakerConfig::default(),
@@ -132,8 +153,27 @@ impl ProviderConfig {
         }
     }
 
-    /// Checks one entry; `at` is its key path, `providers[i]`.
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    /// Sets a `read_timeout` the entry left out to `longest_attempt`, the longest timeout
+    /// an attempt may run under.
+    pub(super) fn follow_attempt_timeouts(&mut self, longest_attempt: Duration) {
+        if self.read_timeout == READ_TIMEOUT_FROM_CAP {
+            self.read_timeout = longest_attempt;
+        }
+    }
+
+    /// Checks one entry; `at` is its key path, `providers[i]`, and `longest_attempt` the
+    /// longest timeout an attempt may run under.
+    fn validate(&self, at: &str, longest_attempt: Duration) -> Result<(), ConfigError> {
+        if self.read_timeout < longest_attempt {
+            return Err(invalid(
+                format!("{at}.read_timeout"),
+                format!(
+                    "must be at least queue.background_attempt_timeout_cap ({}), or it would cut \
+                     an attempt short of its own timeout; leave it out to follow the cap",
+                    humantime::format_duration(longest_attempt)
+                ),
+            ));
+        }
         self.sim.validate(at)?;
         self.limiter.validate(at)?;
         self.breaker.validate(at)?;
@@ -177,8 +217,11 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// Checks the `[[providers]]` list: at least one, each named validly and once, each
-/// entry's own values.
-pub(super) fn validate_all(providers: &[ProviderConfig]) -> Result<(), ConfigError> {
+/// entry's own values; `longest_attempt` is the longest timeout an attempt may run under.
+pub(super) fn validate_all(
+    providers: &[ProviderConfig],
+    longest_attempt: Duration,
+) -> Result<(), ConfigError> {
     if providers.is_empty() {
         return Err(invalid(
             "providers",
@@ -203,14 +246,47 @@ pub(super) fn validate_all(providers: &[ProviderConfig]) -> Result<(), ConfigErr
                 format!("provider {:?} is defined twice", p.name),
             ));
         }
-        p.validate(&at)?;
+        p.validate(&at, longest_attempt)?;
     }
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use crate::config::load_for_test as load;
+
+    const OPENAI: &str = "[[providers]]\nname = \"o\"\nkind = \"openai\"\n";
+
+    #[test]
+    fn a_read_timeout_left_out_follows_the_longest_attempt_timeout() {
+        let c = load(OPENAI, &[]).unwrap();
+        assert_eq!(c.providers[0].read_timeout, Duration::from_secs(300));
+        let c = load(
+            &format!("[queue]\nbackground_attempt_timeout_cap = \"10m\"\n{OPENAI}"),
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.providers[0].read_timeout, Duration::from_secs(600));
+        let c = load(&format!("{OPENAI}read_timeout = \"6m\"\n"), &[]).unwrap();
+        assert_eq!(c.providers[0].read_timeout, Duration::from_secs(360));
+    }
+
+    #[test]
+    fn a_read_timeout_that_could_cut_an_attempt_short_is_refused() {
+        for value in ["60s", "0s"] {
+            let msg = load(&format!("{OPENAI}read_timeout = \"{value}\"\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains("providers[0].read_timeout"), "{msg}");
+        }
+        let msg = load(OPENAI, &[("SLUICE_PROVIDERS__O__READ_TIMEOUT", "2m")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("read_timeout"), "{msg}");
+        assert!(msg.contains("background_attempt_timeout_cap"), "{msg}");
+    }
 
     #[test]
     fn unknown_provider_kind_is_named() {
