@@ -21,6 +21,7 @@ mod outage;
 mod pg_claimers;
 mod process;
 mod provider_e2e;
+mod provider_retry;
 mod providers_http;
 mod secrets;
 mod slow_provider;

@@ -62,7 +62,8 @@ struct EnqueueBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
-    /// How many attempts the run may make; defaults to the server's `retry.max_attempts`.
+    /// How many attempts the run may make; defaults to the provider's `max_attempts`, or
+    /// the server's `retry.max_attempts`.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 50)]
     max_attempts: Option<i64>,
@@ -355,7 +356,11 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
             })?,
     };
     let max_attempts = match b.max_attempts {
-        None => config.retry.max_attempts,
+        None => config
+            .provider(&b.provider)
+            .map_or(config.retry.max_attempts, |p| {
+                p.retry(&config.retry).max_attempts
+            }),
         Some(n) => u32::try_from(n)
             .ok()
             .filter(|n| MAX_ATTEMPTS_RANGE.contains(n))

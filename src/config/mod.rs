@@ -152,7 +152,11 @@ impl Config {
         self.queue.validate()?;
         self.admission.validate()?;
         self.http.validate()?;
-        provider::validate_all(&self.providers, self.queue.background_attempt_timeout_cap)
+        provider::validate_all(
+            &self.providers,
+            self.queue.background_attempt_timeout_cap,
+            &self.retry,
+        )
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{BreakerConfig, ConfigError, LimiterConfig, SimConfig, duration, invalid};
+use super::{BreakerConfig, ConfigError, LimiterConfig, RetryConfig, SimConfig, duration, invalid};
 
 /// The model a `sim` provider reports when neither the run nor the config names one.
 pub const SIM_DEFAULT_MODEL: &str = "sim-1";
@@ -68,6 +68,16 @@ pub struct ProviderConfig {
         deserialize_with = "deserialize_read_timeout"
     )]
     pub read_timeout: Duration,
+    /// Attempts a run of this provider gets when the request does not say; `[retry]`'s
+    /// when left out.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// First backoff window of this provider's retries; `[retry]`'s when left out.
+    #[serde(default, with = "duration::optional")]
+    pub backoff_base: Option<Duration>,
+    /// Longest backoff window of this provider's retries; `[retry]`'s when left out.
+    #[serde(default, with = "duration::optional")]
+    pub backoff_cap: Option<Duration>,
     /// `anthropic-version` header sent to `anthropic` providers.
     #[serde(default = "default_anthropic_version")]
     pub anthropic_version: String,
@@ -136,6 +146,9 @@ impl ProviderConfig {
             background_queue_max: default_background_queue_max(),
             connect_timeout: default_connect_timeout(),
             read_timeout: super::QueueConfig::default().background_attempt_timeout_cap,
+            max_attempts: None,
+            backoff_base: None,
+            backoff_cap: None,
             anthropic_version: default_anthropic_version(),
             limiter: LimiterConfig::default(),
             breaker: BreakerConfig::default(),
@@ -153,6 +166,17 @@ impl ProviderConfig {
         }
     }
 
+    /// This provider's retry settings: its own where it has them, `defaults` (`[retry]`)
+    /// for the rest.
+    pub fn retry(&self, defaults: &RetryConfig) -> RetryConfig {
+        RetryConfig {
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
+            backoff_base: self.backoff_base.unwrap_or(defaults.backoff_base),
+            backoff_cap: self.backoff_cap.unwrap_or(defaults.backoff_cap),
+            provider_delay_cap: defaults.provider_delay_cap,
+        }
+    }
+
     /// Sets a `read_timeout` the entry left out to `longest_attempt`, the longest timeout
     /// an attempt may run under.
     pub(super) fn follow_attempt_timeouts(&mut self, longest_attempt: Duration) {
@@ -161,9 +185,15 @@ impl ProviderConfig {
         }
     }
 
-    /// Checks one entry; `at` is its key path, `providers[i]`, and `longest_attempt` the
-    /// longest timeout an attempt may run under.
-    fn validate(&self, at: &str, longest_attempt: Duration) -> Result<(), ConfigError> {
+    /// Checks one entry; `at` is its key path, `providers[i]`, `longest_attempt` the
+    /// longest timeout an attempt may run under and `retry` the `[retry]` defaults.
+    fn validate(
+        &self,
+        at: &str,
+        longest_attempt: Duration,
+        retry: &RetryConfig,
+    ) -> Result<(), ConfigError> {
+        self.retry(retry).validate_at(at)?;
         if self.read_timeout < longest_attempt {
             return Err(invalid(
                 format!("{at}.read_timeout"),
@@ -217,10 +247,12 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// Checks the `[[providers]]` list: at least one, each named validly and once, each
-/// entry's own values; `longest_attempt` is the longest timeout an attempt may run under.
+/// entry's own values; `longest_attempt` is the longest timeout an attempt may run under
+/// and `retry` the `[retry]` defaults.
 pub(super) fn validate_all(
     providers: &[ProviderConfig],
     longest_attempt: Duration,
+    retry: &RetryConfig,
 ) -> Result<(), ConfigError> {
     if providers.is_empty() {
         return Err(invalid(
@@ -246,7 +278,7 @@ pub(super) fn validate_all(
                 format!("provider {:?} is defined twice", p.name),
             ));
         }
-        p.validate(&at, longest_attempt)?;
+        p.validate(&at, longest_attempt, retry)?;
     }
     Ok(())
 }
@@ -258,6 +290,35 @@ mod tests {
     use crate::config::load_for_test as load;
 
     const OPENAI: &str = "[[providers]]\nname = \"o\"\nkind = \"openai\"\n";
+
+    #[test]
+    fn a_provider_takes_retry_settings_of_its_own_or_those_of_retry() {
+        let text = format!(
+            "[retry]\nmax_attempts = 4\n{OPENAI}max_attempts = 2\nbackoff_base = \"10ms\"\n\
+             [[providers]]\nname = \"s\"\nkind = \"sim\"\n"
+        );
+        let c = load(&text, &[]).unwrap();
+        let own = c.providers[0].retry(&c.retry);
+        assert_eq!(own.max_attempts, 2);
+        assert_eq!(own.backoff_base, Duration::from_millis(10));
+        assert_eq!(own.backoff_cap, c.retry.backoff_cap, "left out: [retry]'s");
+        assert_eq!(c.providers[1].retry(&c.retry).max_attempts, 4);
+    }
+
+    #[test]
+    fn bad_provider_retry_settings_are_named() {
+        for (line, key) in [
+            ("max_attempts = 0", "providers[0].max_attempts"),
+            ("max_attempts = 51", "providers[0].max_attempts"),
+            ("backoff_base = \"1m\"", "providers[0].backoff_base"),
+            ("backoff_cap = \"soon\"", "providers[0].backoff_cap"),
+        ] {
+            let msg = load(&format!("{OPENAI}{line}\n"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(msg.contains(key), "{line}: {msg}");
+        }
+    }
 
     #[test]
     fn a_read_timeout_left_out_follows_the_longest_attempt_timeout() {

@@ -289,7 +289,7 @@ fn failure(
         run.max_attempts,
         e.kind,
         e.retry_after,
-        &shared.settings.backoff,
+        shared.settings.backoff_of(&run.provider),
         rand::random::<f64>(),
     );
     let next = match next {
