@@ -39,12 +39,7 @@ fn body(provider: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_provider_with_its_own_max_attempts_gives_its_runs_that_default() {
-    let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        "[database]\nsqlite_path = {:?}\n{CONFIG}",
-        dir.path().join("sluice.db").display().to_string()
-    );
-    let server = TestServer::start(&toml, &[]).await;
+    let server = TestServer::start_on_sqlite(CONFIG).await;
     let client = http();
 
     let started = Instant::now();

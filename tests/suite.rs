@@ -12,6 +12,7 @@
 mod common;
 
 mod api;
+mod breaker_open;
 mod chaos;
 mod events_http;
 mod live_first;
