@@ -17,6 +17,9 @@ use chrono::{DateTime, Utc};
 use crate::run::{AfterFailure, Class, ErrorKind, RunId, after_failure};
 use crate::store::{ClaimedRun, Completion, Failure, FailureNext, RunError};
 
+/// How early the runtime's timer may fire as measured by the standard clock.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 /// A finished attempt on its way to the database, with what the metrics need of its run.
 #[derive(Debug)]
 pub(super) struct Finished {
@@ -109,7 +112,7 @@ async fn attempt(
 ) -> AttemptResult {
     let limit = attempt_limit(shared, run);
     let started = std::time::Instant::now();
-    let outcome = call(shared, run, limit.duration, abort, reason).await;
+    let outcome = call(shared, run, &limit, abort, reason).await;
     let now = shared.clock.now();
     let took = started.elapsed();
     report(shared, run, ticket, &outcome, took, &limit);
@@ -142,20 +145,20 @@ async fn attempt(
 }
 
 /// The timeout an attempt runs under.
-struct Limit {
+struct Limit<'a> {
     duration: Duration,
     /// Whether it is the adaptive one (the run named no `timeout_ms`).
     adaptive: bool,
     /// The model whose latency window the adaptive timeout comes from and learns into.
-    model: String,
+    model: &'a str,
 }
 
 /// The run's own timeout, or the adaptive one of its provider and model.
-fn attempt_limit(shared: &Shared, run: &ClaimedRun) -> Limit {
+fn attempt_limit<'a>(shared: &'a Shared, run: &'a ClaimedRun) -> Limit<'a> {
     let model = match (&run.model, shared.providers.get(&run.provider)) {
-        (Some(m), _) => m.clone(),
-        (None, Some(entry)) => entry.default_model.clone(),
-        (None, None) => String::new(),
+        (Some(m), _) => m.as_str(),
+        (None, Some(entry)) => entry.default_model.as_str(),
+        (None, None) => "",
     };
     match run.timeout_ms {
         Some(ms) => Limit {
@@ -166,7 +169,7 @@ fn attempt_limit(shared: &Shared, run: &ClaimedRun) -> Limit {
         None => Limit {
             duration: shared.gates.attempt_timeout(
                 &run.provider,
-                &model,
+                model,
                 run.class,
                 &shared.settings.timeouts,
             ),
@@ -176,12 +179,12 @@ fn attempt_limit(shared: &Shared, run: &ClaimedRun) -> Limit {
     }
 }
 
-/// Calls the provider under the attempt's `timeout`, streaming deltas onto the run's
-/// events when asked, until it answers or `abort` fires.
+/// Calls the provider under the attempt's `limit`, streaming deltas onto the run's events
+/// when asked, until it answers or `abort` fires.
 async fn call(
     shared: &Shared,
     run: &ClaimedRun,
-    timeout: Duration,
+    limit: &Limit<'_>,
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> Outcome {
@@ -194,7 +197,6 @@ async fn call(
             ),
         ));
     };
-    let model = run.model.as_deref().unwrap_or(&entry.default_model);
     let deltas = run.stream.then(|| {
         let hub = shared.store.hub().clone();
         let (id, attempt) = (run.id, run.attempt);
@@ -204,7 +206,7 @@ async fn call(
     let call = entry.imp.call(AttemptRequest {
         run_id: run.id,
         attempt: run.attempt,
-        model,
+        model: limit.model,
         request: &run.request,
         deltas,
     });
@@ -214,12 +216,12 @@ async fn call(
             let why = reason.lock().expect("reason lock").unwrap_or(AbortReason::Shutdown);
             Outcome::Aborted(why)
         }
-        result = tokio::time::timeout(timeout, call) => match result {
+        result = tokio::time::timeout(limit.duration, call) => match result {
             Ok(Ok(output)) => Outcome::Output(output),
             Ok(Err(e)) => Outcome::Error(e),
             Err(_) => Outcome::Error(ProviderError::new(
                 ErrorKind::Timeout,
-                format!("attempt exceeded its {} ms timeout", timeout.as_millis()),
+                format!("attempt exceeded its {} ms timeout", limit.duration.as_millis()),
             )),
         },
     }
@@ -233,7 +235,7 @@ fn report(
     ticket: Ticket,
     outcome: &Outcome,
     took: Duration,
-    limit: &Limit,
+    limit: &Limit<'_>,
 ) {
     let outcome_name = match outcome {
         Outcome::Output(_) => "completed",
@@ -261,14 +263,18 @@ fn report(
             kind: e.kind,
             retry_after: e.retry_after,
             rate_limits: e.rate_limits.as_ref(),
-            adaptive_timeout: (e.kind == ErrorKind::Timeout && limit.adaptive)
+            // Only the attempt's own timeout: a connect timeout, say, ends sooner and
+            // says nothing about how long an answer takes.
+            adaptive_timeout: (e.kind == ErrorKind::Timeout
+                && limit.adaptive
+                && took + TIMER_RESOLUTION >= limit.duration)
                 .then_some(limit.duration),
         },
         Outcome::Aborted(_) => Report::Abandoned,
     };
     shared.gates.report(
         &run.provider,
-        &limit.model,
+        limit.model,
         ticket,
         report,
         &shared.settings.timeouts,
