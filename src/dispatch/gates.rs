@@ -228,8 +228,16 @@ impl Gates {
                 ..
             } => {
                 g.timeouts.record(at, *kind == ErrorKind::Timeout);
-                if let Some(limit) = adaptive_timeout {
-                    policy.record_timeout(g.latencies.of(model), *limit);
+                if let Some(limit) = adaptive_timeout
+                    && let Some(stretch) = policy.record_timeout(g.latencies.of(model), *limit)
+                {
+                    tracing::info!(
+                        provider,
+                        model,
+                        timed_out_ms = limit.as_millis() as u64,
+                        stretch_ms = stretch.as_millis() as u64,
+                        "adaptive attempt timeout stretched by a timeout"
+                    );
                 }
             }
             Report::Abandoned => {}

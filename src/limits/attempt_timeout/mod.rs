@@ -113,11 +113,15 @@ impl TimeoutPolicy {
     }
 
     /// An attempt ran out of its adaptive timeout `limit`: the next attempts get at least
-    /// `growth × limit`.
-    pub fn record_timeout(&self, window: &mut LatencyWindow, limit: Duration) {
+    /// `growth × limit`. Returns the new stretch when this raised it.
+    pub fn record_timeout(&self, window: &mut LatencyWindow, limit: Duration) -> Option<Duration> {
         let raised =
             Duration::try_from_secs_f64(limit.as_secs_f64() * self.growth).unwrap_or(Duration::MAX);
-        window.stretch = Some(window.stretch.map_or(raised, |s| s.max(raised)));
         window.calm = 0;
+        if window.stretch.is_some_and(|s| s >= raised) {
+            return None;
+        }
+        window.stretch = Some(raised);
+        Some(raised)
     }
 }

@@ -126,9 +126,10 @@ fn a_timeout_stretches_the_next_timeouts_once_per_level() {
     let first = p.timeout(&mut w, 0, Class::Live);
     assert_eq!(first, Duration::from_millis(200));
     // Fifty attempts that all ran out of the same timeout stretch it once.
-    for _ in 0..50 {
-        p.record_timeout(&mut w, first);
-    }
+    let raised: Vec<_> = (0..50)
+        .filter_map(|_| p.record_timeout(&mut w, first))
+        .collect();
+    assert_eq!(raised, vec![Duration::from_millis(400)]);
     let second = p.timeout(&mut w, 0, Class::Live);
     assert_eq!(second, Duration::from_millis(400));
     p.record_timeout(&mut w, second);
