@@ -249,7 +249,14 @@ fn sse_response(headers: HeaderMap, events: Vec<String>) -> Response {
     response
 }
 
-fn server_config(dir: &tempfile::TempDir, kind: &str, root: &str, extra: &str) -> String {
+/// A server config with one provider `fake` of `kind` at `root` (model `fake-1`), quick
+/// retries, and `extra` appended inside its `[[providers]]` entry.
+pub(crate) fn server_config(
+    dir: &tempfile::TempDir,
+    kind: &str,
+    root: &str,
+    extra: &str,
+) -> String {
     let base = if kind == "openai" {
         format!("{root}/v1")
     } else {
@@ -270,7 +277,6 @@ name = "fake"
 kind = "{kind}"
 base_url = "{base}"
 default_model = "fake-1"
-read_timeout = "30s"
 {extra}
 "#,
         db = dir.path().join("sluice.db").display().to_string()

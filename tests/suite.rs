@@ -12,6 +12,7 @@
 mod common;
 
 mod api;
+mod breaker_open;
 mod chaos;
 mod events_http;
 mod live_first;
@@ -21,7 +22,9 @@ mod outage;
 mod pg_claimers;
 mod process;
 mod provider_e2e;
+mod provider_retry;
 mod providers_http;
 mod secrets;
+mod slow_provider;
 mod store_conformance;
 mod tool_calls;

@@ -65,7 +65,8 @@ struct EnqueueBody {
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     idempotency_key: Option<String>,
-    /// How many attempts the run may make; defaults to the server's `retry.max_attempts`.
+    /// How many attempts the run may make; defaults to the provider's `max_attempts`, or
+    /// the server's `retry.max_attempts`.
     #[serde(default)]
     #[schema(minimum = 1, maximum = 50)]
     max_attempts: Option<i64>,
@@ -375,7 +376,11 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
         Some(p) => within("priority", p, &PRIORITY_RANGE, " (most urgent)")?,
     };
     let max_attempts = match b.max_attempts {
-        None => config.retry.max_attempts,
+        None => config
+            .provider(&b.provider)
+            .map_or(config.retry.max_attempts, |p| {
+                p.retry(&config.retry).max_attempts
+            }),
         Some(n) => within("max_attempts", n, &MAX_ATTEMPTS_RANGE, "")?,
     };
     let cap = match class {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, duration, invalid};
-use crate::run::MAX_ATTEMPTS_RANGE;
+use crate::run::{Backoff, MAX_ATTEMPTS_RANGE};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -114,10 +114,25 @@ impl Default for RetryConfig {
 }
 
 impl RetryConfig {
+    /// The backoff these settings describe.
+    pub fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.backoff_base,
+            cap: self.backoff_cap,
+            provider_cap: self.provider_delay_cap,
+        }
+    }
+
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_at("retry")
+    }
+
+    /// Checks the settings as written under `at` (`retry`, or `providers[i]` for a
+    /// provider's own, which take `[retry]`'s where they are left out).
+    pub(super) fn validate_at(&self, at: &str) -> Result<(), ConfigError> {
         if !MAX_ATTEMPTS_RANGE.contains(&self.max_attempts) {
             return Err(invalid(
-                "retry.max_attempts",
+                format!("{at}.max_attempts"),
                 format!(
                     "must be between {} and {}",
                     MAX_ATTEMPTS_RANGE.start(),
@@ -127,8 +142,8 @@ impl RetryConfig {
         }
         if self.backoff_base > self.backoff_cap {
             return Err(invalid(
-                "retry.backoff_base",
-                "must not be longer than retry.backoff_cap",
+                format!("{at}.backoff_base"),
+                format!("must not be longer than {at}.backoff_cap"),
             ));
         }
         Ok(())

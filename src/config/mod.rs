@@ -139,6 +139,7 @@ impl Config {
             })?;
         for p in &mut config.providers {
             p.apply_kind_defaults();
+            p.follow_attempt_timeouts(config.queue.background_attempt_timeout_cap);
         }
         config.validate()?;
         Ok(config)
@@ -151,7 +152,11 @@ impl Config {
         self.queue.validate()?;
         self.admission.validate()?;
         self.http.validate()?;
-        provider::validate_all(&self.providers)
+        provider::validate_all(
+            &self.providers,
+            self.queue.background_attempt_timeout_cap,
+            &self.retry,
+        )
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {

@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use super::{ConfigError, duration, invalid};
 
+/// The largest `queue.adaptive_timeout_growth` accepted.
+const MAX_ADAPTIVE_TIMEOUT_GROWTH: f64 = 10.0;
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
@@ -17,14 +20,14 @@ pub struct QueueConfig {
     /// Default deadline to first start for background runs.
     #[serde(with = "duration")]
     pub background_queue_timeout: Duration,
-    /// Per-attempt timeout when the request gives none, until the provider has enough
-    /// successful samples for the adaptive timeout.
+    /// Per-attempt timeout when the request gives none, until the provider and model have
+    /// enough successful samples for the adaptive timeout.
     #[serde(with = "duration")]
     pub attempt_timeout: Duration,
     /// The adaptive timeout never goes below this.
     #[serde(with = "duration")]
     pub attempt_timeout_floor: Duration,
-    /// Successful attempts a provider needs before its timeout adapts.
+    /// Successful attempts a provider and model need before their timeout adapts.
     pub adaptive_timeout_min_samples: u32,
     /// Adaptive timeout = recent p95 successful latency × this factor + the depth penalty.
     pub adaptive_timeout_factor: f64,
@@ -32,6 +35,13 @@ pub struct QueueConfig {
     /// provider answers slower.
     #[serde(with = "duration")]
     pub adaptive_timeout_penalty: Duration,
+    /// The most the in-flight penalty adds: queue pressure lengthens the timeout, but a
+    /// deep queue must not stretch it without bound.
+    #[serde(with = "duration")]
+    pub adaptive_timeout_penalty_cap: Duration,
+    /// How much an attempt that ran out of its adaptive timeout stretches the next ones:
+    /// a provider that slowed past the timeout raises it by this factor per timeout.
+    pub adaptive_timeout_growth: f64,
     /// Longest per-attempt timeout a live run may ask for.
     #[serde(with = "duration")]
     pub live_attempt_timeout_cap: Duration,
@@ -57,6 +67,8 @@ impl Default for QueueConfig {
             adaptive_timeout_min_samples: 20,
             adaptive_timeout_factor: 2.0,
             adaptive_timeout_penalty: Duration::from_millis(50),
+            adaptive_timeout_penalty_cap: Duration::from_secs(30),
+            adaptive_timeout_growth: 2.0,
             live_attempt_timeout_cap: Duration::from_secs(120),
             background_attempt_timeout_cap: Duration::from_secs(300),
             live_key_cap: None,
@@ -73,6 +85,17 @@ impl QueueConfig {
             return Err(invalid(
                 "queue.adaptive_timeout_factor",
                 "must be at least 1",
+            ));
+        }
+        // Written so that NaN fails too. At 1 a timeout would not raise the next one, and
+        // a provider that slowed past the timeout would time out for good; past the
+        // maximum one timeout would leap over the pace it was looking for.
+        if !(self.adaptive_timeout_growth > 1.0
+            && self.adaptive_timeout_growth <= MAX_ADAPTIVE_TIMEOUT_GROWTH)
+        {
+            return Err(invalid(
+                "queue.adaptive_timeout_growth",
+                format!("must be above 1 and at most {MAX_ADAPTIVE_TIMEOUT_GROWTH}"),
             ));
         }
         if self.live_attempt_timeout_cap > self.background_attempt_timeout_cap {
@@ -150,5 +173,25 @@ impl AdmissionConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_for_test as load;
+
+    #[test]
+    fn a_growth_that_cannot_raise_the_timeout_is_refused() {
+        for growth in ["1.0", "0.5", "nan", "11.0"] {
+            let msg = load(
+                &format!("[queue]\nadaptive_timeout_growth = {growth}\n"),
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(msg.contains("queue.adaptive_timeout_growth"), "{msg}");
+        }
+        let c = load("[queue]\nadaptive_timeout_growth = 1.5\n", &[]).unwrap();
+        assert_eq!(c.queue.adaptive_timeout_growth, 1.5);
     }
 }

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::limits::{
-    Admission, BreakerState, CircuitBreaker, LatencyWindow, LimiterSnapshot, Outcome, Permit,
+    Admission, BreakerState, CircuitBreaker, LimiterSnapshot, ModelWindows, Outcome, Permit,
     RateLimitInfo, RateLimiter, TimeoutPolicy, TimeoutRate, Transition, UNLIMITED, estimate_tokens,
 };
 use crate::run::{Class, ErrorKind};
@@ -25,8 +25,9 @@ struct Gate {
     live_cap: Option<u32>,
     background_cap: u32,
     timeouts: TimeoutRate,
-    /// Durations of the most recent successful attempts, for the adaptive timeout.
-    latencies: LatencyWindow,
+    /// Per model, the most recent successful latencies and the stretch timeouts left, for
+    /// the adaptive timeout.
+    latencies: ModelWindows,
 }
 
 /// Why a provider should not take background work now.
@@ -63,6 +64,9 @@ pub(super) enum Report<'a> {
         kind: ErrorKind,
         retry_after: Option<Duration>,
         rate_limits: Option<&'a RateLimitInfo>,
+        /// The adaptive timeout the attempt ran out of (a timeout under a run's own
+        /// `timeout_ms` says nothing about the provider's pace).
+        adaptive_timeout: Option<Duration>,
     },
     /// No verdict on the provider (cancelled, released at shutdown).
     Abandoned,
@@ -122,7 +126,7 @@ impl Gates {
                     live_cap: p.live_max_in_flight,
                     background_cap: p.background_max_in_flight,
                     timeouts: TimeoutRate::new(config.admission.timeout_rate_half_life, at),
-                    latencies: LatencyWindow::new(),
+                    latencies: ModelWindows::new(),
                 }),
             );
         }
@@ -197,8 +201,16 @@ impl Gates {
         }
     }
 
-    /// Reports how the attempt went and hands its ticket back.
-    pub(super) fn report(&self, provider: &str, ticket: Ticket, report: Report<'_>) {
+    /// Reports how an attempt with `model` went and hands its ticket back; `policy` is how
+    /// the adaptive timeout learns from it.
+    pub(super) fn report(
+        &self,
+        provider: &str,
+        model: &str,
+        ticket: Ticket,
+        report: Report<'_>,
+        policy: &TimeoutPolicy,
+    ) {
         let Some(gate) = self.by_name.get(provider) else {
             return;
         };
@@ -208,9 +220,26 @@ impl Gates {
         match &report {
             Report::Success { took, .. } => {
                 g.timeouts.record(at, false);
-                g.latencies.push(*took);
+                policy.record_success(g.latencies.of(model), *took);
             }
-            Report::Failure { kind, .. } => g.timeouts.record(at, *kind == ErrorKind::Timeout),
+            Report::Failure {
+                kind,
+                adaptive_timeout,
+                ..
+            } => {
+                g.timeouts.record(at, *kind == ErrorKind::Timeout);
+                if let Some(limit) = adaptive_timeout
+                    && let Some(stretch) = policy.record_timeout(g.latencies.of(model), *limit)
+                {
+                    tracing::info!(
+                        provider,
+                        model,
+                        timed_out_ms = limit.as_millis() as u64,
+                        stretch_ms = stretch.as_millis() as u64,
+                        "adaptive attempt timeout stretched by a timeout"
+                    );
+                }
+            }
             Report::Abandoned => {}
         }
         let (tokens, verdict) = match report {
@@ -226,6 +255,7 @@ impl Gates {
                 kind,
                 retry_after,
                 rate_limits,
+                ..
             } => {
                 if kind == ErrorKind::RateLimited {
                     g.limiter.on_rate_limited(at, retry_after, rate_limits);
@@ -291,10 +321,11 @@ impl Gates {
         }
     }
 
-    /// The attempt timeout for a run of `provider` that names none.
+    /// The attempt timeout for a run of `provider` and `model` that names none.
     pub(super) fn attempt_timeout(
         &self,
         provider: &str,
+        model: &str,
         class: Class,
         policy: &TimeoutPolicy,
     ) -> Duration {
@@ -302,7 +333,7 @@ impl Gates {
             Some(gate) => {
                 let mut g = gate.lock().expect("gate lock");
                 let in_flight = g.limiter.in_flight();
-                policy.timeout(&mut g.latencies, in_flight, class)
+                policy.timeout(g.latencies.of(model), in_flight, class)
             }
             None => policy.default,
         }

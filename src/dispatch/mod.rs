@@ -71,13 +71,21 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     pub complete_batch: usize,
     pub enqueue_batch: usize,
+    /// The `[retry]` backoff, for a run of a provider no longer configured.
     pub backoff: Backoff,
+    /// Each provider's backoff: its own settings, `[retry]`'s where it has none.
+    pub provider_backoff: HashMap<String, Backoff>,
     timeouts: crate::limits::TimeoutPolicy,
     pub key_caps: KeyCaps,
     pub sweep_interval: Duration,
 }
 
 impl Settings {
+    /// The backoff of `provider`'s retries.
+    pub fn backoff_of(&self, provider: &str) -> &Backoff {
+        self.provider_backoff.get(provider).unwrap_or(&self.backoff)
+    }
+
     pub fn from_config(config: &Config) -> Settings {
         let d = &config.dispatch;
         Settings {
@@ -90,11 +98,12 @@ impl Settings {
             shutdown_grace: d.shutdown_grace,
             complete_batch: d.complete_batch,
             enqueue_batch: d.enqueue_batch,
-            backoff: Backoff {
-                base: config.retry.backoff_base,
-                cap: config.retry.backoff_cap,
-                provider_cap: config.retry.provider_delay_cap,
-            },
+            backoff: config.retry.backoff(),
+            provider_backoff: config
+                .providers
+                .iter()
+                .map(|p| (p.name.clone(), p.retry(&config.retry).backoff()))
+                .collect(),
             timeouts: crate::limits::TimeoutPolicy::from_config(&config.queue),
             key_caps: KeyCaps {
                 live: config.queue.live_key_cap,

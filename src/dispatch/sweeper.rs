@@ -1,13 +1,16 @@
 //! The sweeper: ends runs whose queue deadline passed before they started, on its own
 //! clock, so a deadline holds even while every worker slot is busy (the claim never starts
 //! such a run either). A live run becomes `timed_out` (origin `queue_wait`), a background
-//! run `dropped` (reason `stale`).
+//! run `dropped` (reason `stale`). A run whose provider's circuit breaker is open (or
+//! half-open, its one probe out) when its deadline passes ends the same way, with error
+//! kind `breaker_open`: that is why it never started.
 
 use std::sync::Arc;
 
 use super::Shared;
 use super::endings::{self, Ending};
 use super::ticker::{self, Service};
+use crate::limits::BreakerState;
 use crate::run::{Status, TimeoutOrigin};
 
 /// Most runs ended by one statement.
@@ -17,10 +20,22 @@ pub(super) async fn run(shared: Arc<Shared>) {
     ticker::every(Service::Sweeper, &shared, || sweep(&shared)).await;
 }
 
-/// One pass: ends the runs whose queue deadline has passed.
+/// One pass: ends the runs whose queue deadline has passed, blaming the breaker for
+/// those whose provider's breaker is not closed.
 async fn sweep(shared: &Shared) {
     let now = shared.clock.now();
-    match shared.store.expire_queued(now, SWEEP_BATCH).await {
+    let open_breakers: Vec<String> = shared
+        .gates
+        .status()
+        .into_iter()
+        .filter(|g| g.breaker != BreakerState::Closed)
+        .map(|g| g.provider)
+        .collect();
+    match shared
+        .store
+        .expire_queued_blaming(now, SWEEP_BATCH, &open_breakers)
+        .await
+    {
         Ok(expired) => {
             for e in expired {
                 let ending = Ending {

@@ -17,6 +17,9 @@ use chrono::{DateTime, Utc};
 use crate::run::{AfterFailure, Class, ErrorKind, RunId, after_failure};
 use crate::store::{ClaimedRun, Completion, Failure, FailureNext, RunError};
 
+/// How early the runtime's timer may fire as measured by the standard clock.
+const TIMER_RESOLUTION: Duration = Duration::from_millis(1);
+
 /// A finished attempt on its way to the database, with what the metrics need of its run.
 #[derive(Debug)]
 pub(super) struct Finished {
@@ -107,11 +110,12 @@ async fn attempt(
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> AttemptResult {
+    let limit = attempt_limit(shared, run);
     let started = std::time::Instant::now();
-    let outcome = call(shared, run, abort, reason).await;
+    let outcome = call(shared, run, &limit, abort, reason).await;
     let now = shared.clock.now();
     let took = started.elapsed();
-    report(shared, run, ticket, &outcome, took);
+    report(shared, run, ticket, &outcome, took, &limit);
     let elapsed_ms = took.as_millis() as u64;
     match outcome {
         Outcome::Output(out) => {
@@ -144,11 +148,47 @@ async fn attempt(
     }
 }
 
-/// Calls the provider under the attempt's timeout (the run's own, or the adaptive one),
-/// streaming deltas onto the run's events when asked, until it answers or `abort` fires.
+/// The timeout an attempt runs under.
+struct Limit<'a> {
+    duration: Duration,
+    /// Whether it is the adaptive one (the run named no `timeout_ms`).
+    adaptive: bool,
+    /// The model whose latency window the adaptive timeout comes from and learns into.
+    model: &'a str,
+}
+
+/// The run's own timeout, or the adaptive one of its provider and model.
+fn attempt_limit<'a>(shared: &'a Shared, run: &'a ClaimedRun) -> Limit<'a> {
+    let model = match (&run.spec.model, shared.providers.get(&run.spec.provider)) {
+        (Some(m), _) => m.as_str(),
+        (None, Some(entry)) => entry.default_model.as_str(),
+        (None, None) => "",
+    };
+    match run.spec.timeout_ms {
+        Some(ms) => Limit {
+            duration: Duration::from_millis(ms.max(1) as u64),
+            adaptive: false,
+            model,
+        },
+        None => Limit {
+            duration: shared.gates.attempt_timeout(
+                &run.spec.provider,
+                model,
+                run.spec.class,
+                &shared.settings.timeouts,
+            ),
+            adaptive: true,
+            model,
+        },
+    }
+}
+
+/// Calls the provider under the attempt's `limit`, streaming deltas onto the run's events
+/// when asked, until it answers or `abort` fires.
 async fn call(
     shared: &Shared,
     run: &ClaimedRun,
+    limit: &Limit<'_>,
     abort: &CancellationToken,
     reason: &Mutex<Option<AbortReason>>,
 ) -> Outcome {
@@ -160,15 +200,6 @@ async fn call(
                 run.spec.provider
             ),
         ));
-    };
-    let model = run.spec.model.as_deref().unwrap_or(&entry.default_model);
-    let timeout = match run.spec.timeout_ms {
-        Some(ms) => Duration::from_millis(ms.max(1) as u64),
-        None => shared.gates.attempt_timeout(
-            &run.spec.provider,
-            run.spec.class,
-            &shared.settings.timeouts,
-        ),
     };
     let deltas = run.spec.stream.then(|| {
         let hub = shared.store.hub().clone();
@@ -182,7 +213,7 @@ async fn call(
     let call = entry.imp.call(AttemptRequest {
         run_id: run.id,
         attempt: run.attempt,
-        model,
+        model: limit.model,
         request: &run.request,
         deltas,
     });
@@ -192,20 +223,27 @@ async fn call(
             let why = reason.lock().expect("reason lock").unwrap_or(AbortReason::Shutdown);
             Outcome::Aborted(why)
         }
-        result = tokio::time::timeout(timeout, call) => match result {
+        result = tokio::time::timeout(limit.duration, call) => match result {
             Ok(Ok(output)) => Outcome::Output(output),
             Ok(Err(e)) => Outcome::Error(e),
             Err(_) => Outcome::Error(ProviderError::new(
                 ErrorKind::Timeout,
-                format!("attempt exceeded its {} ms timeout", timeout.as_millis()),
+                format!("attempt exceeded its {} ms timeout", limit.duration.as_millis()),
             )),
         },
     }
 }
 
-/// Feeds the outcome to the metrics and to the provider's limiter and breaker (which
-/// takes the ticket back), and ends the run's delta stream.
-fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, took: Duration) {
+/// Feeds the outcome to the metrics, to the provider's limiter and breaker (which takes
+/// the ticket back) and to its adaptive timeout, and ends the run's delta stream.
+fn report(
+    shared: &Shared,
+    run: &ClaimedRun,
+    ticket: Ticket,
+    outcome: &Outcome,
+    took: Duration,
+    limit: &Limit<'_>,
+) {
     let outcome_name = match outcome {
         Outcome::Output(_) => "completed",
         Outcome::Error(e) => e.kind.as_str(),
@@ -232,10 +270,22 @@ fn report(shared: &Shared, run: &ClaimedRun, ticket: Ticket, outcome: &Outcome, 
             kind: e.kind,
             retry_after: e.retry_after,
             rate_limits: e.rate_limits.as_ref(),
+            // Only the attempt's own timeout: a connect timeout, say, ends sooner and
+            // says nothing about how long an answer takes.
+            adaptive_timeout: (e.kind == ErrorKind::Timeout
+                && limit.adaptive
+                && took + TIMER_RESOLUTION >= limit.duration)
+                .then_some(limit.duration),
         },
         Outcome::Aborted(_) => Report::Abandoned,
     };
-    shared.gates.report(&run.spec.provider, ticket, report);
+    shared.gates.report(
+        &run.spec.provider,
+        limit.model,
+        ticket,
+        report,
+        &shared.settings.timeouts,
+    );
 }
 
 /// A failed attempt: retried after a backoff (the provider's delay when it gave one), or
@@ -252,7 +302,7 @@ fn failure(
         run.max_attempts,
         e.kind,
         e.retry_after,
-        &shared.settings.backoff,
+        shared.settings.backoff_of(&run.spec.provider),
         rand::random::<f64>(),
     );
     let next = match next {

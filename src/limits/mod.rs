@@ -19,7 +19,7 @@ mod rate_limiter;
 mod timeout_rate;
 mod tokens;
 
-pub use attempt_timeout::{LatencyWindow, TimeoutPolicy};
+pub use attempt_timeout::{LatencyWindow, ModelWindows, TimeoutPolicy};
 pub use breaker::{Admission, BreakerState, CircuitBreaker, Outcome, Transition};
 pub use rate_limiter::{LimiterSnapshot, Permit, RateLimitInfo, RateLimiter, Wait, WaitReason};
 pub use timeout_rate::TimeoutRate;

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
 use super::model::{OUTCOME_RELEASED, RunError, rfc3339};
-use crate::run::{ErrorKind, TimeoutOrigin};
+use crate::run::{Class, ErrorKind, TimeoutOrigin};
 
 /// The JSON of an event's `data` for a failed attempt.
 pub fn attempt_failed_data(error: &RunError, retry_at: Option<DateTime<Utc>>) -> Box<RawValue> {
@@ -64,6 +64,22 @@ pub fn queue_wait_data() -> Box<RawValue> {
 /// Event data of a background run dropped as stale.
 pub fn stale_data() -> Box<RawValue> {
     json(&serde_json::json!({"reason": "stale"}))
+}
+
+/// The message of a run that never started within its queue deadline because its
+/// provider's circuit breaker was open.
+pub const BREAKER_OPEN_MESSAGE: &str =
+    "not started within its queue deadline: the provider's circuit breaker was open";
+
+/// Event data of a run of `class` whose queue deadline passed while its provider's breaker
+/// was open: the usual queue-wait or stale data, with error kind `breaker_open`.
+pub fn breaker_open_data(class: Class) -> Box<RawValue> {
+    let mut data = serde_json::json!({"kind": "breaker_open", "message": BREAKER_OPEN_MESSAGE});
+    match class {
+        Class::Live => data["timeout_origin"] = "queue_wait".into(),
+        Class::Background => data["reason"] = "stale".into(),
+    }
+    json(&data)
 }
 
 /// Event data of a run given back at shutdown, queued again.

@@ -409,7 +409,18 @@ impl Store {
     /// Ends queued runs whose queue deadline passed before they ever started: live runs
     /// become `timed_out` (origin `queue_wait`), background runs `dropped` (reason `stale`).
     pub async fn expire_queued(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Expired>> {
-        let written = delegate!(self, s => s.expire_queued(now, limit).await)?;
+        self.expire_queued_blaming(now, limit, &[]).await
+    }
+
+    /// [`Store::expire_queued`], where the runs of `open_breakers` (providers whose circuit
+    /// breaker is open) carry error kind `breaker_open`: that is why they never started.
+    pub async fn expire_queued_blaming(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+        open_breakers: &[String],
+    ) -> Result<Vec<Expired>> {
+        let written = delegate!(self, s => s.expire_queued(now, limit, open_breakers).await)?;
         Ok(self.published(written))
     }
 

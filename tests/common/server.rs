@@ -116,6 +116,15 @@ impl TestServer {
         }
     }
 
+    /// [`TestServer::start`] on a fresh SQLite file in a folder kept as long as the server.
+    pub async fn start_on_sqlite(toml: &str) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = dir.path().join("sluice.db").display().to_string();
+        TestServer::start(toml, &[("SLUICE_DATABASE__SQLITE_PATH", &db)])
+            .await
+            .owning(dir)
+    }
+
     /// Starts the `sluice` binary and waits until `GET /health` answers 200. Nothing from
     /// the test's own environment configures the child: only `launch` does.
     pub async fn spawn(launch: Launch<'_>) -> TestServer {

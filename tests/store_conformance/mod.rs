@@ -40,6 +40,7 @@ macro_rules! conformance {
     };
 }
 
+mod breaker_open;
 mod dispatch_order;
 mod enqueue;
 mod events;

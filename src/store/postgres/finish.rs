@@ -351,6 +351,7 @@ impl PgStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        open_breakers: &[String],
     ) -> Result<(Vec<Expired>, Vec<RunEvent>)> {
         let rows = sqlx::query(
             "WITH expired AS (
@@ -365,15 +366,20 @@ impl PgStore {
                     finished_at = $1,
                     timeout_origin = CASE WHEN r.class = 0 THEN 'queue_wait' END,
                     drop_reason = CASE WHEN r.class = 1 THEN 'stale' END,
-                    error_kind = CASE WHEN r.class = 0 THEN 'timeout' END,
-                    error_message = CASE WHEN r.class = 0 THEN $3 END,
+                    error_kind = CASE WHEN r.provider = ANY($6)
+                        THEN 'breaker_open' WHEN r.class = 0 THEN 'timeout' END,
+                    error_message = CASE WHEN r.provider = ANY($6)
+                        THEN $7 WHEN r.class = 0 THEN $3 END,
                     error_status = NULL
                 FROM expired e WHERE r.id = e.id
-                RETURNING r.id, r.status, r.class, r.tenant, r.batch, r.created_at
+                RETURNING r.id, r.status, r.class, r.tenant, r.batch, r.created_at, r.error_kind
              ), ev AS (
                 INSERT INTO run_events (run_id, kind, at, data, class, tenant, batch)
                 SELECT id, status, $1,
-                    CASE WHEN class = 0 THEN $4::json ELSE $5::json END, class, tenant, batch
+                    CASE WHEN error_kind = 'breaker_open'
+                        THEN (CASE WHEN class = 0 THEN $8::json ELSE $9::json END)
+                        WHEN class = 0 THEN $4::json ELSE $5::json END,
+                    class, tenant, batch
                 FROM ended
                 RETURNING id, run_id, kind, at, attempt, data::text AS data, class, tenant, batch
              )
@@ -385,6 +391,10 @@ impl PgStore {
         .bind(QUEUE_WAIT_MESSAGE)
         .bind(queue_wait_data().get())
         .bind(stale_data().get())
+        .bind(open_breakers)
+        .bind(BREAKER_OPEN_MESSAGE)
+        .bind(breaker_open_data(Class::Live).get())
+        .bind(breaker_open_data(Class::Background).get())
         .fetch_all(&self.pool)
         .await?;
         let mut expired = Vec::with_capacity(rows.len());

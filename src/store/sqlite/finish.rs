@@ -275,6 +275,7 @@ impl SqliteStore {
         &self,
         now: DateTime<Utc>,
         limit: usize,
+        open_breakers: &[String],
     ) -> Result<(Vec<Expired>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         let rows = sqlx::query(
@@ -283,27 +284,38 @@ impl SqliteStore {
                  finished_at = ?1,
                  timeout_origin = CASE WHEN class = 0 THEN 'queue_wait' END,
                  drop_reason = CASE WHEN class = 1 THEN 'stale' END,
-                 error_kind = CASE WHEN class = 0 THEN 'timeout' END,
-                 error_message = CASE WHEN class = 0 THEN ?3 END,
+                 error_kind = CASE WHEN provider IN (SELECT value FROM json_each(?4))
+                     THEN 'breaker_open' WHEN class = 0 THEN 'timeout' END,
+                 error_message = CASE WHEN provider IN (SELECT value FROM json_each(?4))
+                     THEN ?5 WHEN class = 0 THEN ?3 END,
                  error_status = NULL
              WHERE id IN (
                 SELECT id FROM runs
                 WHERE status = 'queued' AND started_at IS NULL AND queue_deadline_at <= ?1
                 ORDER BY queue_deadline_at LIMIT ?2)
-             RETURNING id, class, tenant, batch, created_at",
+             RETURNING id, class, tenant, batch, created_at, error_kind",
         )
         .bind(ms(now))
         .bind(limit as i64)
         .bind(QUEUE_WAIT_MESSAGE)
+        .bind(serde_json::to_string(open_breakers).expect("names serialise"))
+        .bind(BREAKER_OPEN_MESSAGE)
         .fetch_all(&mut *tx)
         .await?;
         let mut expired = Vec::with_capacity(rows.len());
         let mut events = Vec::with_capacity(rows.len());
         for row in &rows {
             let scope = ScopeRecord::from_row(row)?.decode()?;
+            let blamed = row.try_get::<Option<String>, _>("error_kind")?.as_deref()
+                == Some(crate::run::ErrorKind::BreakerOpen.as_str());
             let (status, kind, data) = match scope.class {
                 Class::Live => (Status::TimedOut, EventKind::TimedOut, queue_wait_data()),
                 Class::Background => (Status::Dropped, EventKind::Dropped, stale_data()),
+            };
+            let data = if blamed {
+                breaker_open_data(scope.class)
+            } else {
+                data
             };
             events.push(insert_event(&mut tx, scope.event(kind, now, None, Some(data))).await?);
             expired.push(Expired {
