@@ -14,6 +14,7 @@ mod common;
 mod api;
 mod chaos;
 mod events_http;
+mod limiter_styles;
 mod live_first;
 mod metrics_http;
 mod openapi;
