@@ -136,6 +136,8 @@ impl Gates {
         for (name, gate) in &self.by_name {
             let mut g = gate.lock().expect("gate lock");
             log_transition(name, g.breaker.poll(at));
+            // A pace learned from refusals rises with time, not with answers.
+            g.limiter.refresh(at);
             let n = g
                 .limiter
                 .available(at)
@@ -228,7 +230,8 @@ impl Gates {
                 rate_limits,
             } => {
                 if kind == ErrorKind::RateLimited {
-                    g.limiter.on_rate_limited(at, retry_after, rate_limits);
+                    g.limiter
+                        .on_refused(at, &ticket.permit, retry_after, rate_limits);
                 } else if let Some(info) = rate_limits {
                     g.limiter.on_success(at, Some(info));
                 }

@@ -11,8 +11,10 @@ use reqwest::header::HeaderMap;
 use crate::limits::RateLimitInfo;
 
 /// How long the provider asked us to wait before retrying: `retry-after-ms` wins over
-/// `retry-after`; when neither is present and the response is a 429, the reset of the
-/// exhausted rate limit (from `limits`) stands in.
+/// `retry-after`; when neither is present and the response is a 429, the time one unit of
+/// the exhausted limit (from `limits`) takes to come back stands in. Not its reset: a
+/// provider's bucket refills continuously and its reset is when the bucket is full again,
+/// which for a minute's budget is up to a minute of waiting for nothing.
 pub fn retry_after(
     headers: &HeaderMap,
     is_rate_limited: bool,
@@ -26,7 +28,7 @@ pub fn retry_after(
         return Some(d);
     }
     if is_rate_limited {
-        return limits.and_then(reset_of_exhausted);
+        return limits.and_then(one_unit_of_exhausted);
     }
     None
 }
@@ -133,18 +135,26 @@ pub fn parse_rfc3339_reset(value: &str, now: SystemTime) -> Option<Duration> {
     )
 }
 
-/// The reset of whichever limit is used up; the token reset when the response does not say.
-fn reset_of_exhausted(limits: &RateLimitInfo) -> Option<Duration> {
-    let requests = (limits.remaining_requests == Some(0))
-        .then_some(limits.reset_requests)
-        .flatten();
-    let tokens = (limits.remaining_tokens == Some(0))
-        .then_some(limits.reset_tokens)
-        .flatten();
-    requests
-        .max(tokens)
-        .or(limits.reset_tokens)
-        .or(limits.reset_requests)
+/// How long one unit of whichever limit is used up takes to come back: its reset (the time
+/// until it is full) over its size. `None` when no limit says it is used up, or it names no
+/// size or reset.
+fn one_unit_of_exhausted(limits: &RateLimitInfo) -> Option<Duration> {
+    let one_unit = |remaining: Option<u64>, limit: Option<u64>, reset: Option<Duration>| {
+        (remaining == Some(0))
+            .then(|| Some(reset? / u32::try_from(limit?.max(1)).unwrap_or(u32::MAX)))
+            .flatten()
+    };
+    let requests = one_unit(
+        limits.remaining_requests,
+        limits.limit_requests,
+        limits.reset_requests,
+    );
+    let tokens = one_unit(
+        limits.remaining_tokens,
+        limits.limit_tokens,
+        limits.reset_tokens,
+    );
+    requests.max(tokens)
 }
 
 fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -342,29 +352,40 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_falls_back_to_the_exhausted_reset_on_429() {
-        let headers = map(&[
-            ("x-ratelimit-remaining-requests", "10"),
-            ("x-ratelimit-reset-requests", "1s"),
-            ("x-ratelimit-remaining-tokens", "0"),
-            ("x-ratelimit-reset-tokens", "20ms"),
-        ]);
-        let limits = rate_limits(&headers, now());
+    fn retry_after_falls_back_to_one_unit_of_the_exhausted_limit_on_429() {
+        let openai = |remaining_tokens: &'static str| {
+            map(&[
+                ("x-ratelimit-limit-requests", "600"),
+                ("x-ratelimit-remaining-requests", "10"),
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-limit-tokens", "1000"),
+                ("x-ratelimit-remaining-tokens", remaining_tokens),
+                ("x-ratelimit-reset-tokens", "20s"),
+            ])
+        };
+        let spent = openai("0");
+        let limits = rate_limits(&spent, now());
+        // A full bucket of 1000 tokens in 20 s gives one back every 20 ms.
         assert_eq!(
-            retry_after(&headers, true, limits.as_ref(), now()),
+            retry_after(&spent, true, limits.as_ref(), now()),
             Some(Duration::from_millis(20))
         );
         // Not a 429: resets are no reason to wait.
-        assert_eq!(retry_after(&headers, false, limits.as_ref(), now()), None);
+        assert_eq!(retry_after(&spent, false, limits.as_ref(), now()), None);
+        // Nothing used up: no reset stands in.
+        let room = openai("500");
+        let limits = rate_limits(&room, now());
+        assert_eq!(retry_after(&room, true, limits.as_ref(), now()), None);
 
         let anthropic = map(&[
+            ("anthropic-ratelimit-requests-limit", "60"),
             ("anthropic-ratelimit-requests-remaining", "0"),
-            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:28:03Z"),
+            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:29:00Z"),
         ]);
         let limits = rate_limits(&anthropic, now());
         assert_eq!(
             retry_after(&anthropic, true, limits.as_ref(), now()),
-            Some(Duration::from_secs(3))
+            Some(Duration::from_secs(1))
         );
         assert_eq!(retry_after(&map(&[]), true, None, now()), None);
     }
