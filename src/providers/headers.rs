@@ -203,58 +203,56 @@ mod tests {
         assert_eq!(parse_retry_after_ms("soon"), None);
     }
 
+    /// Asserts that `parse` reads each value as given.
+    fn reads(parse: impl Fn(&str) -> Option<Duration>, cases: &[(&str, Option<Duration>)]) {
+        for (value, want) in cases {
+            assert_eq!(parse(value), *want, "{value}");
+        }
+    }
+
     #[test]
     fn retry_after_seconds_and_http_date() {
-        assert_eq!(parse_retry_after("2", now()), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("0.5", now()),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now()),
-            Some(Duration::from_secs(30))
-        );
-        // A date already past means retry now.
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now()),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("later", now()), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("2", Some(ms(2000))),
+            ("0.5", Some(ms(500))),
+            ("Wed, 21 Oct 2015 07:28:30 GMT", Some(ms(30_000))),
+            // A date already past means retry now.
+            ("Wed, 21 Oct 2015 07:27:00 GMT", Some(Duration::ZERO)),
+            ("later", None),
+        ];
+        reads(|v| parse_retry_after(v, now()), &cases);
     }
 
     #[test]
     fn go_style_reset_durations() {
-        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_reset("0.5s"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(
-            parse_reset("1h2m3.5s"),
-            Some(Duration::from_millis(3_723_500))
-        );
-        assert_eq!(parse_reset("500us"), Some(Duration::from_micros(500)));
-        assert_eq!(parse_reset("7.66s"), Some(Duration::from_millis(7_660)));
-        assert_eq!(parse_reset("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_reset(""), None);
-        assert_eq!(parse_reset("5x"), None);
-        assert_eq!(parse_reset("s"), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("20ms", Some(ms(20))),
+            ("1s", Some(ms(1000))),
+            ("0.5s", Some(ms(500))),
+            ("6m0s", Some(ms(360_000))),
+            ("1h2m3.5s", Some(ms(3_723_500))),
+            ("500us", Some(Duration::from_micros(500))),
+            ("7.66s", Some(ms(7_660))),
+            ("3", Some(ms(3000))),
+            ("", None),
+            ("5x", None),
+            ("s", None),
+        ];
+        reads(parse_reset, &cases);
     }
 
     #[test]
     fn rfc3339_reset_relative_to_now() {
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T07:28:42Z", now()),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T09:28:01.5+02:00", now()),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T07:00:00Z", now()),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_rfc3339_reset("tomorrow", now()), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("2015-10-21T07:28:42Z", Some(ms(42_000))),
+            ("2015-10-21T09:28:01.5+02:00", Some(ms(1500))),
+            ("2015-10-21T07:00:00Z", Some(Duration::ZERO)),
+            ("tomorrow", None),
+        ];
+        reads(|v| parse_rfc3339_reset(v, now()), &cases);
     }
 
     #[test]

@@ -208,10 +208,13 @@ async fn run(case: &Case) -> Vec<Phase> {
     phases
 }
 
-/// Runs a case and asserts the loose steady-state bounds on every measured phase.
+/// Runs a case and asserts the loose steady-state bounds on every measured phase. When the
+/// limit changes, the phases after each change are asserted; the short one before the first
+/// change is only reported (the steady cases assert that state over a full window).
 async fn reaches_the_true_limit(case: Case) {
     let phases = run(&case).await;
-    for p in &phases {
+    let asserted = if phases.len() > 1 { 1 } else { 0 };
+    for p in &phases[asserted..] {
         assert!(
             p.steady.goodput >= MIN_GOODPUT,
             "{}: goodput {:.1}% of {}/s",
