@@ -233,7 +233,8 @@ impl Gates {
                     g.limiter
                         .on_refused(at, &ticket.permit, retry_after, rate_limits);
                 } else if let Some(info) = rate_limits {
-                    g.limiter.on_success(at, Some(info));
+                    // Headers on a failure: followed, but no success to grow slow start by.
+                    g.limiter.on_headers(at, info);
                 }
                 let verdict = match kind {
                     // The provider is in trouble: these count towards opening.

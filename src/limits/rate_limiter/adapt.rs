@@ -101,7 +101,13 @@ impl RateLimiter {
         self.refresh(now);
     }
 
-    /// An answer that was not a refusal (a success, or a server error carrying headers).
+    /// A failed answer that was not a refusal (a server error) but carried rate-limit
+    /// headers: they are followed, and nothing else changes.
+    pub fn on_headers(&mut self, now: Instant, info: &RateLimitInfo) {
+        self.follow_headers(now, Some(info));
+    }
+
+    /// A successful answer, with whatever limits it states.
     pub fn on_success(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
         self.follow_headers(now, info);
         if let Some(window) = self.slow_start {

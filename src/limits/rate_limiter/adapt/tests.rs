@@ -269,3 +269,14 @@ fn a_stated_token_limit_is_followed_and_a_spent_one_keeps_the_rate() {
     assert_eq!(l.current_tpm(), Some(90_000.0));
     assert_eq!(l.current_rpm(), Some(100.0), "requests were not exhausted");
 }
+
+#[test]
+fn headers_on_a_server_error_are_followed_without_growing_slow_start() {
+    let t0 = Instant::now();
+    let mut l = RateLimiter::new(&provider(None, None, None), t0);
+    l.on_headers(t0, &RateLimitInfo::default());
+    assert_eq!(l.slow_start_window(), Some(8));
+    l.on_headers(t0, &headers(600, 0, None));
+    assert_eq!(l.rpm_ceiling(), Some(600.0));
+    assert_eq!(l.available(t0), 0, "a spent budget empties our bucket");
+}
