@@ -8,21 +8,34 @@ use serde::Deserialize;
 
 use super::{ConfigError, duration, invalid};
 
-/// How the adaptive rate limiter moves between its floor and the configured ceiling.
+/// How the adaptive rate limiter reads the provider and learns what it allows.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LimiterConfig {
-    /// A 429 multiplies the current rate by this factor (0 < f < 1).
+    /// A refusal nobody explained, with no estimate of the true limit yet, multiplies the
+    /// pace by this factor (0 < f < 1).
     pub decrease_factor: f64,
-    /// Each success adds this share of the configured rate back (additive increase).
+    /// No longer used (the pace rises with time, see `probe_every`); still accepted so
+    /// existing configuration files load.
     pub increase_step: f64,
-    /// The rate never adapts below this share of the configured rate.
+    /// The rate never adapts below this share of the configured or stated rate.
     pub min_share: f64,
-    /// `x-ratelimit-remaining-*` below this share of the limit tightens the rate early.
+    /// No longer used (a low remaining budget lowers the level, never the rate); still
+    /// accepted so existing configuration files load.
     pub remaining_threshold: f64,
-    /// Pause after a 429 that names no reset time.
+    /// Pause after a 429 that neither names a wait nor says which budget is spent.
     #[serde(with = "duration")]
     pub default_pause: Duration,
+    /// How the provider's `remaining`/`reset` headers are read: `bucket` (it refills
+    /// continuously; the reset is when it is full again) or `fixed` (a budget that comes
+    /// back whole at the reset).
+    pub window: LimitWindow,
+    /// With refusals and no headers, the pace holds just under the estimated limit for
+    /// about this many attempts before probing upwards again: more means fewer refusals,
+    /// fewer means a raised limit is found sooner.
+    pub probe_every: u32,
+    /// How far under the estimated limit the pace holds (0 < m < 1).
+    pub probe_margin: f64,
     /// With no `rpm` configured, attempts in flight start limited to this window, which
     /// grows by one per success (doubling per round trip) until the provider states its
     /// limit, refuses (a ceiling is learned) or the window reaches
@@ -38,6 +51,9 @@ impl Default for LimiterConfig {
             min_share: 0.05,
             remaining_threshold: 0.1,
             default_pause: Duration::from_secs(1),
+            window: LimitWindow::Bucket,
+            probe_every: 100,
+            probe_margin: 0.03,
             slow_start_window: 8,
         }
     }
@@ -50,6 +66,18 @@ impl LimiterConfig {
         if !(self.decrease_factor > 0.0 && self.decrease_factor < 1.0) {
             return Err(invalid(
                 format!("{at}.limiter.decrease_factor"),
+                "must be between 0 and 1 (exclusive)",
+            ));
+        }
+        if self.probe_every == 0 {
+            return Err(invalid(
+                format!("{at}.limiter.probe_every"),
+                "must be at least 1",
+            ));
+        }
+        if !(self.probe_margin > 0.0 && self.probe_margin < 1.0) {
+            return Err(invalid(
+                format!("{at}.limiter.probe_margin"),
                 "must be between 0 and 1 (exclusive)",
             ));
         }
@@ -67,6 +95,17 @@ impl LimiterConfig {
         }
         Ok(())
     }
+}
+
+/// How a provider's limit refills, as its `remaining` and `reset` headers describe it.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitWindow {
+    /// Continuous refill (OpenAI and Anthropic): the reset is the time until it is full.
+    #[default]
+    Bucket,
+    /// A budget per window that comes back whole at the reset.
+    Fixed,
 }
 
 /// The per-provider circuit breaker.

@@ -37,7 +37,7 @@ mod server;
 mod sim;
 
 pub use dispatch::{DispatchConfig, RetryConfig};
-pub use limits::{BreakerConfig, LimiterConfig};
+pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
 pub use queue::{AdmissionConfig, QueueConfig};
 pub use server::{DEFAULT_LISTEN, DatabaseConfig, HttpConfig};

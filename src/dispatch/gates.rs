@@ -140,6 +140,8 @@ impl Gates {
         for (name, gate) in &self.by_name {
             let mut g = gate.lock().expect("gate lock");
             log_transition(name, g.breaker.poll(at));
+            // A pace learned from refusals rises with time, not with answers.
+            g.limiter.refresh(at);
             let n = g
                 .limiter
                 .available(at)
@@ -258,9 +260,11 @@ impl Gates {
                 ..
             } => {
                 if kind == ErrorKind::RateLimited {
-                    g.limiter.on_rate_limited(at, retry_after, rate_limits);
+                    g.limiter
+                        .on_refused(at, &ticket.permit, retry_after, rate_limits);
                 } else if let Some(info) = rate_limits {
-                    g.limiter.on_success(at, Some(info));
+                    // Headers on a failure: followed, but no success to grow slow start by.
+                    g.limiter.on_headers(at, info);
                 }
                 let verdict = match kind {
                     // The provider is in trouble: these count towards opening.

@@ -1,5 +1,6 @@
 //! A token bucket whose refill rate adapts between a floor and a ceiling (the rate limiter
-//! keeps one for requests and one for tokens), and the count of recent attempt starts a
+//! keeps one for requests and one for tokens; a ceiling may be unbounded while the rate is
+//! learned from refusals), and the count of recent attempt starts a
 //! limiter uses to learn a ceiling nobody configured. Arithmetic on the instants passed in.
 
 use std::collections::VecDeque;
@@ -27,10 +28,13 @@ const SECS_PER_MINUTE: f64 = 60.0;
 /// the refill pays back before the next start.
 #[derive(Clone, Debug)]
 pub(super) struct Bucket {
-    /// What the rate climbs back to: the configured limit, or one learned from the provider.
+    /// The highest the rate may be: the configured or stated limit, whichever is lower.
     ceiling: f64,
-    /// The floor as a share of the ceiling (`limiter.min_share`).
-    min_share: f64,
+    /// The lowest the rate may be.
+    floor: f64,
+    /// Whether no sliding minute may hold more than the rate (see `refill_per_sec`): only
+    /// for a limit we configured and nobody described to us.
+    strict_minute: bool,
     /// The current, adapted rate.
     rate: f64,
     level: f64,
@@ -53,19 +57,16 @@ impl Bucket {
         let ceiling = ceiling.max(1.0);
         Bucket {
             ceiling,
-            min_share: min_share.clamp(0.0, 1.0),
+            floor: ceiling * min_share.clamp(0.0, 1.0),
+            strict_minute: true,
             rate: ceiling,
             level: 0.0,
             updated: now,
         }
     }
 
-    pub fn ceiling(&self) -> f64 {
-        self.ceiling
-    }
-
     pub fn floor(&self) -> f64 {
-        self.ceiling * self.min_share
+        self.floor
     }
 
     pub fn rate(&self) -> f64 {
@@ -80,11 +81,33 @@ impl Bucket {
         self.level = self.level.min(self.capacity());
     }
 
-    /// Moves a learned ceiling to what the provider now states, keeping the rate inside.
-    pub fn set_ceiling(&mut self, now: Instant, ceiling: f64) {
+    /// Moves the bounds (the ceiling at least one a minute, the floor at most the ceiling),
+    /// keeping the rate inside.
+    pub fn set_bounds(&mut self, now: Instant, floor: f64, ceiling: f64) {
         self.advance(now);
         self.ceiling = ceiling.max(1.0);
+        self.floor = floor.clamp(0.0, self.ceiling);
         self.set_rate(now, self.rate);
+    }
+
+    /// Whether the refill keeps every sliding minute within the rate (see `refill_per_sec`).
+    pub fn set_strict_minute(&mut self, now: Instant, strict: bool) {
+        self.advance(now);
+        self.strict_minute = strict;
+    }
+
+    /// Empties the bucket (a debt stays): the provider said its own is empty.
+    pub fn drain(&mut self, now: Instant) {
+        self.advance(now);
+        self.level = self.level.min(0.0);
+    }
+
+    /// Empties the bucket so that it is still empty at `until`: nothing refilled before then
+    /// may be spent.
+    pub fn empty_until(&mut self, now: Instant, until: Instant) {
+        self.drain(now);
+        let ahead = until.saturating_duration_since(now).as_secs_f64();
+        self.level -= ahead * self.refill_per_sec();
     }
 
     /// Burst capacity: [`BURST_WINDOW`]'s worth of the current rate, at least one unit.
@@ -92,12 +115,19 @@ impl Bucket {
         (self.rate * BURST_WINDOW.as_secs_f64() / SECS_PER_MINUTE).max(1.0)
     }
 
-    /// Units per second. The refill is the rate less the burst beyond one unit, so that a
-    /// full bucket plus any minute of refill never exceeds the rate: then no sliding minute
-    /// ever holds more starts than the ceiling. At 600 rpm that costs 1.5% of throughput,
-    /// which buys never tripping a provider that counts a strict sliding minute.
+    /// Units per second. For a strict minute the refill is the rate less the burst beyond
+    /// one unit, so that a full bucket plus any minute of refill never exceeds the rate: then
+    /// no sliding minute ever holds more starts than the configured limit. At 600 rpm that
+    /// costs 1.5% of throughput, which buys never tripping a provider that counts a strict
+    /// sliding minute. A limit the provider states or that refusals taught us is a bucket
+    /// refilling at the full rate, so it gets the full rate.
     fn refill_per_sec(&self) -> f64 {
-        (self.rate - (self.capacity() - 1.0)) / SECS_PER_MINUTE
+        let burst = if self.strict_minute {
+            self.capacity() - 1.0
+        } else {
+            0.0
+        };
+        (self.rate - burst) / SECS_PER_MINUTE
     }
 
     /// The level at `now`, without changing anything.
@@ -272,15 +302,17 @@ mod tests {
         assert_eq!(b.rate(), 5.0);
         b.set_rate(t0, 1e9);
         assert_eq!(b.rate(), 100.0);
-        b.set_ceiling(t0, 40.0);
+        b.set_bounds(t0, 2.0, 40.0);
         assert_eq!((b.rate(), b.floor()), (40.0, 2.0));
+        b.set_bounds(t0, 80.0, 40.0);
+        assert_eq!(b.floor(), 40.0, "the floor never exceeds the ceiling");
     }
 
     #[test]
     fn a_zero_ceiling_counts_as_one_a_minute() {
         let t0 = Instant::now();
         let b = Bucket::empty(0.0, 0.05, t0);
-        assert_eq!(b.ceiling(), 1.0);
+        assert_eq!(b.rate(), 1.0);
         assert_eq!(b.ready_at(t0, 1.0), t0 + secs(60.0));
     }
 

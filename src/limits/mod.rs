@@ -15,6 +15,7 @@
 mod attempt_timeout;
 mod breaker;
 mod bucket;
+mod probe;
 mod rate_limiter;
 mod timeout_rate;
 mod tokens;

@@ -1,6 +1,6 @@
 //! The per-provider adaptive rate limiter: token buckets for requests and tokens per minute,
 //! a concurrency cap, and a pause after a refusal. How the rates adapt to what the provider
-//! says is in `rate_limiter/adapt.rs`.
+//! says is in `rate_limiter/adapt.rs`; the pace learned from refusals alone in `probe.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::UNLIMITED;
 use super::bucket::{Bucket, RecentStarts};
+use super::probe::{Probe, Start};
 use crate::config::{LimiterConfig, ProviderConfig};
 
 /// Weight of the newest estimate in the running average `available` uses to turn a token
@@ -23,6 +24,8 @@ pub struct Permit {
     estimated_tokens: u32,
     /// Whether the estimate was charged to a token bucket (there may be none).
     charged: bool,
+    /// When it started and how many starts came before: how a refusal is placed.
+    start: Start,
 }
 
 impl Permit {
@@ -70,11 +73,20 @@ pub struct RateLimitInfo {
     pub reset_tokens: Option<Duration>,
 }
 
-/// The adapted rates, persisted so a restart does not begin at the ceiling again.
+/// What the limiter learned, persisted so a restart neither begins at a ceiling the
+/// provider refused nor forgets the limits it stated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LimiterSnapshot {
     pub current_rpm: Option<f64>,
     pub current_tpm: Option<f64>,
+    /// The pace learned from refusals, requests per minute.
+    #[serde(default)]
+    pub learned_rpm: Option<f64>,
+    /// The limits the provider last stated, per minute.
+    #[serde(default)]
+    pub stated_rpm: Option<f64>,
+    #[serde(default)]
+    pub stated_tpm: Option<f64>,
 }
 
 #[derive(Clone, Debug)]
@@ -89,7 +101,18 @@ pub struct RateLimiter {
     tokens: Option<Bucket>,
     in_flight: u32,
     paused_until: Option<Instant>,
-    /// Only consulted to learn a request ceiling when none is configured.
+    /// Attempts started so far: the sequence number of the next start.
+    starts: u64,
+    /// When the last refusal that counted was answered: refusals of attempts started
+    /// before it describe the same overload and are not counted again.
+    epoch: Option<Instant>,
+    /// The per-minute limits the provider last stated.
+    stated_rpm: Option<f64>,
+    stated_tpm: Option<f64>,
+    /// The pace learned from refusals nobody explained (`None` until the first).
+    probe: Option<Probe>,
+    /// The pace of the recent starts: where the first refusal of an unlimited provider
+    /// starts the probe from.
     recent_starts: RecentStarts,
     /// Running average of token estimates, to tell how many attempts a token balance covers.
     typical_estimate: Option<f64>,
@@ -112,6 +135,11 @@ impl RateLimiter {
             max_concurrency: config.max_concurrency,
             in_flight: 0,
             paused_until: None,
+            starts: 0,
+            epoch: None,
+            stated_rpm: None,
+            stated_tpm: None,
+            probe: None,
             recent_starts: RecentStarts::new(now),
             typical_estimate: None,
             slow_start: Some(config.limiter.slow_start_window)
@@ -180,13 +208,19 @@ impl RateLimiter {
     /// not negative and is then charged its whole estimate, possibly into debt, so one large
     /// request is never starved by a small burst capacity.
     pub fn acquire(&mut self, now: Instant, estimated_tokens: u32) -> Result<Permit, Wait> {
+        self.refresh(now);
         if let Some(wait) = self.wait(now) {
             return Err(wait);
         }
-        match &mut self.requests {
-            Some(requests) => requests.take(now, 1.0),
-            None => self.recent_starts.record(now),
+        if let Some(requests) = &mut self.requests {
+            requests.take(now, 1.0);
         }
+        self.recent_starts.record(now);
+        let start = Start {
+            seq: self.starts,
+            at: now,
+        };
+        self.starts += 1;
         let estimate = f64::from(estimated_tokens);
         let charged = match &mut self.tokens {
             Some(tokens) => {
@@ -203,6 +237,7 @@ impl RateLimiter {
         Ok(Permit {
             estimated_tokens,
             charged,
+            start,
         })
     }
 
@@ -227,6 +262,9 @@ impl RateLimiter {
     /// estimate and its in-flight slot are returned as if it had not been acquired.
     pub fn cancel(&mut self, permit: Permit, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        if let Some(probe) = &mut self.probe {
+            probe.note_unaccepted(permit.start);
+        }
         if let Some(requests) = &mut self.requests {
             requests.give(now, 1.0);
         }
@@ -235,25 +273,14 @@ impl RateLimiter {
         }
     }
 
-    /// The adapted rates, for persisting.
+    /// What was learned, for persisting.
     pub fn snapshot(&self) -> LimiterSnapshot {
         LimiterSnapshot {
             current_rpm: self.current_rpm(),
             current_tpm: self.current_tpm(),
-        }
-    }
-
-    /// Resumes from persisted rates, clamped to `[floor, ceiling]` as configured now. A
-    /// rate for a dimension that is not limited now (not configured: learned ceilings are
-    /// not persisted) or that is not a finite number is ignored.
-    pub fn restore(&mut self, snapshot: LimiterSnapshot, now: Instant) {
-        for (bucket, rate) in [
-            (self.requests.as_mut(), snapshot.current_rpm),
-            (self.tokens.as_mut(), snapshot.current_tpm),
-        ] {
-            if let (Some(bucket), Some(rate)) = (bucket, rate.filter(|r| r.is_finite())) {
-                bucket.set_rate(now, rate);
-            }
+            learned_rpm: self.probe.as_ref().map(Probe::held),
+            stated_rpm: self.stated_rpm,
+            stated_tpm: self.stated_tpm,
         }
     }
 
@@ -266,9 +293,15 @@ impl RateLimiter {
         self.configured_rpm
     }
 
-    /// What the request rate climbs back to: the configured rpm, or a learned one.
+    /// The highest the request rate goes: the configured or the stated rpm, whichever is
+    /// lower; `None` when neither is known.
     pub fn rpm_ceiling(&self) -> Option<f64> {
-        self.requests.as_ref().map(Bucket::ceiling)
+        self.hard_ceiling(self.configured_rpm, self.stated_rpm)
+    }
+
+    /// The pace learned from refusals nobody explained, requests per minute.
+    pub fn learned_rpm(&self) -> Option<f64> {
+        self.probe.as_ref().map(Probe::held)
     }
 
     /// The adapted tokens per minute; `None` while unlimited.
@@ -281,7 +314,7 @@ impl RateLimiter {
     }
 
     pub fn tpm_ceiling(&self) -> Option<f64> {
-        self.tokens.as_ref().map(Bucket::ceiling)
+        self.hard_ceiling(self.configured_tpm, self.stated_tpm)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -317,6 +350,14 @@ impl RateLimiter {
 
     fn pause(&mut self, until: Instant) {
         self.paused_until = Some(self.paused_until.map_or(until, |u| u.max(until)));
+    }
+
+    /// The lower of a configured and a stated limit.
+    fn hard_ceiling(&self, configured: Option<u32>, stated: Option<f64>) -> Option<f64> {
+        match (configured.map(f64::from), stated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

@@ -11,8 +11,10 @@ use reqwest::header::HeaderMap;
 use crate::limits::RateLimitInfo;
 
 /// How long the provider asked us to wait before retrying: `retry-after-ms` wins over
-/// `retry-after`; when neither is present and the response is a 429, the reset of the
-/// exhausted rate limit (from `limits`) stands in.
+/// `retry-after`; when neither is present and the response is a 429, the time one unit of
+/// the exhausted limit (from `limits`) takes to come back stands in. Not its reset: a
+/// provider's bucket refills continuously and its reset is when the bucket is full again,
+/// which for a minute's budget is up to a minute of waiting for nothing.
 pub fn retry_after(
     headers: &HeaderMap,
     is_rate_limited: bool,
@@ -26,7 +28,7 @@ pub fn retry_after(
         return Some(d);
     }
     if is_rate_limited {
-        return limits.and_then(reset_of_exhausted);
+        return limits.and_then(one_unit_of_exhausted);
     }
     None
 }
@@ -133,18 +135,26 @@ pub fn parse_rfc3339_reset(value: &str, now: SystemTime) -> Option<Duration> {
     )
 }
 
-/// The reset of whichever limit is used up; the token reset when the response does not say.
-fn reset_of_exhausted(limits: &RateLimitInfo) -> Option<Duration> {
-    let requests = (limits.remaining_requests == Some(0))
-        .then_some(limits.reset_requests)
-        .flatten();
-    let tokens = (limits.remaining_tokens == Some(0))
-        .then_some(limits.reset_tokens)
-        .flatten();
-    requests
-        .max(tokens)
-        .or(limits.reset_tokens)
-        .or(limits.reset_requests)
+/// How long one unit of whichever limit is used up takes to come back: its reset (the time
+/// until it is full) over its size. `None` when no limit says it is used up, or it names no
+/// size or reset.
+fn one_unit_of_exhausted(limits: &RateLimitInfo) -> Option<Duration> {
+    let one_unit = |remaining: Option<u64>, limit: Option<u64>, reset: Option<Duration>| {
+        (remaining == Some(0))
+            .then(|| Some(reset? / u32::try_from(limit?.max(1)).unwrap_or(u32::MAX)))
+            .flatten()
+    };
+    let requests = one_unit(
+        limits.remaining_requests,
+        limits.limit_requests,
+        limits.reset_requests,
+    );
+    let tokens = one_unit(
+        limits.remaining_tokens,
+        limits.limit_tokens,
+        limits.reset_tokens,
+    );
+    requests.max(tokens)
 }
 
 fn text<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
@@ -193,58 +203,56 @@ mod tests {
         assert_eq!(parse_retry_after_ms("soon"), None);
     }
 
+    /// Asserts that `parse` reads each value as given.
+    fn reads(parse: impl Fn(&str) -> Option<Duration>, cases: &[(&str, Option<Duration>)]) {
+        for (value, want) in cases {
+            assert_eq!(parse(value), *want, "{value}");
+        }
+    }
+
     #[test]
     fn retry_after_seconds_and_http_date() {
-        assert_eq!(parse_retry_after("2", now()), Some(Duration::from_secs(2)));
-        assert_eq!(
-            parse_retry_after("0.5", now()),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now()),
-            Some(Duration::from_secs(30))
-        );
-        // A date already past means retry now.
-        assert_eq!(
-            parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now()),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("later", now()), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("2", Some(ms(2000))),
+            ("0.5", Some(ms(500))),
+            ("Wed, 21 Oct 2015 07:28:30 GMT", Some(ms(30_000))),
+            // A date already past means retry now.
+            ("Wed, 21 Oct 2015 07:27:00 GMT", Some(Duration::ZERO)),
+            ("later", None),
+        ];
+        reads(|v| parse_retry_after(v, now()), &cases);
     }
 
     #[test]
     fn go_style_reset_durations() {
-        assert_eq!(parse_reset("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(parse_reset("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(parse_reset("0.5s"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_reset("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(
-            parse_reset("1h2m3.5s"),
-            Some(Duration::from_millis(3_723_500))
-        );
-        assert_eq!(parse_reset("500us"), Some(Duration::from_micros(500)));
-        assert_eq!(parse_reset("7.66s"), Some(Duration::from_millis(7_660)));
-        assert_eq!(parse_reset("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_reset(""), None);
-        assert_eq!(parse_reset("5x"), None);
-        assert_eq!(parse_reset("s"), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("20ms", Some(ms(20))),
+            ("1s", Some(ms(1000))),
+            ("0.5s", Some(ms(500))),
+            ("6m0s", Some(ms(360_000))),
+            ("1h2m3.5s", Some(ms(3_723_500))),
+            ("500us", Some(Duration::from_micros(500))),
+            ("7.66s", Some(ms(7_660))),
+            ("3", Some(ms(3000))),
+            ("", None),
+            ("5x", None),
+            ("s", None),
+        ];
+        reads(parse_reset, &cases);
     }
 
     #[test]
     fn rfc3339_reset_relative_to_now() {
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T07:28:42Z", now()),
-            Some(Duration::from_secs(42))
-        );
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T09:28:01.5+02:00", now()),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            parse_rfc3339_reset("2015-10-21T07:00:00Z", now()),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_rfc3339_reset("tomorrow", now()), None);
+        let ms = Duration::from_millis;
+        let cases = [
+            ("2015-10-21T07:28:42Z", Some(ms(42_000))),
+            ("2015-10-21T09:28:01.5+02:00", Some(ms(1500))),
+            ("2015-10-21T07:00:00Z", Some(Duration::ZERO)),
+            ("tomorrow", None),
+        ];
+        reads(|v| parse_rfc3339_reset(v, now()), &cases);
     }
 
     #[test]
@@ -342,29 +350,40 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_falls_back_to_the_exhausted_reset_on_429() {
-        let headers = map(&[
-            ("x-ratelimit-remaining-requests", "10"),
-            ("x-ratelimit-reset-requests", "1s"),
-            ("x-ratelimit-remaining-tokens", "0"),
-            ("x-ratelimit-reset-tokens", "20ms"),
-        ]);
-        let limits = rate_limits(&headers, now());
+    fn retry_after_falls_back_to_one_unit_of_the_exhausted_limit_on_429() {
+        let openai = |remaining_tokens: &'static str| {
+            map(&[
+                ("x-ratelimit-limit-requests", "600"),
+                ("x-ratelimit-remaining-requests", "10"),
+                ("x-ratelimit-reset-requests", "1s"),
+                ("x-ratelimit-limit-tokens", "1000"),
+                ("x-ratelimit-remaining-tokens", remaining_tokens),
+                ("x-ratelimit-reset-tokens", "20s"),
+            ])
+        };
+        let spent = openai("0");
+        let limits = rate_limits(&spent, now());
+        // A full bucket of 1000 tokens in 20 s gives one back every 20 ms.
         assert_eq!(
-            retry_after(&headers, true, limits.as_ref(), now()),
+            retry_after(&spent, true, limits.as_ref(), now()),
             Some(Duration::from_millis(20))
         );
         // Not a 429: resets are no reason to wait.
-        assert_eq!(retry_after(&headers, false, limits.as_ref(), now()), None);
+        assert_eq!(retry_after(&spent, false, limits.as_ref(), now()), None);
+        // Nothing used up: no reset stands in.
+        let room = openai("500");
+        let limits = rate_limits(&room, now());
+        assert_eq!(retry_after(&room, true, limits.as_ref(), now()), None);
 
         let anthropic = map(&[
+            ("anthropic-ratelimit-requests-limit", "60"),
             ("anthropic-ratelimit-requests-remaining", "0"),
-            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:28:03Z"),
+            ("anthropic-ratelimit-requests-reset", "2015-10-21T07:29:00Z"),
         ]);
         let limits = rate_limits(&anthropic, now());
         assert_eq!(
             retry_after(&anthropic, true, limits.as_ref(), now()),
-            Some(Duration::from_secs(3))
+            Some(Duration::from_secs(1))
         );
         assert_eq!(retry_after(&map(&[]), true, None, now()), None);
     }

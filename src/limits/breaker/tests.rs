@@ -9,6 +9,13 @@ fn breaker() -> CircuitBreaker {
     CircuitBreaker::new(&BreakerConfig::default())
 }
 
+/// Records `n` failures at `at`, with jitter sample `r`.
+fn fail(b: &mut CircuitBreaker, at: Instant, n: usize, r: f64) {
+    for _ in 0..n {
+        b.record(at, Outcome::Failure, r);
+    }
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }
@@ -16,9 +23,7 @@ fn secs(s: f64) -> Duration {
 /// A breaker opened at `t0` with jitter sample `r`.
 fn opened(t0: Instant, r: f64) -> CircuitBreaker {
     let mut b = breaker();
-    for _ in 0..5 {
-        b.record(t0, Outcome::Failure, r);
-    }
+    fail(&mut b, t0, 5, r);
     assert_eq!(b.state().as_str(), "open");
     b
 }
@@ -46,14 +51,10 @@ fn opens_after_the_threshold_of_consecutive_failures() {
 fn a_success_resets_the_count() {
     let t0 = Instant::now();
     let mut b = breaker();
-    for _ in 0..4 {
-        b.record(t0, Outcome::Failure, 0.0);
-    }
+    fail(&mut b, t0, 4, 0.0);
     b.record(t0, Outcome::Success, 0.0);
     assert_eq!(b.consecutive_failures(), 0);
-    for _ in 0..4 {
-        b.record(t0, Outcome::Failure, 0.0);
-    }
+    fail(&mut b, t0, 4, 0.0);
     assert_eq!(b.state().as_str(), "closed");
 }
 

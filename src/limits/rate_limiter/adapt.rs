@@ -1,231 +1,291 @@
-//! How the limiter's rates adapt to what the provider says.
+//! How the limiter follows what the provider says, and learns what it does not say.
 //!
-//! Adaptation is AIMD between a floor (`limiter.min_share` of the ceiling) and the ceiling
-//! (the configured `rpm`/`tpm`):
-//! - a 429 multiplies the rate by `decrease_factor` and pauses all starts until the provider's
-//!   `retry-after` (or the reset of the exhausted limit, or `default_pause`). The decrease is
-//!   applied at most once per pause: 429s that arrive while paused answer attempts started
-//!   before the first one, so they describe the same overload and must not collapse the rate
-//!   to the floor at once;
-//! - a success adds `increase_step` of the ceiling back, except while paused (answers to
-//!   attempts started before the pause would otherwise undo the decrease);
-//! - a success whose `x-ratelimit-remaining-*` is below `remaining_threshold` of the limit
-//!   tightens before a 429 happens: the rate drops to what spreads the remaining budget
-//!   evenly until the reset (`remaining / time to reset`, a minute when no reset is named),
-//!   never below the floor and never raised by this rule; with nothing left it pauses until
-//!   the reset and leaves the rate alone (the budget comes back whole then).
+//! **Ceilings.** A dimension (requests or tokens per minute) is paced at `min(configured,
+//! stated, learned)` over those known. A limit the provider states lowers a configured one
+//! that is higher (configs carry wrong limits), and never raises it: the configured one is a
+//! ceiling we choose. A stated limit is followed as soon as it changes, down and up.
 //!
-//! A provider with no configured `rpm` starts in slow start: attempts in flight are capped
-//! by a window (`limiter.slow_start_window`, 8) that grows by one per success, so it doubles
-//! per round trip, instead of the first backlog going out all at once and coming back as a
-//! wall of 429s. Slow start ends at the first 429 (a ceiling is learned, below), when the
-//! provider states its request limit (that limit becomes the ceiling), or when the window
-//! reaches [`SLOW_START_END`].
+//! **Bucket semantics.** Providers refill continuously, and their `reset` is the time until
+//! the bucket is *full* again, not until the next unit. So `remaining` is read as a level,
+//! never as a budget to spread until the reset: a low remaining changes nothing, and a
+//! remaining of 0 empties our bucket too, which then waits one unit at the full rate. With
+//! `limiter.window = "fixed"` the provider is taken at its word instead: a spent budget
+//! comes back at the reset, so nothing starts until then.
 //!
-//! A provider with no configured `rpm` that still refuses us learns a ceiling: the limit its
-//! headers state, or else the pace of our starts over the last minute (it just refused that
-//! pace, so that is an upper bound on what it accepts, and the decrease starts below it).
-//! Each later bare 429 brings that learned ceiling down to 5% under the rate it refused, so
-//! the additive increase levels off just below what was last too much. A learned
-//! ceiling follows later headers and lasts for the life of the process. Tokens learn only
-//! from a stated limit; without one the request rate carries the adaptation.
+//! **Refusals.** A 429 counts only when its attempt started after the last one that counted
+//! was answered: later answers to earlier starts describe the same overload. One that
+//! counts pauses starts for its `retry-after` and:
+//! - when headers explain it (a budget with 0 remaining) empties that budget and keeps the
+//!   rate: the bucket is empty, we are not too fast; without `retry-after` the pause is the
+//!   time one unit takes to come back;
+//! - otherwise feeds the probe (`probe.rs`), which estimates the true limit from the starts
+//!   accepted between refusals, holds just under it and probes upwards. The pace it learns
+//!   caps the request rate, is persisted, and survives a restart.
+//!
+//! **Slow start.** A provider with no configured `rpm` starts in slow start: attempts in
+//! flight are capped by a window (`limiter.slow_start_window`, 8) that grows by one per
+//! success, so it doubles per round trip, instead of the first backlog going out all at once
+//! and coming back as a wall of 429s. Slow start ends at the first 429, when the provider
+//! states its request limit, or when the window reaches [`SLOW_START_END`].
 
 use std::time::{Duration, Instant};
 
-use super::{RateLimitInfo, RateLimiter};
+use super::{LimiterSnapshot, Permit, RateLimitInfo, RateLimiter};
+use crate::config::LimitWindow;
 use crate::limits::SLOW_START_END;
 use crate::limits::bucket::Bucket;
 use crate::limits::pause_end;
+use crate::limits::probe::{Probe, Start, Tuning};
 
-/// A learned ceiling settles this share below the rate a bare 429 refused, so the additive
-/// increase levels off under the provider's limit instead of running into it again and
-/// again.
-const LEARNED_CEILING_MARGIN: f64 = 0.05;
-
-/// How long a per-minute budget takes to reset when the provider names no reset time.
-const DEFAULT_RESET_WINDOW: Duration = Duration::from_secs(60);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Dimension {
-    Requests,
-    Tokens,
-}
-
-/// One dimension's part of the provider's rate-limit headers.
-struct Reading {
-    limit: Option<u64>,
-    remaining: Option<u64>,
-    reset: Option<Duration>,
-}
-
-impl Dimension {
-    fn reading(self, info: &RateLimitInfo) -> Reading {
-        match self {
-            Dimension::Requests => Reading {
-                limit: info.limit_requests,
-                remaining: info.remaining_requests,
-                reset: info.reset_requests,
-            },
-            Dimension::Tokens => Reading {
-                limit: info.limit_tokens,
-                remaining: info.remaining_tokens,
-                reset: info.reset_tokens,
-            },
-        }
-    }
-}
+/// The floor of a pace learned with no configured or stated limit, per minute.
+const LEARNED_FLOOR: f64 = 1.0;
+/// How long a restored learned pace holds before probing upwards again.
+const RESTORED_HOLD: Duration = Duration::from_secs(1);
 
 impl RateLimiter {
-    /// The provider refused an attempt with a 429. Decreases the rate of the exhausted
-    /// limit (both when the headers do not say which) unless already paused, then pauses
-    /// until `retry_after`, else the reset of the exhausted limit, else `default_pause`. A
-    /// pause is only ever extended, never cut short.
+    /// The provider refused an attempt (the permit-less form, for callers that have none:
+    /// the refusal counts unless starts are already paused). See the module doc.
     pub fn on_rate_limited(
         &mut self,
         now: Instant,
         retry_after: Option<Duration>,
         info: Option<&RateLimitInfo>,
     ) {
-        self.follow_stated_limits(now, info);
-        self.slow_start = None;
-        let exhausted = |dim: Dimension| info.is_some_and(|i| dim.reading(i).remaining == Some(0));
-        let named = exhausted(Dimension::Requests) || exhausted(Dimension::Tokens);
-        if !self.is_paused(now) {
-            let factor = self.settings.decrease_factor;
-            for dim in [Dimension::Requests, Dimension::Tokens] {
-                if named && !exhausted(dim) {
-                    continue;
-                }
-                let stated = info.and_then(|i| dim.reading(i).limit).is_some();
-                let learned = !self.configured(dim) && !stated;
-                let fresh = self.bucket_mut(dim).is_none();
-                self.learn_ceiling(dim, now, info);
-                if let Some(bucket) = self.bucket_mut(dim) {
-                    // A learned ceiling comes down to just under the rate just refused: the
-                    // additive increase levels off below what was last too much, not at a
-                    // first burst's pace, which would bring the next 429 within a second.
-                    if learned && !fresh {
-                        let refused = bucket.rate();
-                        bucket.set_ceiling(now, refused * (1.0 - LEARNED_CEILING_MARGIN));
-                    }
-                    let decreased = bucket.rate() * factor;
-                    bucket.set_rate(now, decreased);
-                }
-            }
-        }
-        let reset = info.and_then(|i| {
-            [Dimension::Requests, Dimension::Tokens]
-                .into_iter()
-                .filter(|d| exhausted(*d))
-                .filter_map(|d| d.reading(i).reset)
-                .max()
-        });
-        let pause = retry_after.or(reset).unwrap_or(self.settings.default_pause);
-        self.pause(pause_end(now, pause));
+        let counts = !self.is_paused(now);
+        let start = Start {
+            seq: self.starts,
+            at: now,
+        };
+        self.refused(now, start, counts, retry_after, info);
     }
 
-    /// An attempt succeeded: tighten where the provider says its budget runs low, otherwise
-    /// climb back towards the ceiling (not while paused).
+    /// The provider refused the attempt holding `permit` with a 429. Hand the permit to
+    /// [`release`](RateLimiter::release) afterwards as usual.
+    pub fn on_refused(
+        &mut self,
+        now: Instant,
+        permit: &Permit,
+        retry_after: Option<Duration>,
+        info: Option<&RateLimitInfo>,
+    ) {
+        let counts = self.epoch.is_none_or(|epoch| permit.start.at >= epoch);
+        self.refused(now, permit.start, counts, retry_after, info);
+    }
+
+    fn refused(
+        &mut self,
+        now: Instant,
+        start: Start,
+        counts: bool,
+        retry_after: Option<Duration>,
+        info: Option<&RateLimitInfo>,
+    ) {
+        self.follow_headers(now, info);
+        self.slow_start = None;
+        if let Some(probe) = &mut self.probe {
+            probe.note_unaccepted(start);
+        }
+        if !counts {
+            return;
+        }
+        self.epoch = Some(now);
+        if let Some(wait) = info.and_then(|i| self.explained_wait(i)) {
+            self.pause(pause_end(now, retry_after.unwrap_or(wait)));
+        } else {
+            self.pause(pause_end(
+                now,
+                retry_after.unwrap_or(self.settings.default_pause),
+            ));
+            self.learn_from_refusal(now, start);
+        }
+        self.refresh(now);
+    }
+
+    /// A failed answer that was not a refusal (a server error) but carried rate-limit
+    /// headers: they are followed, and nothing else changes.
+    pub fn on_headers(&mut self, now: Instant, info: &RateLimitInfo) {
+        self.follow_headers(now, Some(info));
+    }
+
+    /// A successful answer, with whatever limits it states.
     pub fn on_success(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
-        self.follow_stated_limits(now, info);
+        self.follow_headers(now, info);
         if let Some(window) = self.slow_start {
-            let stated = info.and_then(|i| i.limit_requests);
-            if let Some(limit) = stated.filter(|_| self.requests.is_none()) {
-                // The provider says what it allows: that is the ceiling from now on.
-                let min_share = self.settings.min_share;
-                self.requests = Some(Bucket::full(limit as f64, min_share, now));
+            if self.stated_rpm.is_some() {
                 self.slow_start = None;
             } else {
                 let grown = window.saturating_add(1);
                 self.slow_start = (grown < SLOW_START_END).then_some(grown);
             }
         }
-        for dim in [Dimension::Requests, Dimension::Tokens] {
-            let tightened = info.is_some_and(|i| self.tighten(dim, now, i));
-            if tightened || self.is_paused(now) {
-                continue;
-            }
-            let step = self.settings.increase_step;
-            if let Some(bucket) = self.bucket_mut(dim) {
-                let increased = bucket.rate() + step * bucket.ceiling();
-                bucket.set_rate(now, increased);
-            }
-        }
+        self.refresh(now);
     }
 
-    fn bucket_mut(&mut self, dim: Dimension) -> Option<&mut Bucket> {
-        match dim {
-            Dimension::Requests => self.requests.as_mut(),
-            Dimension::Tokens => self.tokens.as_mut(),
+    /// Resumes from a snapshot: the stated limits, and the learned pace, which then holds
+    /// briefly before probing upwards. Values that are not finite and positive are ignored;
+    /// so is a learned pace at or above the ceiling (nothing to remember).
+    pub fn restore(&mut self, snapshot: LimiterSnapshot, now: Instant) {
+        let usable = |v: Option<f64>| v.filter(|v| v.is_finite() && *v > 0.0);
+        if let Some(rpm) = usable(snapshot.stated_rpm) {
+            self.stated_rpm = Some(rpm);
+            self.slow_start = None;
         }
+        self.stated_tpm = usable(snapshot.stated_tpm).or(self.stated_tpm);
+        let ceiling = self.rpm_ceiling();
+        if let Some(learned) = usable(snapshot.learned_rpm)
+            && ceiling.is_none_or(|c| learned < c)
+        {
+            let floor = self.request_floor();
+            let hold = now + RESTORED_HOLD;
+            self.probe = Some(Probe::new(self.tuning(), learned.max(floor), hold));
+            self.slow_start = None;
+        }
+        self.refresh(now);
     }
 
-    fn configured(&self, dim: Dimension) -> bool {
-        match dim {
-            Dimension::Requests => self.configured_rpm.is_some(),
-            Dimension::Tokens => self.configured_tpm.is_some(),
-        }
-    }
-
-    /// Gives an unlimited dimension a ceiling before it adapts (see the module doc): the
-    /// stated limit, or for requests the starts of the last minute. The new bucket is empty
-    /// at that ceiling; the caller then moves its rate.
-    fn learn_ceiling(&mut self, dim: Dimension, now: Instant, info: Option<&RateLimitInfo>) {
-        let stated = info.and_then(|i| dim.reading(i).limit).map(|l| l as f64);
+    /// Brings both buckets in line with the ceilings and the learned pace at `now`.
+    pub fn refresh(&mut self, now: Instant) {
         let min_share = self.settings.min_share;
-        match dim {
-            Dimension::Requests if self.requests.is_none() => {
-                let observed = self.recent_starts.per_minute(now).max(1.0);
-                let ceiling = stated.unwrap_or(observed);
-                self.requests = Some(Bucket::empty(ceiling, min_share, now));
-            }
-            Dimension::Tokens if self.tokens.is_none() => {
-                self.tokens = stated.map(|ceiling| Bucket::empty(ceiling, min_share, now));
-            }
-            _ => {}
+        let hard = self.rpm_ceiling();
+        let learned = self.probe.as_ref().map(|p| p.rate(now));
+        if hard.is_some() || learned.is_some() {
+            let ceiling = hard.unwrap_or(f64::INFINITY);
+            let pace = learned.map_or(ceiling, |l| l.min(ceiling));
+            let floor = self.request_floor();
+            // A configured limit is kept in every sliding minute, even while the pace learned
+            // under it; a stated one is the provider's bucket.
+            let strict = self.stated_rpm.is_none() && self.configured_rpm.is_some();
+            let requests = self
+                .requests
+                .get_or_insert_with(|| Bucket::full(pace, min_share, now));
+            requests.set_bounds(now, floor, ceiling);
+            requests.set_rate(now, pace);
+            requests.set_strict_minute(now, strict);
+        }
+        if let Some(ceiling) = self.tpm_ceiling() {
+            let strict = self.stated_tpm.is_none();
+            let tokens = self
+                .tokens
+                .get_or_insert_with(|| Bucket::full(ceiling, min_share, now));
+            tokens.set_bounds(now, ceiling * min_share, ceiling);
+            tokens.set_rate(now, ceiling);
+            tokens.set_strict_minute(now, strict);
         }
     }
 
-    /// A learned ceiling follows the limit the provider states; a configured one stays.
-    fn follow_stated_limits(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
+    /// Takes in the limits an answer states, and empties a budget it says is spent.
+    fn follow_headers(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
         let Some(info) = info else { return };
-        for dim in [Dimension::Requests, Dimension::Tokens] {
-            if self.configured(dim) {
+        let stated = |limit: Option<u64>| limit.map(|l| (l as f64).max(1.0));
+        self.stated_rpm = stated(info.limit_requests).or(self.stated_rpm);
+        self.stated_tpm = stated(info.limit_tokens).or(self.stated_tpm);
+        self.refresh(now);
+        let fixed = self.settings.window == LimitWindow::Fixed;
+        let mut until_reset = None;
+        for (remaining, reset, bucket) in [
+            (
+                info.remaining_requests,
+                info.reset_requests,
+                self.requests.as_mut(),
+            ),
+            (
+                info.remaining_tokens,
+                info.reset_tokens,
+                self.tokens.as_mut(),
+            ),
+        ] {
+            if remaining != Some(0) {
                 continue;
             }
-            if let (Some(limit), Some(bucket)) = (dim.reading(info).limit, self.bucket_mut(dim)) {
-                bucket.set_ceiling(now, limit as f64);
+            if let Some(bucket) = bucket {
+                bucket.drain(now);
             }
+            if fixed {
+                until_reset = until_reset.max(reset);
+            }
+        }
+        if let Some(reset) = until_reset {
+            self.pause(pause_end(now, reset));
         }
     }
 
-    /// The early tightening rule (see the module doc). Returns whether it applied.
-    fn tighten(&mut self, dim: Dimension, now: Instant, info: &RateLimitInfo) -> bool {
-        let reading = dim.reading(info);
-        let (Some(limit), Some(remaining)) = (reading.limit, reading.remaining) else {
-            return false;
+    /// How long a refusal that headers explain (a spent budget) takes to clear when the
+    /// provider names no wait: one unit of the spent budget at its rate, or in fixed-window
+    /// mode its reset. `None` when the headers do not say a budget is spent.
+    fn explained_wait(&self, info: &RateLimitInfo) -> Option<Duration> {
+        let per_unit = |rate: Option<f64>, units: f64| {
+            rate.map(|r| Duration::from_secs_f64(60.0 * units / r.max(1.0)))
         };
-        let threshold = limit as f64 * self.settings.remaining_threshold;
-        let window = reading.reset.unwrap_or(DEFAULT_RESET_WINDOW);
-        // A budget that resets now needs no spreading.
-        if limit == 0 || remaining as f64 >= threshold || window.is_zero() {
-            return false;
-        }
-        self.learn_ceiling(dim, now, Some(info));
-        if remaining == 0 {
-            // Spent: wait for the reset. The rate stays: the budget comes back whole then,
-            // and spreading nothing over the window would collapse it to the floor.
-            let pause = reading.reset.unwrap_or(self.settings.default_pause);
-            self.pause(pause_end(now, pause));
-            return true;
-        }
-        let Some(bucket) = self.bucket_mut(dim) else {
-            return false;
+        let typical = self.typical_estimate.unwrap_or(1.0).max(1.0);
+        [
+            (
+                info.remaining_requests,
+                info.reset_requests,
+                per_unit(self.current_rpm(), 1.0),
+            ),
+            (
+                info.remaining_tokens,
+                info.reset_tokens,
+                per_unit(self.current_tpm(), typical),
+            ),
+        ]
+        .into_iter()
+        .filter(|(remaining, _, _)| *remaining == Some(0))
+        .map(|(_, reset, unit)| match self.settings.window {
+            LimitWindow::Fixed => reset.or(unit),
+            LimitWindow::Bucket => unit.or(reset.map(|r| r.min(self.settings.default_pause))),
+        })
+        .map(|wait| wait.unwrap_or(self.settings.default_pause))
+        .max()
+    }
+
+    /// A refusal nobody explained: the probe learns from it (see `probe.rs`).
+    fn learn_from_refusal(&mut self, now: Instant, start: Start) {
+        let pace = match &self.requests {
+            Some(requests) => requests.rate(),
+            None => self.recent_starts.per_minute(now).max(LEARNED_FLOOR),
         };
-        let spread = remaining as f64 / (window.as_secs_f64() / 60.0);
-        if spread < bucket.rate() {
-            bucket.set_rate(now, spread);
+        let pace = self.rpm_ceiling().map_or(pace, |c| pace.min(c));
+        let floor = self.request_floor();
+        let resume = self.paused_until.unwrap_or(now).max(now);
+        let tuning = self.tuning();
+        let probe = self.probe.get_or_insert_with(|| {
+            let mut fresh = Probe::new(tuning, pace, now);
+            fresh.note_unaccepted(start);
+            fresh
+        });
+        let estimated = probe.refused(start, pace, resume, floor);
+        let held = probe.held();
+        let requests = self
+            .requests
+            .get_or_insert_with(|| Bucket::empty(held, self.settings.min_share, now));
+        // The provider's bucket is empty, and what was started after the refused attempt
+        // will take the first of its refill. What it refills during the pause may be spent
+        // after it only at a pace known to be under its limit; any other pace starts
+        // empty when the pause ends, or the burst would be refused.
+        requests.set_rate(now, held);
+        if estimated {
+            requests.drain(now);
+        } else {
+            requests.empty_until(now, resume);
         }
-        true
+        let started_since = self.starts.saturating_sub(start.seq + 1);
+        requests.take(now, started_since as f64);
+    }
+
+    fn request_floor(&self) -> f64 {
+        self.rpm_ceiling()
+            .map_or(LEARNED_FLOOR, |c| c * self.settings.min_share)
+    }
+
+    fn tuning(&self) -> Tuning {
+        Tuning {
+            margin: self.settings.probe_margin,
+            every: self.settings.probe_every,
+            decrease_factor: self.settings.decrease_factor,
+        }
     }
 }
+
+#[cfg(test)]
+mod tests;
