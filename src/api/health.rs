@@ -102,6 +102,14 @@ struct ProviderBody {
     /// unlimited.
     #[schema(required = true)]
     current_rpm: Option<f64>,
+    /// The requests-per-minute limit the provider states in its rate-limit headers (it
+    /// lowers a higher configured `rpm`); null until it states one.
+    #[schema(required = true)]
+    stated_rpm: Option<f64>,
+    /// The pace learned from bare 429s (refusals no header explained), requests per
+    /// minute; null while none was learned.
+    #[schema(required = true)]
+    learned_rpm: Option<f64>,
     /// Tokens per minute currently allowed; null when unlimited.
     #[schema(required = true)]
     current_tpm: Option<f64>,
@@ -191,6 +199,8 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             max_concurrency: p.max_concurrency,
             breaker: g.breaker.as_str(),
             current_rpm: g.current_rpm,
+            stated_rpm: g.stated_rpm,
+            learned_rpm: g.learned_rpm,
             current_tpm: g.current_tpm,
             in_flight: g.in_flight,
             paused: g.paused,

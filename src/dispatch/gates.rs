@@ -79,6 +79,10 @@ pub struct GateStatus {
     pub breaker: BreakerState,
     pub current_rpm: Option<f64>,
     pub configured_rpm: Option<u32>,
+    /// The requests-per-minute limit the provider states in its headers, when it does.
+    pub stated_rpm: Option<f64>,
+    /// The pace learned from refusals no header explained, when there is one.
+    pub learned_rpm: Option<f64>,
     pub current_tpm: Option<f64>,
     pub configured_tpm: Option<u32>,
     pub in_flight: u32,
@@ -368,6 +372,8 @@ impl Gates {
                     provider: name.clone(),
                     breaker: g.breaker.state(),
                     current_rpm: g.limiter.current_rpm(),
+                    stated_rpm: g.limiter.stated_rpm(),
+                    learned_rpm: g.limiter.learned_rpm(),
                     configured_rpm: g.limiter.configured_rpm(),
                     current_tpm: g.limiter.current_tpm(),
                     configured_tpm: g.limiter.configured_tpm(),

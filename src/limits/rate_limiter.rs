@@ -299,6 +299,11 @@ impl RateLimiter {
         self.hard_ceiling(self.configured_rpm, self.stated_rpm)
     }
 
+    /// The requests-per-minute limit the provider last stated in its headers.
+    pub fn stated_rpm(&self) -> Option<f64> {
+        self.stated_rpm
+    }
+
     /// The pace learned from refusals nobody explained, requests per minute.
     pub fn learned_rpm(&self) -> Option<f64> {
         self.probe.as_ref().map(Probe::held)

@@ -34,10 +34,17 @@ async fn health_reports_database_queues_and_workers() {
     let providers = h["providers"]
         .as_array()
         .unwrap_or_else(|| panic!("providers is not an array: {h:#}"));
-    assert!(
-        providers.iter().any(|p| p["name"] == "sim"),
-        "the sim provider is listed: {h:#}"
-    );
+    let sim = providers
+        .iter()
+        .find(|p| p["name"] == "sim")
+        .unwrap_or_else(|| panic!("the sim provider is listed: {h:#}"));
+    // The sim states no limit and refuses nothing: neither a stated nor a learned rate.
+    for key in ["stated_rpm", "learned_rpm"] {
+        assert!(
+            sim.get(key).is_some_and(|v| v.is_null()),
+            "{key} is present and null: {sim}"
+        );
+    }
 
     // Scheduled runs show up in their class's queued depth.
     server

@@ -128,6 +128,41 @@ async fn enqueue_many(client: &reqwest::Client, server: &TestServer, n: usize) -
         .await
 }
 
+/// `/health` shows the limit a provider states in its headers (what the pace follows), and
+/// none for a provider that states nothing; a bare provider with no configured `rpm` was
+/// only run near its limit by a learned pace, which `/health` shows too.
+async fn shows_the_limit_it_follows(
+    client: &reqwest::Client,
+    server: &TestServer,
+    case: &Case,
+    rate: f64,
+) {
+    let health: serde_json::Value = client
+        .get(server.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let provider = &health["providers"][0];
+    let stated = provider["stated_rpm"].as_f64();
+    match case.style {
+        Style::Bare => assert_eq!(stated, None, "a bare provider states nothing: {provider}"),
+        _ => assert_eq!(
+            stated,
+            Some((rate * 60.0).round()),
+            "the stated limit in /health: {provider}"
+        ),
+    }
+    if case.style == Style::Bare && case.rpm.is_none() {
+        assert!(
+            provider["learned_rpm"].as_f64().is_some_and(|r| r > 0.0),
+            "a pace learned from bare 429s: {provider}"
+        );
+    }
+}
+
 /// Runs one case: feeds a backlog through the phases, waits for every run, and measures
 /// each phase's steady state on the stand-in's log.
 async fn run(case: &Case) -> Vec<Phase> {
@@ -176,6 +211,8 @@ async fn run(case: &Case) -> Vec<Phase> {
         .await;
         assert_eq!(run["status"], "completed", "every run completes: {run}");
     }
+    let last_rate = changes.last().unwrap().1;
+    shows_the_limit_it_follows(&client, &server, case, last_rate).await;
     server.stop().await;
     let calls = standin.calls();
     let mut phases = Vec::new();
