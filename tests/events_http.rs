@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{SseReader, TestServer, enqueue, http, wait_run};
+use crate::common::{SseReader, TestServer, enqueue, http, read_health, wait_run};
 use serde_json::json;
 
 fn config(db: &str, latency: &str, error_rate: f64) -> String {
@@ -251,14 +251,7 @@ async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
     // B's worker slot comes free long before the provider's 60 s answer.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let health: serde_json::Value = client
-            .get(b.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let health: serde_json::Value = read_health(&client, &b).await;
         if health["workers"]["slots_busy"] == 0 {
             break;
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::common::{SseReader, TestServer, enqueue, get_run, http, wait_run};
+use crate::common::{SseReader, TestServer, enqueue, get_run, http, read_health, wait_run};
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -349,14 +349,7 @@ async fn overload(limit_headers: bool) {
         "{:.1}% of attempts refused after warm-up",
         share * 100.0
     );
-    let health: Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = read_health(&client, &server).await;
     let provider = &health["providers"][0];
     assert_eq!(provider["name"], "fake");
     assert_eq!(provider["breaker"], "closed");
@@ -398,14 +391,7 @@ async fn the_breaker_opens_probes_once_and_closes_when_the_provider_recovers() {
         5,
         "no call while the breaker is open"
     );
-    let health: Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = read_health(&client, &server).await;
     assert_eq!(health["providers"][0]["breaker"], "open");
     assert_eq!(health["status"], "degraded");
     // After the interval: exactly one probe, which fails and opens it again.
@@ -435,14 +421,7 @@ async fn the_breaker_opens_probes_once_and_closes_when_the_provider_recovers() {
             "completed with attempts to spare: {run}"
         );
     }
-    let health: Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = read_health(&client, &server).await;
     assert_eq!(health["providers"][0]["breaker"], "closed");
     server.stop().await;
 }

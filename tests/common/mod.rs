@@ -12,7 +12,7 @@ pub mod store;
 
 pub use metrics::{scrape, series_value};
 pub use pg::fresh_pg_database;
-pub use runs::{enqueue, get_run, http, wait_run};
+pub use runs::{enqueue, get_run, http, read_health, wait_run};
 pub use server::{Launch, TestServer};
 pub use sse::SseReader;
 pub use store::{ms, new_run, pg_store, sqlite_store, t0};

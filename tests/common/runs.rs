@@ -40,14 +40,23 @@ pub async fn enqueue(
 }
 
 pub async fn get_run(client: &reqwest::Client, server: &TestServer, id: &str) -> serde_json::Value {
+    get_json(client, server, &format!("/runs/{id}")).await
+}
+
+/// `GET /health`.
+pub async fn read_health(client: &reqwest::Client, server: &TestServer) -> serde_json::Value {
+    get_json(client, server, "/health").await
+}
+
+async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> serde_json::Value {
     client
-        .get(server.url(&format!("/runs/{id}")))
+        .get(server.url(path))
         .send()
         .await
-        .expect("get run")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .json()
         .await
-        .expect("run JSON")
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
 }
 
 /// Polls the run until `pred` holds (bounded), returning the last body.

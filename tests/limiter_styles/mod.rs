@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::common::{TestServer, enqueue, http, wait_run};
+use crate::common::{TestServer, enqueue, http, read_health, wait_run};
 use measure::{Figures, converged_after, figures};
 use standin::{StandIn, Style};
 
@@ -137,14 +137,7 @@ async fn shows_the_limit_it_follows(
     case: &Case,
     rate: f64,
 ) {
-    let health: serde_json::Value = client
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = read_health(client, server).await;
     let provider = &health["providers"][0];
     let stated = provider["stated_rpm"].as_f64();
     match case.style {
