@@ -2,7 +2,7 @@
 //! and per-key caps on runs in flight.
 
 use sluice::run::{Class, WorkerId};
-use sluice::store::{KeyCaps, ProviderQuota, Store};
+use sluice::store::{ClaimedRun, KeyCaps, ProviderQuota, Store};
 
 use super::{LEASE, caps, completion, run_of};
 use crate::common::{ms, new_run, t0};
@@ -33,64 +33,33 @@ async fn quotas_bound_each_provider(store: Store) {
     store.enqueue(&runs).await.unwrap();
     let quota = |provider: &str, max: usize| ProviderQuota::only(provider, max);
     let worker = WorkerId::new();
-    let got = store
-        .claim_due_within(
-            worker,
-            10,
-            &[quota("a", 2), quota("b", 0)],
-            KeyCaps::default(),
-            now,
-            LEASE,
-        )
-        .await
-        .unwrap();
-    let picked: Vec<(String, i16)> = got
-        .iter()
-        .map(|c| (c.spec.provider.clone(), c.spec.priority))
-        .collect();
+    let got = claim_within(&store, worker, 10, &[quota("a", 2), quota("b", 0)], now).await;
+    let picked = providers_and_priorities(&got);
     assert_eq!(
         picked,
         vec![("a".to_string(), 5), ("a".to_string(), 6)],
         "a's quota of 2 takes its two best; b (quota 0) and c (not listed) wait"
     );
-    let got = store
-        .claim_due_within(
-            worker,
-            2,
-            &[quota("a", 10), quota("b", 10), quota("c", 10)],
-            KeyCaps::default(),
-            now,
-            LEASE,
-        )
-        .await
-        .unwrap();
-    let picked: Vec<(String, i16)> = got
-        .iter()
-        .map(|c| (c.spec.provider.clone(), c.spec.priority))
-        .collect();
+    let got = claim_within(
+        &store,
+        worker,
+        2,
+        &[quota("a", 10), quota("b", 10), quota("c", 10)],
+        now,
+    )
+    .await;
+    let picked = providers_and_priorities(&got);
     assert_eq!(
         picked,
         vec![("b".to_string(), 1), ("c".to_string(), 1)],
         "the overall limit takes the best across providers in dispatch order"
     );
     assert!(
-        store
-            .claim_due_within(worker, 10, &[quota("a", 0)], KeyCaps::default(), now, LEASE)
+        claim_within(&store, worker, 10, &[quota("a", 0)], now)
             .await
-            .unwrap()
             .is_empty()
     );
-    let rest = store
-        .claim_due_within(
-            worker,
-            10,
-            &[quota("a", 10), quota("b", 10)],
-            KeyCaps::default(),
-            now,
-            LEASE,
-        )
-        .await
-        .unwrap();
+    let rest = claim_within(&store, worker, 10, &[quota("a", 10), quota("b", 10)], now).await;
     let picked: Vec<(String, Class)> = rest
         .iter()
         .map(|c| (c.spec.provider.clone(), c.spec.class))
@@ -241,4 +210,25 @@ async fn key_caps_bound_runs_in_flight(store: Store) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Claims at most `limit` due runs under `quotas`, with no key caps.
+async fn claim_within(
+    store: &Store,
+    worker: WorkerId,
+    limit: usize,
+    quotas: &[ProviderQuota],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Vec<ClaimedRun> {
+    store
+        .claim_due_within(worker, limit, quotas, KeyCaps::default(), now, LEASE)
+        .await
+        .unwrap()
+}
+
+fn providers_and_priorities(claimed: &[ClaimedRun]) -> Vec<(String, i16)> {
+    claimed
+        .iter()
+        .map(|c| (c.spec.provider.clone(), c.spec.priority))
+        .collect()
 }
