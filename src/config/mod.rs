@@ -24,6 +24,7 @@
 //! - `provider.rs`: `[[providers]]` entries, their kinds and per-kind defaults.
 //! - `limits.rs`: a provider's `[providers.limiter]` and `[providers.breaker]`.
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
+//! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
@@ -35,6 +36,7 @@ mod provider;
 mod queue;
 mod server;
 mod sim;
+mod tenants;
 
 pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
@@ -42,6 +44,9 @@ pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
 pub use queue::{AdmissionConfig, QueueConfig};
 pub use server::{DEFAULT_LISTEN, DatabaseConfig, HttpConfig};
 pub use sim::SimConfig;
+pub use tenants::{
+    AuthConfig, DEFAULT_ADMIN_TOKEN_ENV, MAX_TENANT_WEIGHT, PriceConfig, TenantConfig,
+};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -83,6 +88,11 @@ pub struct Config {
     pub http: HttpConfig,
     pub admission: AdmissionConfig,
     pub providers: Vec<ProviderConfig>,
+    pub auth: AuthConfig,
+    /// Teams sharing the server; none is open mode.
+    pub tenants: Vec<TenantConfig>,
+    /// Token prices per model, for spend budgets.
+    pub prices: Vec<PriceConfig>,
 }
 
 impl Default for Config {
@@ -96,6 +106,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             admission: AdmissionConfig::default(),
             providers: vec![ProviderConfig::sim("sim")],
+            auth: AuthConfig::default(),
+            tenants: Vec::new(),
+            prices: Vec::new(),
         }
     }
 }
@@ -156,7 +169,9 @@ impl Config {
             &self.providers,
             self.queue.background_attempt_timeout_cap,
             &self.retry,
-        )
+        )?;
+        self.auth.validate()?;
+        tenants::validate_all(&self.tenants, &self.prices)
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
