@@ -217,6 +217,46 @@ print_pg_version
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 # ---------------------------------------------------------------------------
+# Operations kit: promtool (Debian's prometheus package) and Python packages in a private
+# venv, installed here when missing; then the deploy kit is checked
+# (scripts/check_deploy.py). The Rust tests use promtool too (`promtool check metrics`).
+# ---------------------------------------------------------------------------
+
+ensure_promtool() {
+    command -v promtool >/dev/null 2>&1 && return 0
+    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        banner "promtool not found; installing the prometheus package"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y --no-install-recommends prometheus
+    fi
+    command -v promtool >/dev/null 2>&1 || die "promtool not found: install Debian's prometheus package (as root: 'apt-get install prometheus')"
+}
+
+# The venv is keyed by the requirements file, so a changed pin gets a fresh venv.
+ensure_venv() {
+    local req="scripts/requirements-test.txt" key
+    key="$(sha256sum "$req" | cut -c1-12)"
+    VENV="${XDG_CACHE_HOME:-$HOME/.cache}/sluice-venv-$key"
+    # `.complete` is written last: a venv cut short by a failed install is made again.
+    if [[ ! -f "$VENV/.complete" ]]; then
+        banner "Creating the test venv ($VENV)"
+        command -v python3 >/dev/null 2>&1 || die "python3 not found"
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$req"
+        touch "$VENV/.complete"
+    fi
+    export PATH="$VENV/bin:$PATH"
+}
+
+banner "Operations kit"
+ensure_promtool
+ensure_venv
+promtool --version 2>&1 | head -n 1
+python scripts/check_deploy.py
+
+# ---------------------------------------------------------------------------
 # Rust
 # ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 //! `/metrics` over HTTP: Prometheus text where every metric family has HELP and TYPE,
-//! every name carries the `sluice_` prefix, and no label holds a run id.
+//! every name carries the `sluice_` prefix, no label holds a run id, and `promtool check
+//! metrics` finds nothing to say.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -101,5 +102,33 @@ latency_jitter = "0ms"
         series_value(&text, run_reads) > run_reads_before,
         "this test's reads of its run are counted:\n{text}"
     );
+    promtool_accepts(&text);
     server.stop().await;
+}
+
+/// `promtool check metrics`: the exposition parses, and names, units and suffixes follow
+/// Prometheus's conventions (scripts/test.sh installs promtool).
+fn promtool_accepts(text: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool on PATH (Debian package prometheus; scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics found problems:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
