@@ -268,6 +268,57 @@ async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
     b.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_whose_notice_is_lost_stops_the_attempt_within_a_heartbeat() {
+    let db = pg_db().await;
+    let client = http();
+    // The lease (120 s) and the provider's answer (60 s) are far away: only the heartbeat
+    // (every second) can stop the attempt in time.
+    let toml = config(&db, "60s", 0.0).replace(
+        "slots = 8",
+        "slots = 8\nheartbeat_interval = \"1s\"\nlease = \"120s\"",
+    );
+    let b = TestServer::start(&toml, &[]).await;
+    let id = enqueue(&client, &b, json!({"provider": "sim", "request": chat()})).await;
+    wait_run(&client, &b, &id, "running", |r| r["status"] == "running").await;
+    // The cancel's row change without its notification, as when the notice is lost.
+    let url = db
+        .strip_prefix("url = ")
+        .map(|u| u.trim_matches('"'))
+        .expect("a PostgreSQL database line");
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let changed = sqlx::query(
+        "UPDATE runs SET status = 'cancelled', finished_at = now(), lease_owner = NULL,
+                lease_expires_at = NULL, error_kind = 'cancelled'
+         WHERE id = $1::uuid AND status = 'running'",
+    )
+    .bind(&id)
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(changed, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let health: serde_json::Value = read_health(&client, &b).await;
+        if health["workers"]["slots_busy"] == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the attempt of a cancelled run still runs: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let run = crate::common::get_run(&client, &b, &id).await;
+    assert_eq!(
+        run["status"], "cancelled",
+        "the stopped attempt wrote nothing over it"
+    );
+    pool.close().await;
+    b.stop().await;
+}
+
 async fn streamed_deltas_arrive_in_order(db: String) {
     let toml = config(&db, "50ms", 0.0).replace(
         "error_rate = 0",

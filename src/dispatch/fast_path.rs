@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio_util::task::TaskTracker;
 
-use super::reservation::Reservation;
+use super::reservation::{self, Reservation};
 use super::{AWAKE, Shared, worker};
 use crate::run::{Class, RunId};
 use crate::store::{ClaimedRun, Enqueued, NewRun, StartNow};
@@ -92,6 +92,7 @@ impl FastPath {
                 continue;
             };
             if started.contains(&run.id) {
+                reservation::confirm(shared, run.id, 1);
                 launch(shared, tasks, run, reservation, self.now);
             } else {
                 reservation.give_back(shared, run.id, 1, &run.spec.provider);
@@ -113,7 +114,7 @@ fn reserve_one(shared: &Shared, run: &NewRun, now: DateTime<Utc>) -> Option<Rese
         return None;
     }
     let slot = shared.slots.clone().try_acquire_owned().ok()?;
-    Reservation::take(shared, run.id, 1, &run.spec.provider, &run.request, slot)
+    Reservation::take_before_commit(shared, run.id, &run.spec.provider, &run.request, slot)
 }
 
 /// Runs the first attempt of a run its enqueue started, in the slot set aside for it.

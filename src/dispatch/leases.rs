@@ -1,12 +1,14 @@
 //! Leases: the heartbeater keeps this process's claims alive while their attempts run (and
-//! saves the providers' adapted rates on the same beat), and
+//! saves the providers' adapted rates on the same beat), stops the attempts whose lease is
+//! gone (a cancel whose notice was missed is caught within one beat), and
 //! the rescuer returns the claims of a process that stopped heartbeating (crashed, killed,
 //! cut off from the database) to the queue.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::Shared;
 use super::ticker::{self, Service};
+use super::{AbortReason, Shared, abort};
 use crate::run::{RunId, Status};
 
 /// Most expired leases rescued by one statement.
@@ -27,12 +29,14 @@ async fn beat(shared: &Shared) {
     {
         tracing::warn!(error = %e, "could not save provider state");
     }
+    // Leases the store has written: a fast-path lease is held before its enqueue commits.
     let ids: Vec<RunId> = shared
         .held
         .lock()
         .expect("held lock")
-        .keys()
-        .copied()
+        .iter()
+        .filter(|(_, h)| h.committed)
+        .map(|(id, _)| *id)
         .collect();
     if ids.is_empty() {
         return;
@@ -42,11 +46,23 @@ async fn beat(shared: &Shared) {
         .extend_leases(shared.worker, &ids, now, shared.settings.lease)
         .await
     {
-        Ok(n) if (n as usize) < ids.len() => tracing::debug!(
-            held = ids.len(),
-            renewed = n,
-            "some leases were not renewed (finished, cancelled or rescued meanwhile)"
-        ),
+        Ok(renewed) if renewed.len() < ids.len() => {
+            let renewed: HashSet<RunId> = renewed.into_iter().collect();
+            let lost: Vec<RunId> = ids.into_iter().filter(|id| !renewed.contains(id)).collect();
+            // A run whose lease is gone is cancelled (its notice may have been lost), rescued
+            // after this process was cut off, or ended while this beat ran: its attempt
+            // stops, whatever it would answer is ignored. An attempt that already ended
+            // has nothing left to stop.
+            let stopped = lost
+                .iter()
+                .filter(|id| abort(shared, **id, AbortReason::LeaseLost))
+                .count();
+            tracing::debug!(
+                lost = lost.len(),
+                stopped,
+                "leases not renewed: their attempts are stopped"
+            );
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, held = ids.len(), "could not renew leases"),
     }

@@ -124,6 +124,9 @@ enum AbortReason {
     Cancelled,
     /// The process is shutting down and the grace period is over: give the run back.
     Shutdown,
+    /// The heartbeat found the lease gone: the run was cancelled (and the notice of it
+    /// missed), rescued or ended elsewhere. The result would be ignored.
+    LeaseLost,
 }
 
 /// A lease this process holds: from claim until the completer has written the result.
@@ -133,6 +136,9 @@ struct Held {
     attempt: u32,
     abort: CancellationToken,
     reason: Arc<Mutex<Option<AbortReason>>>,
+    /// Whether the lease is in the database yet. The fast path holds a lease before the
+    /// enqueue that writes it commits; the heartbeat must not take that for a lost one.
+    committed: bool,
 }
 
 /// State shared by the dispatch tasks.

@@ -37,8 +37,31 @@ impl Reservation {
         request: &RawValue,
         slot: OwnedSemaphorePermit,
     ) -> Option<Reservation> {
+        Self::take_lease(shared, (id, attempt), provider, request, slot, true)
+    }
+
+    /// [`Reservation::take`] for a run whose lease the store has not written yet (the
+    /// fast path, before its enqueue commits); [`confirm`] marks it written.
+    pub(super) fn take_before_commit(
+        shared: &Shared,
+        id: RunId,
+        provider: &str,
+        request: &RawValue,
+        slot: OwnedSemaphorePermit,
+    ) -> Option<Reservation> {
+        Self::take_lease(shared, (id, 1), provider, request, slot, false)
+    }
+
+    fn take_lease(
+        shared: &Shared,
+        (id, attempt): (RunId, u32),
+        provider: &str,
+        request: &RawValue,
+        slot: OwnedSemaphorePermit,
+        committed: bool,
+    ) -> Option<Reservation> {
         let ticket = shared.gates.admit(provider, request)?;
-        let (abort, reason) = hold(shared, id, attempt);
+        let (abort, reason) = hold(shared, id, attempt, committed);
         Some(Reservation {
             slot,
             ticket,
@@ -68,6 +91,7 @@ fn hold(
     shared: &Shared,
     id: RunId,
     attempt: u32,
+    committed: bool,
 ) -> (CancellationToken, Arc<Mutex<Option<AbortReason>>>) {
     let abort = CancellationToken::new();
     let reason = Arc::new(Mutex::new(None));
@@ -77,6 +101,7 @@ fn hold(
             attempt,
             abort: abort.clone(),
             reason: reason.clone(),
+            committed,
         },
     );
     if let Some(stale) = stale {
@@ -90,4 +115,17 @@ fn hold(
         stale.abort.cancel();
     }
     (abort, reason)
+}
+
+/// Marks the lease of attempt `attempt` of `id` as written by the store.
+pub(super) fn confirm(shared: &Shared, id: RunId, attempt: u32) {
+    if let Some(h) = shared
+        .held
+        .lock()
+        .expect("held lock")
+        .get_mut(&id)
+        .filter(|h| h.attempt == attempt)
+    {
+        h.committed = true;
+    }
 }

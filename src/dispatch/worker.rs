@@ -138,6 +138,13 @@ async fn attempt(
             tracing::info!(elapsed_ms, "attempt aborted: run cancelled");
             AttemptResult::Forget
         }
+        Outcome::Aborted(AbortReason::LeaseLost) => {
+            tracing::warn!(
+                elapsed_ms,
+                "attempt aborted: its lease is gone (cancelled, rescued or ended elsewhere)"
+            );
+            AttemptResult::Forget
+        }
         Outcome::Aborted(AbortReason::Shutdown) => {
             tracing::info!(elapsed_ms, "attempt aborted: shutting down, run released");
             AttemptResult::Released {
@@ -249,6 +256,7 @@ fn report(
         Outcome::Error(e) => e.kind.as_str(),
         Outcome::Aborted(AbortReason::Cancelled) => "cancelled",
         Outcome::Aborted(AbortReason::Shutdown) => "released",
+        Outcome::Aborted(AbortReason::LeaseLost) => "lease_lost",
     };
     crate::metrics::attempt(&run.spec.provider, outcome_name, took);
     if run.spec.stream {

@@ -312,16 +312,17 @@ impl Store {
         Ok(self.published(written))
     }
 
-    /// Extends the leases `worker` holds on these runs; returns how many were still held.
+    /// Extends the leases `worker` holds on these runs; returns the runs whose lease it
+    /// still held (the others were cancelled, rescued or ended meanwhile).
     pub async fn extend_leases(
         &self,
         worker: WorkerId,
         runs: &[RunId],
         now: DateTime<Utc>,
         lease: Duration,
-    ) -> Result<u64> {
+    ) -> Result<Vec<RunId>> {
         if runs.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         delegate!(self, s => s.extend_leases(worker, runs, lease_until(now, lease)).await)
     }

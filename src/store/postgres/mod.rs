@@ -293,18 +293,19 @@ impl PgStore {
         worker: WorkerId,
         runs: &[RunId],
         lease_until: DateTime<Utc>,
-    ) -> Result<u64> {
+    ) -> Result<Vec<RunId>> {
         let ids: Vec<Uuid> = runs.iter().map(|r| r.0).collect();
-        let done = sqlx::query(
+        let held: Vec<Uuid> = sqlx::query_scalar(
             "UPDATE runs SET lease_expires_at = $3
-             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2",
+             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2
+             RETURNING id",
         )
         .bind(&ids)
         .bind(worker.0)
         .bind(lease_until)
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(held.into_iter().map(RunId).collect())
     }
 
     pub(in crate::store) async fn save_provider_state(

@@ -283,11 +283,11 @@ impl SqliteStore {
         worker: WorkerId,
         runs: &[RunId],
         lease_until: DateTime<Utc>,
-    ) -> Result<u64> {
+    ) -> Result<Vec<RunId>> {
         let mut tx = self.begin().await?;
-        let mut n = 0;
+        let mut held = Vec::with_capacity(runs.len());
         for id in runs {
-            n += sqlx::query(
+            let renewed = sqlx::query(
                 "UPDATE runs SET lease_expires_at = ?
                  WHERE id = ? AND status = 'running' AND lease_owner = ?",
             )
@@ -297,9 +297,12 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if renewed > 0 {
+                held.push(*id);
+            }
         }
         tx.commit().await?;
-        Ok(n)
+        Ok(held)
     }
 
     pub(in crate::store) async fn save_provider_state(
