@@ -249,18 +249,7 @@ async fn cancelling_on_one_server_aborts_the_attempt_on_another() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // B's worker slot comes free long before the provider's 60 s answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let health: serde_json::Value = read_health(&client, &b).await;
-        if health["workers"]["slots_busy"] == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "B still runs the cancelled attempt: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_free_slots(&client, &b, Duration::from_secs(10)).await;
     let run = crate::common::get_run(&client, &a, &id).await;
     assert_eq!(run["status"], "cancelled");
     assert_eq!(run["attempt_log"][0]["outcome"], "cancelled");
@@ -298,18 +287,7 @@ async fn a_cancel_whose_notice_is_lost_stops_the_attempt_within_a_heartbeat() {
     .unwrap()
     .rows_affected();
     assert_eq!(changed, 1);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let health: serde_json::Value = read_health(&client, &b).await;
-        if health["workers"]["slots_busy"] == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the attempt of a cancelled run still runs: {health}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_free_slots(&client, &b, Duration::from_secs(15)).await;
     let run = crate::common::get_run(&client, &b, &id).await;
     assert_eq!(
         run["status"], "cancelled",
@@ -317,6 +295,22 @@ async fn a_cancel_whose_notice_is_lost_stops_the_attempt_within_a_heartbeat() {
     );
     pool.close().await;
     b.stop().await;
+}
+
+/// Waits until no worker slot of `server` is busy: its cancelled attempt has stopped.
+async fn wait_for_free_slots(client: &reqwest::Client, server: &TestServer, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let health: serde_json::Value = read_health(client, server).await;
+        if health["workers"]["slots_busy"] == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cancelled attempt still runs after {within:?}: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn streamed_deltas_arrive_in_order(db: String) {
