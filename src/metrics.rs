@@ -33,6 +33,9 @@ pub const PROVIDER_TOKENS: &str = "sluice_provider_tokens_total";
 pub const PROVIDER_RATE: &str = "sluice_provider_rate_rpm";
 pub const PROVIDER_IN_FLIGHT: &str = "sluice_provider_in_flight";
 pub const BREAKER_STATE: &str = "sluice_provider_breaker_state";
+pub const LEADER: &str = "sluice_leader";
+pub const REPLICAS: &str = "sluice_cluster_replicas";
+pub const RETENTION_DELETED: &str = "sluice_retention_deleted_total";
 pub const BREAKER_TRANSITIONS: &str = "sluice_provider_breaker_transitions_total";
 
 /// Latency buckets (seconds) shared by the duration histograms: from 1 ms to 10 minutes.
@@ -142,6 +145,18 @@ fn describe() {
         BREAKER_STATE,
         "Circuit breaker state by provider: 0 closed, 1 half_open, 2 open."
     );
+    describe_gauge!(
+        LEADER,
+        "1 while this process leads maintenance (rescuer, sweeper, retention), else 0."
+    );
+    describe_gauge!(
+        REPLICAS,
+        "Processes sharing this database that beat recently, this one included."
+    );
+    describe_counter!(
+        RETENTION_DELETED,
+        "Finished runs deleted by retention, by status."
+    );
     describe_counter!(
         BREAKER_TRANSITIONS,
         "Circuit breaker transitions by provider and the state entered."
@@ -248,4 +263,16 @@ pub fn admission_refused(reason: &'static str) {
 
 pub fn keys_at_cap(class: &'static str, n: usize) {
     gauge!(KEYS_AT_CAP, "class" => class).set(n as f64);
+}
+
+pub fn leader(leads: bool) {
+    gauge!(LEADER).set(if leads { 1.0 } else { 0.0 });
+}
+
+pub fn replicas(n: usize) {
+    gauge!(REPLICAS).set(n as f64);
+}
+
+pub fn retained_away(status: &'static str, n: u64) {
+    counter!(RETENTION_DELETED, "status" => status).increment(n);
 }

@@ -1,4 +1,7 @@
-//! `GET /health`: database reachability and latency, queue depths, worker slots.
+//! `GET /health`: database reachability and latency, queue depths, worker slots, the
+//! providers, and the cluster (every replica and the leader, in `cluster`).
+
+mod cluster;
 
 use axum::Json;
 use axum::extract::State;
@@ -27,6 +30,10 @@ struct HealthBody {
     providers: Vec<ProviderBody>,
     /// The concurrency keys with the most runs queued or in flight (at most 5).
     busiest_keys: Vec<KeyBody>,
+    /// Every process sharing the database and the maintenance leader; null when the
+    /// database could not be read.
+    #[schema(required = true)]
+    cluster: Option<cluster::ClusterBody>,
 }
 
 /// One concurrency key's load.
@@ -126,7 +133,8 @@ struct ProviderBody {
     tag = "operations",
     summary = "Server health",
     description = "Database reachability and latency, queue depths by class and status, \
-        worker slots and the configured providers.",
+        worker slots, the configured providers, and the cluster: every process sharing the \
+        database and the maintenance leader.",
     responses(
         (status = 200, description = "The server is healthy.", body = HealthBody),
         (status = 503, description = "The database is unreachable (`status` is \
@@ -217,16 +225,17 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
     } else {
         (StatusCode::OK, "ok")
     };
-    let busiest_keys = if database.reachable {
-        match state.store.busiest_keys(BUSIEST_KEYS).await {
+    let (busiest_keys, cluster) = if database.reachable {
+        let keys = match state.store.busiest_keys(BUSIEST_KEYS).await {
             Ok(keys) => keys,
             Err(e) => {
                 tracing::warn!(error = %e, "health: key loads unavailable");
                 Vec::new()
             }
-        }
+        };
+        (keys, cluster::read(&state).await)
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let body = HealthBody {
         status,
@@ -246,6 +255,7 @@ pub(super) async fn health(State(state): State<AppState>) -> Response {
             slots_busy: pool.slots_busy,
         },
         providers,
+        cluster,
     };
     (code, Json(body)).into_response()
 }

@@ -1,5 +1,6 @@
-//! The worker pool, `[dispatch]` (slots, batches, leases and their heartbeat), and what
-//! happens to a failed attempt, `[retry]` (how many attempts, how long between them).
+//! The worker pool, `[dispatch]` (slots, batches, leases and their heartbeat, the leader's
+//! lease), and what happens to a failed attempt, `[retry]` (how many attempts, how long
+//! between them).
 
 use std::time::Duration;
 
@@ -34,6 +35,10 @@ pub struct DispatchConfig {
     pub complete_batch: usize,
     /// Most rows one enqueue transaction groups from concurrent requests.
     pub enqueue_batch: usize,
+    /// The maintenance leader's lease (rescuer, sweeper, retention run on one process):
+    /// renewed every third of it, taken over by another process once it expires.
+    #[serde(with = "duration")]
+    pub leader_lease: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -48,6 +53,7 @@ impl Default for DispatchConfig {
             shutdown_grace: Duration::from_secs(20),
             complete_batch: 256,
             enqueue_batch: 256,
+            leader_lease: Duration::from_secs(15),
         }
     }
 }
@@ -76,6 +82,7 @@ impl DispatchConfig {
             ("dispatch.rescue_interval", self.rescue_interval),
             ("dispatch.idle_poll", self.idle_poll),
             ("dispatch.lease", self.lease),
+            ("dispatch.leader_lease", self.leader_lease),
         ] {
             if v.is_zero() {
                 return Err(invalid(name, "must be longer than zero"));

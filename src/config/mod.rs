@@ -24,6 +24,7 @@
 //! - `provider.rs`: `[[providers]]` entries, their kinds and per-kind defaults.
 //! - `limits.rs`: a provider's `[providers.limiter]` and `[providers.breaker]`.
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
+//! - `retention.rs`: `[retention]`, how long finished runs are kept.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
@@ -34,6 +35,7 @@ mod env;
 mod limits;
 mod provider;
 mod queue;
+mod retention;
 mod server;
 mod sim;
 mod tenants;
@@ -42,6 +44,7 @@ pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
 pub use queue::{AdmissionConfig, QueueConfig};
+pub use retention::RetentionConfig;
 pub use server::{DEFAULT_LISTEN, DatabaseConfig, HttpConfig};
 pub use sim::SimConfig;
 pub use tenants::{
@@ -88,6 +91,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub admission: AdmissionConfig,
     pub providers: Vec<ProviderConfig>,
+    pub retention: RetentionConfig,
     pub auth: AuthConfig,
     /// Teams sharing the server; none is open mode.
     pub tenants: Vec<TenantConfig>,
@@ -106,6 +110,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             admission: AdmissionConfig::default(),
             providers: vec![ProviderConfig::sim("sim")],
+            retention: RetentionConfig::default(),
             auth: AuthConfig::default(),
             tenants: Vec::new(),
             prices: Vec::new(),
@@ -170,6 +175,7 @@ impl Config {
             self.queue.background_attempt_timeout_cap,
             &self.retry,
         )?;
+        self.retention.validate()?;
         self.auth.validate()?;
         tenants::validate_all(&self.tenants, &self.prices)
     }

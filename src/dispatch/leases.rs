@@ -74,6 +74,10 @@ pub(super) async fn rescue(shared: Arc<Shared>) {
 
 /// One pass: requeues (or fails, on their last attempt) the runs whose lease expired.
 async fn rescue_pass(shared: &Shared) {
+    // Maintenance runs on the leader only (see `steward`).
+    if !shared.leads() {
+        return;
+    }
     match shared
         .store
         .rescue_expired(shared.clock.now(), RESCUE_BATCH)

@@ -34,6 +34,8 @@ mod gates;
 mod leases;
 mod producer;
 mod reservation;
+mod retention;
+mod steward;
 mod submit;
 mod sweeper;
 mod ticker;
@@ -78,6 +80,7 @@ pub struct Settings {
     timeouts: crate::limits::TimeoutPolicy,
     pub key_caps: KeyCaps,
     pub sweep_interval: Duration,
+    pub leader_lease: Duration,
 }
 
 impl Settings {
@@ -110,6 +113,7 @@ impl Settings {
                 background: config.queue.background_key_cap,
             },
             sweep_interval: config.queue.sweep_interval,
+            leader_lease: d.leader_lease,
         }
     }
 }
@@ -169,6 +173,9 @@ struct Shared {
     stop_claiming: CancellationToken,
     /// Stops the background services once nothing is held any more.
     stop_services: CancellationToken,
+    /// Until when this process may believe it leads maintenance (see `steward`).
+    leading_until: Mutex<Option<tokio::time::Instant>>,
+    retention: crate::config::RetentionConfig,
     finished: mpsc::Sender<worker::Finished>,
 }
 
@@ -187,11 +194,13 @@ pub struct PoolStatus {
     pub slots_busy: usize,
     pub held: usize,
     pub worker_id: WorkerId,
+    /// Whether this process leads maintenance.
+    pub leader: bool,
 }
 
 impl Dispatcher {
-    /// Starts the producer, completer, enqueuer, heartbeater, rescuer, sweeper and (on
-    /// PostgreSQL) the listener. Nothing is spawned outside the returned handle's task tracker.
+    /// Starts the producer, completer, enqueuer, heartbeater, rescuer, sweeper, steward,
+    /// retention and (on PostgreSQL) the listener. Nothing is spawned outside the returned handle's task tracker.
     /// `saved` is each provider's persisted limiter state, so a restart resumes at the
     /// adapted rate rather than the configured ceiling.
     pub fn start(
@@ -224,6 +233,8 @@ impl Dispatcher {
             released: Notify::new(),
             stop_claiming: CancellationToken::new(),
             stop_services: CancellationToken::new(),
+            leading_until: Mutex::new(None),
+            retention: config.retention.clone(),
             finished: finished_tx,
         });
         let tasks = TaskTracker::new();
@@ -237,6 +248,8 @@ impl Dispatcher {
         tasks.spawn(leases::heartbeat(shared.clone()));
         tasks.spawn(leases::rescue(shared.clone()));
         tasks.spawn(sweeper::run(shared.clone()));
+        tasks.spawn(steward::run(shared.clone()));
+        tasks.spawn(retention::run(shared.clone()));
         tasks.spawn(wake::listen(shared.clone(), shared.store.notifications()));
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher
@@ -254,6 +267,7 @@ impl Dispatcher {
             slots_busy: s.settings.slots - s.slots.available_permits(),
             held: s.held.lock().expect("held lock").len(),
             worker_id: s.worker,
+            leader: s.leads(),
         }
     }
 

@@ -23,6 +23,10 @@ pub(super) async fn run(shared: Arc<Shared>) {
 /// One pass: ends the runs whose queue deadline has passed, blaming the breaker for
 /// those whose provider's breaker is not closed.
 async fn sweep(shared: &Shared) {
+    // Maintenance runs on the leader only (see `steward`).
+    if !shared.leads() {
+        return;
+    }
     let now = shared.clock.now();
     let open_breakers: Vec<String> = shared
         .gates

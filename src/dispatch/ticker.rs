@@ -18,6 +18,10 @@ pub(super) enum Service {
     Rescuer,
     /// Ends runs whose queue deadline passed before they started.
     Sweeper,
+    /// Records this process's beat and holds the leader's lease.
+    Steward,
+    /// Deletes finished runs past their age.
+    Retention,
 }
 
 impl Service {
@@ -26,6 +30,8 @@ impl Service {
             Service::Heartbeater => "heartbeater",
             Service::Rescuer => "rescuer",
             Service::Sweeper => "sweeper",
+            Service::Steward => "steward",
+            Service::Retention => "retention",
         }
     }
 
@@ -35,6 +41,8 @@ impl Service {
             Service::Heartbeater => settings.heartbeat_interval,
             Service::Rescuer => settings.rescue_interval,
             Service::Sweeper => settings.sweep_interval,
+            Service::Steward => super::steward::period(settings.leader_lease),
+            Service::Retention => shared.retention.interval,
         }
     }
 
@@ -43,7 +51,9 @@ impl Service {
     fn stop(self, shared: &Shared) -> &CancellationToken {
         match self {
             Service::Heartbeater => &shared.stop_services,
-            Service::Rescuer | Service::Sweeper => &shared.stop_claiming,
+            Service::Rescuer | Service::Sweeper | Service::Steward | Service::Retention => {
+                &shared.stop_claiming
+            }
         }
     }
 
@@ -53,7 +63,11 @@ impl Service {
     fn first_pass(self, shared: &Shared) -> Instant {
         match self {
             Service::Heartbeater => Instant::now() + self.period(shared),
-            Service::Rescuer | Service::Sweeper => Instant::now(),
+            Service::Rescuer | Service::Sweeper | Service::Steward => Instant::now(),
+            // After the steward's first beat has settled who leads.
+            Service::Retention => {
+                Instant::now() + super::steward::period(shared.settings.leader_lease)
+            }
         }
     }
 }

@@ -16,6 +16,7 @@
 //! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
 //! uses the other.
 
+mod cluster;
 mod codec;
 mod event_data;
 mod hub;
@@ -24,6 +25,7 @@ mod postgres;
 mod reads;
 mod sqlite;
 
+pub use cluster::{Leadership, Replica, ReplicaBeat};
 pub use event_data::*;
 pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
@@ -467,6 +469,56 @@ impl Store {
     /// The earliest due time of a queued run, to sleep exactly until then.
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         delegate!(self, s => s.reads().next_due_at().await)
+    }
+
+    /// Records this process's beat and takes or renews the maintenance leader's lease for
+    /// it (until `now + lease`) when the lease is free, expired or its own. Returns who
+    /// leads now.
+    pub async fn beat_cluster(
+        &self,
+        beat: &ReplicaBeat,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<Leadership>> {
+        delegate!(self, s => s.cluster().beat(beat, now, lease).await)
+    }
+
+    /// The leader's lease as it stands (possibly expired).
+    pub async fn leader(&self) -> Result<Option<Leadership>> {
+        delegate!(self, s => s.cluster().leader().await)
+    }
+
+    /// The processes that beat at or after `since`, oldest first.
+    pub async fn replicas(&self, since: DateTime<Utc>) -> Result<Vec<Replica>> {
+        delegate!(self, s => s.cluster().replicas(since).await)
+    }
+
+    /// A process leaving: its record goes, and the leader's lease when it held it.
+    pub async fn resign(&self, id: WorkerId) -> Result<()> {
+        delegate!(self, s => s.cluster().resign(id).await)
+    }
+
+    /// Deletes the records of processes silent since before `before`.
+    pub async fn forget_replicas(&self, before: DateTime<Utc>) -> Result<u64> {
+        delegate!(self, s => s.cluster().forget_replicas(before).await)
+    }
+
+    /// Retention: deletes up to `limit` runs that ended with `status` before `before`,
+    /// oldest first, with their attempts and events. Returns how many went. Only terminal
+    /// statuses are accepted.
+    pub async fn delete_finished(
+        &self,
+        status: Status,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<u64> {
+        if !status.is_terminal() {
+            return Err(StoreError::Misuse("retention deletes finished runs only"));
+        }
+        if limit == 0 {
+            return Ok(0);
+        }
+        delegate!(self, s => s.delete_finished(status, before, limit).await)
     }
 
     /// A round trip to the database.

@@ -46,6 +46,24 @@ async fn health_reports_database_queues_and_workers() {
         );
     }
 
+    // Alone on its database, the server leads and is the one replica listed.
+    let mut h = h;
+    for _ in 0..100 {
+        if h["cluster"]["leader"]["id"] == h["cluster"]["this_replica"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        h = server.health().await;
+    }
+    let cluster = &h["cluster"];
+    assert_eq!(cluster["leader"]["id"], cluster["this_replica"], "{h:#}");
+    assert_eq!(cluster["leader"]["live"], true, "{h:#}");
+    let replicas = cluster["replicas"].as_array().expect("replicas listed");
+    assert_eq!(replicas.len(), 1, "{h:#}");
+    assert_eq!(replicas[0]["id"], cluster["this_replica"], "{h:#}");
+    assert_eq!(replicas[0]["leader"], true, "{h:#}");
+    assert_eq!(replicas[0]["slots"], 4, "{h:#}");
+
     // Scheduled runs show up in their class's queued depth.
     server
         .enqueue_ok(&json!({"provider": "sim", "request": chat("a"), "run_at": in_hours(1)}))

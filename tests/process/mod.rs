@@ -1,5 +1,6 @@
 //! The real `sluice` binary over real HTTP: a newcomer's first start, graceful shutdown on
-//! SIGTERM (drain, and release after the grace period), and crash recovery after SIGKILL.
+//! SIGTERM (drain, and release after the grace period), crash recovery after SIGKILL, and
+//! three processes on one database whose leader is killed.
 //!
 //! Each test starts the binary as a child process ([`TestServer::spawn`]) in a fresh
 //! temporary directory, configured through the environment. This module holds the calls
@@ -7,6 +8,7 @@
 
 mod database;
 mod first_start;
+mod leader;
 mod sigkill;
 mod sigterm;
 

@@ -41,6 +41,7 @@ macro_rules! conformance {
 }
 
 mod breaker_open;
+mod cluster;
 mod dispatch_order;
 mod enqueue;
 mod events;

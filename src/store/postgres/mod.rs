@@ -11,6 +11,7 @@ mod enqueue;
 mod events;
 mod finish;
 mod listen;
+mod retention;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};
@@ -19,6 +20,7 @@ use std::str::FromStr;
 use std::sync::LazyLock;
 use uuid::Uuid;
 
+use super::cluster::Cluster;
 use super::codec::{ClaimedRecord, EventRecord};
 use super::event_data::*;
 use super::model::*;
@@ -198,6 +200,11 @@ impl PgStore {
     /// The reads written once for both backends.
     pub(in crate::store) fn reads(&self) -> Reads<'_, Postgres, DateTime<Utc>> {
         Reads::new(&self.pool)
+    }
+
+    /// The replica and leader records, written once for both backends.
+    pub(in crate::store) fn cluster(&self) -> Cluster<'_, Postgres, DateTime<Utc>> {
+        Cluster::new(&self.pool)
     }
 
     pub(in crate::store) async fn migrate(&self) -> Result<()> {

@@ -9,6 +9,7 @@
 
 mod finish;
 mod pick;
+mod retention;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use sqlx::sqlite::{
 use sqlx::{FromRow, Sqlite, Transaction};
 use uuid::Uuid;
 
+use super::cluster::Cluster;
 use super::codec::{ClaimedRecord, EventScope, StoredTime};
 use super::event_data::*;
 use super::model::*;
@@ -99,6 +101,11 @@ impl SqliteStore {
     /// The reads written once for both backends; times are milliseconds.
     pub(in crate::store) fn reads(&self) -> Reads<'_, Sqlite, i64> {
         Reads::new(&self.reader)
+    }
+
+    /// The replica and leader records, on the writer (they are mostly writes).
+    pub(in crate::store) fn cluster(&self) -> Cluster<'_, Sqlite, i64> {
+        Cluster::new(&self.writer)
     }
 
     pub(in crate::store) async fn enqueue(
