@@ -302,6 +302,16 @@ where
         })
 }
 
+/// The run an enqueue body written as JSON describes, checked as `POST /enqueue` checks it
+/// (the front door builds its runs so).
+pub(super) fn run_from_json(
+    state: &AppState,
+    body: &serde_json::Value,
+) -> Result<NewRun, ApiError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
+    build_run(state, parse_body(&bytes)?)
+}
+
 fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
     let config = &state.config;
     let Some(provider) = state.providers.get(&b.provider) else {

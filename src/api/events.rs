@@ -2,9 +2,10 @@
 //! after the terminal event) and `GET /events` (dashboards: many runs, filtered).
 //!
 //! Hand-off without gap or duplicate: a stream subscribes to the live hub *before* it
-//! replays the log, then skips live events it already sent. A per-run stream that falls
-//! behind the hub's buffer quietly catches up from the log; a dashboard stream that falls
-//! behind is told (`event: lagged`) and closed, and resumes with `Last-Event-ID`.
+//! replays the log, then skips live events it already sent. A per-run stream is a
+//! `follow::RunFollower` rendered (it catches up from the log when it falls behind the
+//! hub); a dashboard stream that falls behind is told (`event: lagged`) and closed, and
+//! resumes with `Last-Event-ID`.
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -25,6 +26,7 @@ use super::error::{Body as ErrorBody, DatabaseErrors, NoSuchRun};
 use super::event_format::{
     ResumePoint, StreamOpened, last_event_id, not_an_event_id, render, render_delta, render_lagged,
 };
+use super::follow::{Followed, RunFollower};
 use super::openapi::ClassName;
 use super::runs::{RunPath, no_such_run};
 use super::{ApiError, AppState};
@@ -57,19 +59,10 @@ fn serve(source: impl EventSource, stop: CancellationToken) -> SseStream {
     Sse::new(boxed).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }
 
+/// One run's stream: what its follower hands out, rendered.
 struct RunStream {
-    state: AppState,
+    follower: RunFollower,
     run: RunId,
-    rx: tokio::sync::broadcast::Receiver<Arc<RunEvent>>,
-    /// Pokes when a streaming attempt produced deltas.
-    delta_rx: tokio::sync::broadcast::Receiver<RunId>,
-    pending: VecDeque<RunEvent>,
-    last_sent: i64,
-    /// The attempt whose `started` event was sent and whose end was not: its deltas flow.
-    attempt: Option<u32>,
-    /// The last delta sent of that attempt.
-    delta_seq: u64,
-    finished: bool,
 }
 
 /// `GET /runs/{id}/events`.
@@ -107,127 +100,23 @@ pub(super) async fn run_events(
 ) -> Result<SseStream, ApiError> {
     let (after, delta_seq) = last_event_id(&headers)?.map_or((0, None), |p| (p.event, p.delta));
     // Subscribe first: anything committed from here on is either in the replay or live.
-    let rx = state.store.hub().subscribe();
-    let delta_rx = state.store.hub().subscribe_deltas();
+    let follower = RunFollower::subscribe(&state.store, run);
     if state.store.get_run(run).await?.is_none() {
         return Err(no_such_run(run));
     }
-    // Resuming inside a streamed attempt: re-read the event that started it, to know the
-    // attempt, without sending it again.
-    let (replay_from, mut attempt) = (
-        if delta_seq.is_some() {
-            after - 1
-        } else {
-            after
-        },
-        None,
-    );
-    let mut replay: VecDeque<RunEvent> = state
-        .store
-        .events_for_run(run, replay_from.max(0))
-        .await?
-        .into();
-    if delta_seq.is_some()
-        && let Some(first) = replay.front()
-        && first.id == after
-    {
-        if first.kind == crate::store::EventKind::Started {
-            attempt = first.attempt;
-        }
-        replay.pop_front();
-    }
+    let follower = follower.replay(after, delta_seq).await?;
     let stop = state.stopping.clone();
-    let stream = RunStream {
-        state,
-        run,
-        rx,
-        delta_rx,
-        pending: replay,
-        last_sent: after,
-        attempt,
-        delta_seq: delta_seq.unwrap_or(0),
-        finished: false,
-    };
+    let stream = RunStream { follower, run };
     Ok(serve(stream, stop))
-}
-
-impl RunStream {
-    /// The next delta of the current attempt not yet sent, if the hub has one.
-    fn next_delta(&mut self) -> Option<Event> {
-        let attempt = self.attempt?;
-        let d = self
-            .state
-            .store
-            .hub()
-            .deltas_after(self.run, attempt, self.delta_seq)
-            .into_iter()
-            .next()?;
-        self.delta_seq = d.seq;
-        Some(render_delta(self.run, self.last_sent, &d))
-    }
 }
 
 impl EventSource for RunStream {
     async fn next(&mut self) -> Option<Event> {
-        use crate::store::EventKind;
-        loop {
-            if self.finished {
-                return None;
-            }
-            if let Some(e) = self.pending.front() {
-                if e.id <= self.last_sent {
-                    self.pending.pop_front();
-                    continue;
-                }
-                // Everything the ending attempt streamed goes out before its end.
-                if e.kind != EventKind::Started
-                    && let Some(delta) = self.next_delta()
-                {
-                    return Some(delta);
-                }
-                let e = self.pending.pop_front().expect("peeked");
-                self.last_sent = e.id;
-                self.finished = e.kind.is_terminal();
-                if e.kind == EventKind::Started {
-                    self.attempt = e.attempt;
-                    self.delta_seq = 0;
-                } else {
-                    self.attempt = None;
-                }
-                return Some(render(&e));
-            }
-            if let Some(delta) = self.next_delta() {
-                return Some(delta);
-            }
-            tokio::select! {
-                received = self.rx.recv() => match received {
-                    Ok(e) if e.run_id == self.run && e.id > self.last_sent => {
-                        self.pending.push_back((*e).clone());
-                    }
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        // Fell behind the live buffer: catch up from the log.
-                        match self
-                            .state
-                            .store
-                            .events_for_run(self.run, self.last_sent)
-                            .await
-                        {
-                            Ok(events) => self.pending.extend(events),
-                            Err(e) => {
-                                tracing::warn!(run_id = %self.run, error = %e, "event replay failed; closing stream");
-                                return None;
-                            }
-                        }
-                    }
-                    Err(RecvError::Closed) => return None,
-                },
-                // A poke: the loop reads the new deltas from the hub's buffer.
-                poked = self.delta_rx.recv() => if let Err(RecvError::Closed) = poked {
-                    return None;
-                },
-            }
-        }
+        Some(match self.follower.next().await? {
+            Followed::Event(e) => render(&e),
+            // A delta is numbered after the lifecycle event it follows.
+            Followed::Delta(d) => render_delta(self.run, self.follower.last_event(), &d),
+        })
     }
 }
 

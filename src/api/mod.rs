@@ -5,7 +5,9 @@
 //! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
 //! (`GET /runs/{id}`, cancel), `events` (SSE streams), `event_format` (what an event
 //! stream sends and the `Last-Event-ID` it reads back), `health` (`GET /health`),
-//! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`).
+//! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`),
+//! `openai` (the OpenAI-compatible front door, `/v1/…`), `follow` (following one run as it
+//! happens, for event streams and the front door).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
 //! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
@@ -16,8 +18,10 @@ mod enqueue;
 mod error;
 mod event_format;
 mod events;
+mod follow;
 mod health;
 mod metrics;
+mod openai;
 mod openapi;
 mod runs;
 
@@ -67,6 +71,8 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(health::health)))
         .routes(endpoint(routes!(metrics::metrics)))
         .routes(endpoint(routes!(openapi::openapi_json)))
+        .routes(endpoint(routes!(openai::chat_completions)))
+        .routes(endpoint(routes!(openai::models)))
 }
 
 /// A route answers other methods with 405 and the error contract's body.
@@ -140,6 +146,10 @@ async fn deadline(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    // The front door waits for its run, which is bounded by the run's own deadlines.
+    if request.uri().path().starts_with(openai::PATH_PREFIX) {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::Unavailable(format!(

@@ -39,6 +39,8 @@ use crate::store::EventKind;
         (name = "runs", description = "Enqueue runs, read them, cancel them."),
         (name = "events", description = "Server-sent event streams of run lifecycle events."),
         (name = "operations", description = "Health, metrics and this document."),
+        (name = "openai", description = "The OpenAI-compatible front door: chat completions \
+            and the model list, in OpenAI's own shapes."),
     )
 )]
 pub(super) struct ApiDoc;

@@ -24,6 +24,7 @@
 //! - `provider.rs`: `[[providers]]` entries, their kinds and per-kind defaults.
 //! - `limits.rs`: a provider's `[providers.limiter]` and `[providers.breaker]`.
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
+//! - `routes.rs`: `[[routes]]`, the front door's model names.
 //! - `retention.rs`: `[retention]`, how long finished runs are kept.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
@@ -36,6 +37,7 @@ mod limits;
 mod provider;
 mod queue;
 mod retention;
+mod routes;
 mod server;
 mod sim;
 mod tenants;
@@ -45,6 +47,7 @@ pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
 pub use queue::{AdmissionConfig, QueueConfig};
 pub use retention::RetentionConfig;
+pub use routes::{DisconnectPolicy, RouteConfig};
 pub use server::{DEFAULT_LISTEN, DatabaseConfig, HttpConfig};
 pub use sim::SimConfig;
 pub use tenants::{
@@ -92,6 +95,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     pub providers: Vec<ProviderConfig>,
     pub retention: RetentionConfig,
+    /// Public model names of the OpenAI-compatible front door.
+    pub routes: Vec<RouteConfig>,
     pub auth: AuthConfig,
     /// Teams sharing the server; none is open mode.
     pub tenants: Vec<TenantConfig>,
@@ -111,6 +116,7 @@ impl Default for Config {
             admission: AdmissionConfig::default(),
             providers: vec![ProviderConfig::sim("sim")],
             retention: RetentionConfig::default(),
+            routes: Vec::new(),
             auth: AuthConfig::default(),
             tenants: Vec::new(),
             prices: Vec::new(),
@@ -175,6 +181,7 @@ impl Config {
             self.queue.background_attempt_timeout_cap,
             &self.retry,
         )?;
+        routes::validate_all(&self.routes, &self.providers)?;
         self.retention.validate()?;
         self.auth.validate()?;
         tenants::validate_all(&self.tenants, &self.prices)

@@ -4,7 +4,7 @@
 //! `max_tokens` is reported as `length`; a field the Anthropic conversion cannot carry is
 //! refused at enqueue naming it; an OpenAI-compatible provider gets unknown fields as sent.
 
-mod wire;
+pub(crate) mod wire;
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use wire::{CITY_ARGUMENTS, FINAL_TEXT, PREAMBLE, TINY_LIMIT, TOOL_RESULT};
 
 /// Both providers, one per wire format, on the same fake.
-fn config(dir: &tempfile::TempDir, root: &str) -> String {
+pub(crate) fn config(dir: &tempfile::TempDir, root: &str) -> String {
     format!(
         r#"
 [database]
