@@ -31,6 +31,7 @@ def error_of(e):
         "param": body.get("param") if isinstance(body, dict) else None,
         "type": body.get("type") if isinstance(body, dict) else None,
         "message": str(e),
+        "retry_after": e.response.headers.get("retry-after") if getattr(e, "response", None) is not None else None,
     }
 
 
@@ -131,6 +132,15 @@ def main():
         "bad_priority": attempt(lambda: whole(client, model="sim", messages=hello,
                                               extra_headers={"x-sluice-priority": "urgent"})),
     }
+    # A background run its provider's admission refuses: the SDK's RateLimitError, with the
+    # server's Retry-After.
+    out["refused"] = attempt(lambda: whole(client, model="full", messages=hello,
+                                           extra_headers={"x-sluice-class": "background"}))
+    # The SDK times out while the run is still working and retries with the same key: each
+    # retry follows the one run, which the provider answers once.
+    patient = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=4, timeout=1.0)
+    out["retried"] = attempt(lambda: whole(patient, model="slow", messages=hello,
+                                           extra_headers={"Idempotency-Key": "sdk-retry-1"}))
     for model in ["weather-openai", "weather-anthropic"]:
         for stream in [False, True]:
             key = f"{model}{'-streamed' if stream else ''}"

@@ -25,6 +25,18 @@ default_model = "sim-1"
 latency = "20ms"
 latency_jitter = "0ms"
 delta_interval = "30ms"
+[[providers]]
+name = "slow"
+kind = "sim"
+default_model = "sim-1"
+[providers.sim]
+latency = "2500ms"
+latency_jitter = "0ms"
+[[providers]]
+name = "full"
+kind = "sim"
+default_model = "sim-1"
+background_queue_max = 0
 [[routes]]
 model = "fast"
 provider = "sim"
@@ -153,6 +165,26 @@ async fn the_official_sdk_works_against_the_front_door() {
         }
         assert_eq!(e["param"].as_str(), param, "{scenario}: {e}");
     }
+
+    let refused = &saw["refused"];
+    assert_eq!(refused["error"], "RateLimitError", "{refused}");
+    assert_eq!(refused["status"], 429);
+    assert_eq!(refused["code"], "background_queue_full");
+    assert!(
+        refused["retry_after"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok()),
+        "the refusal carries Retry-After: {refused}"
+    );
+
+    let retried = &saw["retried"];
+    assert_eq!(retried["content"], "[sim-1] hello front door", "{retried}");
+    let run = get_run(&client, &server, retried["run_id"].as_str().unwrap()).await;
+    assert_eq!(
+        run["attempt_log"].as_array().unwrap().len(),
+        1,
+        "the SDK's retries followed one run, which called the provider once: {run}"
+    );
 
     for scenario in [
         "weather-openai",

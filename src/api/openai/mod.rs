@@ -11,7 +11,9 @@
 //! started by another replica streams its whole answer in one chunk when it completes.
 //!
 //! When the client goes away before the answer, its route's `on_disconnect` decides:
-//! `cancel` (the default: nobody is waiting) or `finish`.
+//! `cancel` (the default: nobody is waiting) or `finish`. A request with an
+//! `Idempotency-Key` is never cancelled by a hang-up: its client may come back for the same
+//! run (an SDK retrying after its own timeout follows the one run, not a second call).
 //!
 //! Layout: `routing` (model names to providers), `wire` (OpenAI's shapes), `stream`
 //! (the streamed answer), this file (the handlers).
@@ -218,7 +220,8 @@ fn build(
         })?;
         run["priority"] = json!(priority);
     }
-    if let Some(key) = header_text(headers, &IDEMPOTENCY_KEY)? {
+    let idempotent = header_text(headers, &IDEMPOTENCY_KEY)?;
+    if let Some(key) = &idempotent {
         run["idempotency_key"] = json!(key);
     }
     let run = enqueue::run_from_json(state, &run).map_err(|e| rename_fields(e.into()))?;
@@ -227,7 +230,13 @@ fn build(
         Asked {
             stream,
             include_usage,
-            on_disconnect: target.on_disconnect,
+            // A client that gave an idempotency key may come back for the same run (an
+            // SDK retrying after its own timeout): its hang-up does not cancel.
+            on_disconnect: if idempotent.is_some() {
+                DisconnectPolicy::Finish
+            } else {
+                target.on_disconnect
+            },
         },
     ))
 }
