@@ -45,6 +45,7 @@ mod dispatch_order;
 mod enqueue;
 mod events;
 mod leases;
+mod paused_batches;
 mod quotas;
 mod records;
 mod retries;
