@@ -44,6 +44,7 @@ mod breaker_open;
 mod dispatch_order;
 mod enqueue;
 mod events;
+mod fairness;
 mod leases;
 mod paused_batches;
 mod quotas;

@@ -2,13 +2,14 @@
 //! `unnest` arrays, writes each state change and its events in one statement, and wakes
 //! other processes' producers with `NOTIFY`.
 //!
-//! Layout: this file (connection, claim, heartbeat, provider state), `enqueue` (the
-//! enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
+//! Layout: this file (connection, claim, heartbeat, provider state), `fair_claim` (the
+//! claim when tenants or batches take turns), `enqueue` (the enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
 //! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
 //! its `codec`.
 
 mod enqueue;
 mod events;
+mod fair_claim;
 mod finish;
 mod listen;
 
@@ -216,8 +217,7 @@ impl PgStore {
         &self,
         worker: WorkerId,
         limit: usize,
-        quotas: Option<&[ProviderQuota]>,
-        key_caps: KeyCaps,
+        bounds: Option<ClaimBounds<'_>>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
@@ -228,10 +228,22 @@ impl PgStore {
                 .bind(worker.0)
                 .bind(lease_until)
         };
-        let Some(quotas) = quotas else {
+        let Some(bounds) = bounds else {
             let rows = claim(&PLAIN_CLAIM, limit).fetch_all(&self.pool).await?;
             return claimed_runs(&rows, now);
         };
+        // Several tenants or batches waiting in a lane, or a tenant with a cap: they take
+        // turns. Otherwise dispatch order alone is fair, and the statements below claim
+        // without reading or writing any rotation.
+        let groups = self.waiting_groups(bounds.quotas).await?;
+        if crate::store::fair::needs_rotation(&groups, bounds.shares) {
+            return self
+                .claim_fairly(worker, limit, bounds, groups, now, lease_until)
+                .await;
+        }
+        let ClaimBounds {
+            quotas, key_caps, ..
+        } = bounds;
         let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
         let mut maxes: Vec<i64> = quotas.iter().map(|q| q.max as i64).collect();
         let mut first = Vec::new();
