@@ -310,6 +310,7 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
     for g in &mut groups {
         g.runs.reverse();
     }
+    let mut taken = vec![0usize; groups.len()];
     let mut touched = HashSet::new();
     let mut ids = Vec::new();
     while ids.len() < limit {
@@ -327,7 +328,8 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
             for &i in members {
                 drop_capped_heads(&mut groups[i], cap, &keys);
             }
-            let Some(i) = lane_turn(&groups, members, shares, &tenants, &rotations) else {
+            let turn = lane_turn(&groups, &taken, members, shares, &tenants, &rotations);
+            let Some(i) = turn else {
                 continue;
             };
             let Some(head) = groups[i].runs.last() else {
@@ -344,6 +346,7 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
         let Some((_, i)) = best else { break };
         let g = &mut groups[i];
         let run = g.runs.pop().expect("the best group has a head");
+        taken[i] += 1;
         let name = &g.name;
         let lane = (name.provider.clone(), name.class);
         *rooms.get_mut(&lane).expect("a lane with room") -= 1;
@@ -391,10 +394,12 @@ fn drop_capped_heads(group: &mut Group, cap: Option<u32>, keys: &HashMap<(String
 
 /// The group of `members` (one lane's) whose turn it is: among the tenants below their cap
 /// with a run at the lane's best priority, the lowest pass; within it, the batch with the
-/// lowest pass. A group whose read runs ran out while it may hold more counts as having
-/// the best priority, so the rotation does not skip it.
+/// lowest pass. A group whose read runs were taken while it may hold more counts as
+/// having the best priority, so the rotation does not skip it; one whose read runs were
+/// all skipped for their keys' caps has nothing to start in this claim.
 fn lane_turn(
     groups: &[Group],
+    taken: &[usize],
     members: &[usize],
     shares: &TenantShares,
     tenants: &HashMap<String, i64>,
@@ -402,7 +407,7 @@ fn lane_turn(
 ) -> Option<usize> {
     let head_priority = |i: usize| match groups[i].runs.last() {
         Some(run) => Some(run.priority),
-        None if groups[i].more => Some(i16::MIN),
+        None if groups[i].more && taken[i] > 0 => Some(i16::MIN),
         None => None,
     };
     let eligible: Vec<(usize, i16)> = members

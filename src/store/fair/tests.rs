@@ -169,3 +169,39 @@ fn rotations_keep_only_members_ahead() {
         "b, at the virtual time, needs no row"
     );
 }
+
+#[test]
+fn a_group_held_by_its_key_cap_holds_nobody_back() {
+    let mut keyed = group("a", "", 5, 3);
+    keyed.more = true;
+    for run in &mut keyed.runs {
+        run.key = Some("session".into());
+    }
+    let quotas = [ProviderQuota::only(PROVIDER, 10)];
+    let in_flight = InFlight {
+        keys: HashMap::from([(("session".to_string(), Class::Live), 1)]),
+        ..InFlight::default()
+    };
+    let rooms = lane_rooms(&quotas, &in_flight, &HashSet::new());
+    let shares = TenantShares::default();
+    let picked = pick(PickInput {
+        bounds: ClaimBounds {
+            quotas: &quotas,
+            key_caps: KeyCaps {
+                live: Some(1),
+                background: None,
+            },
+            shares: &shares,
+        },
+        rooms,
+        in_flight,
+        groups: vec![keyed, group("b", "", 5, 20)],
+        rotations: HashMap::new(),
+        limit: 10,
+    });
+    assert_eq!(
+        picked.ids.len(),
+        10,
+        "b's runs start while a's key is at its cap"
+    );
+}
