@@ -24,14 +24,19 @@
 //! The cost stays bounded by the groups, not the backlog: the backends find the groups
 //! with runs queued by walking an index (one probe per group), read at most a share of the
 //! room per group ([`fetch_sizes`]), and store only members whose pass is ahead of their
-//! rotation's virtual time (the others would be raised to it anyway).
+//! rotation's virtual time (the others would be raised to it anyway). The groups are
+//! whatever `tenant` and `batch` values the queued runs carry, configured or not (open
+//! mode works alike). A table of groups with queued work, kept up to date by every
+//! enqueue and claim, was the alternative: it would add a write to a shared row on each,
+//! where the loose scan needs nothing kept in step.
+//!
+//! Layout: this file (the pick and what it reads), `rotation` (a rotation's state and the
+//! names of the rotations).
 
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::StoreError;
 use super::model::{ClaimBounds, KeyCaps, ProviderQuota, TenantShares};
 use crate::run::Class;
 
@@ -41,8 +46,6 @@ const SPARE: usize = 2;
 /// Candidates read per group beyond its share while keys are capped, so runs skipped
 /// because their key is at its cap do not leave the group short.
 const SPARE_WITH_KEY_CAPS: usize = 64;
-/// Separates the parts of a rotation's name (a provider, a class, a tenant).
-const SCOPE_SEPARATOR: char = '\u{1f}';
 
 /// A group of runs waiting in one lane (a provider and class): one tenant's runs of one
 /// batch. Names are empty for runs with no tenant or no batch.
@@ -116,69 +119,6 @@ pub(super) fn needs_rotation(groups: &[GroupName], shares: &TenantShares) -> boo
     groups.iter().any(|g| {
         !lanes.insert((&g.provider, g.class)) || shares.cap(tenant_name(&g.tenant)).is_some()
     })
-}
-
-/// One rotation's stored state: its virtual time and the passes of members ahead of it.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub(super) struct Rotation {
-    pub vtime: f64,
-    pub passes: HashMap<String, f64>,
-}
-
-impl Rotation {
-    /// A rotation as stored (JSON).
-    pub(super) fn decode(scope: &str, stored: &str) -> Result<Rotation, StoreError> {
-        serde_json::from_str(stored)
-            .map_err(|e| StoreError::Corrupt(format!("rotation {scope}: {e}")))
-    }
-
-    /// The rotation to store.
-    pub(super) fn encode(&self) -> String {
-        serde_json::to_string(self).expect("a map of numbers serialises")
-    }
-
-    fn pass(&self, member: &str) -> f64 {
-        self.passes
-            .get(member)
-            .copied()
-            .unwrap_or(self.vtime)
-            .max(self.vtime)
-    }
-
-    /// Serves `member` once, at `cost` (one over its weight).
-    fn serve(&mut self, member: &str, cost: f64) {
-        let start = self.pass(member);
-        self.vtime = start;
-        self.passes.insert(member.to_string(), start + cost);
-        let vtime = self.vtime;
-        self.passes.retain(|_, pass| *pass > vtime);
-    }
-}
-
-/// The rotation across tenants of a lane.
-pub(super) fn tenant_scope(provider: &str, class: Class) -> String {
-    format!("{provider}{SCOPE_SEPARATOR}{}", class.rank())
-}
-
-/// The rotation across one tenant's batches in a lane.
-pub(super) fn batch_scope(provider: &str, class: Class, tenant: &str) -> String {
-    format!("{}{SCOPE_SEPARATOR}{tenant}", tenant_scope(provider, class))
-}
-
-/// The rotations a claim over `groups` reads.
-pub(super) fn scopes_of(groups: &[GroupName]) -> Vec<String> {
-    let mut scopes: Vec<String> = groups
-        .iter()
-        .flat_map(|g| {
-            [
-                tenant_scope(&g.provider, g.class),
-                batch_scope(&g.provider, g.class, &g.tenant),
-            ]
-        })
-        .collect();
-    scopes.sort();
-    scopes.dedup();
-    scopes
 }
 
 /// How many runs of each lane may start now: its provider's quota within its class cap
@@ -445,5 +385,8 @@ fn lane_turn(
         .map(|(i, _, _)| i)
 }
 
+mod rotation;
 #[cfg(test)]
 mod tests;
+
+pub(super) use rotation::{Rotation, batch_scope, scopes_of, tenant_scope};
