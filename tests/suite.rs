@@ -15,6 +15,7 @@ mod api;
 mod breaker_open;
 mod chaos;
 mod events_http;
+mod fairness;
 mod front_door;
 mod limiter_styles;
 mod live_first;

@@ -109,6 +109,14 @@ async fn main() -> anyhow::Result<()> {
         ),
     )
     .await;
+    run_scenario(
+        &cli,
+        &mut figures,
+        "fair",
+        "7. Fairness: tenant B's queue wait, idle and behind tenant A's backlog",
+        scenarios::fairness(&ctx),
+    )
+    .await;
     if cli.wants("peers") {
         println!("\n== 6. Peers on the same PostgreSQL: graphile-worker 0.17.3, pg-boss 10.4.2 ==");
         let t = Instant::now();

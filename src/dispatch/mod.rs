@@ -59,7 +59,7 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::providers::Providers;
 use crate::run::{Backoff, RunId, WorkerId};
-use crate::store::{KeyCaps, Store};
+use crate::store::{KeyCaps, Store, TenantShares};
 
 /// The dispatch settings, taken from [`Config`] once.
 #[derive(Clone, Debug)]
@@ -79,6 +79,8 @@ pub struct Settings {
     pub provider_backoff: HashMap<String, Backoff>,
     timeouts: crate::limits::TimeoutPolicy,
     pub key_caps: KeyCaps,
+    /// The tenants' weights and in-flight caps, from `[[tenants]]`.
+    pub tenant_shares: TenantShares,
     pub sweep_interval: Duration,
     pub leader_lease: Duration,
 }
@@ -111,6 +113,18 @@ impl Settings {
             key_caps: KeyCaps {
                 live: config.queue.live_key_cap,
                 background: config.queue.background_key_cap,
+            },
+            tenant_shares: TenantShares {
+                weights: config
+                    .tenants
+                    .iter()
+                    .map(|t| (t.name.clone(), t.weight))
+                    .collect(),
+                caps: config
+                    .tenants
+                    .iter()
+                    .filter_map(|t| Some((t.name.clone(), t.max_in_flight?)))
+                    .collect(),
             },
             sweep_interval: config.queue.sweep_interval,
             leader_lease: d.leader_lease,

@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use super::reservation::Reservation;
 use super::{AWAKE, Shared, worker};
+use crate::store::ClaimBounds;
 
 /// How long to back off after the database refused a claim.
 const CLAIM_ERROR_BACKOFF: Duration = Duration::from_millis(500);
@@ -49,11 +50,14 @@ pub(super) async fn run(shared: Arc<Shared>, tasks: TaskTracker) {
         let allowed: usize = quotas.iter().map(|q| q.max).sum();
         let claimed = match shared
             .store
-            .claim_due_within(
+            .claim_due_shared(
                 shared.worker,
                 want,
-                &quotas,
-                settings.key_caps,
+                ClaimBounds {
+                    quotas: &quotas,
+                    key_caps: settings.key_caps,
+                    shares: &settings.tenant_shares,
+                },
                 now,
                 settings.lease,
             )

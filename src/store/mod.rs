@@ -13,12 +13,14 @@
 //!
 //! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
 //! with events), `codec` (stored rows back into values, for both backends), `reads` (the
-//! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
+//! reads written once for both backends), `fair` (which waiting runs a claim takes, for
+//! both backends), `hub`, `postgres`, `sqlite`. Neither backend
 //! uses the other.
 
 mod cluster;
 mod codec;
 mod event_data;
+mod fair;
 mod hub;
 mod model;
 mod postgres;
@@ -290,7 +292,7 @@ impl Store {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let written = delegate!(self, s => s.claim_due(worker, limit, None, KeyCaps::default(), now, lease_until(now, lease)).await)?;
+        let written = delegate!(self, s => s.claim_due(worker, limit, None, now, lease_until(now, lease)).await)?;
         Ok(self.published(written))
     }
 
@@ -307,10 +309,31 @@ impl Store {
         now: DateTime<Utc>,
         lease: Duration,
     ) -> Result<Vec<ClaimedRun>> {
-        if limit == 0 || quotas.iter().all(|q| q.max == 0) {
+        let bounds = ClaimBounds {
+            quotas,
+            key_caps,
+            shares: &TenantShares::default(),
+        };
+        self.claim_due_shared(worker, limit, bounds, now, lease)
+            .await
+    }
+
+    /// Like [`Store::claim_due_within`], with the tenants' weights and in-flight caps:
+    /// within a provider, class and priority, claims rotate across tenants in proportion
+    /// to their weights and within a tenant across its batches (see `store::fair`), on
+    /// every process alike; a tenant at its cap starts nothing.
+    pub async fn claim_due_shared(
+        &self,
+        worker: WorkerId,
+        limit: usize,
+        bounds: ClaimBounds<'_>,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedRun>> {
+        if limit == 0 || bounds.quotas.iter().all(|q| q.max == 0) {
             return Ok(Vec::new());
         }
-        let written = delegate!(self, s => s.claim_due(worker, limit, Some(quotas), key_caps, now, lease_until(now, lease)).await)?;
+        let written = delegate!(self, s => s.claim_due(worker, limit, Some(bounds), now, lease_until(now, lease)).await)?;
         Ok(self.published(written))
     }
 

@@ -1,5 +1,7 @@
 //! The values that cross the store boundary.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::value::RawValue;
 
@@ -109,6 +111,41 @@ impl ProviderQuota {
 pub struct KeyCaps {
     pub live: Option<u32>,
     pub background: Option<u32>,
+}
+
+/// Each tenant's share of the claim and its cap on runs in flight, from `[[tenants]]`. A
+/// tenant not listed (open mode, a run with no tenant) has weight 1 and no cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantShares {
+    /// Relative shares of the claim while several tenants have runs waiting.
+    pub weights: HashMap<String, u32>,
+    /// Most runs of the tenant in flight at once, across every process.
+    pub caps: HashMap<String, u32>,
+}
+
+impl TenantShares {
+    /// The weight of `tenant` (`None`: the runs that name no tenant).
+    pub fn weight(&self, tenant: Option<&str>) -> u32 {
+        tenant
+            .and_then(|t| self.weights.get(t))
+            .copied()
+            .unwrap_or(1)
+            .max(1)
+    }
+
+    /// The in-flight cap of `tenant`, if it has one.
+    pub fn cap(&self, tenant: Option<&str>) -> Option<u32> {
+        tenant.and_then(|t| self.caps.get(t)).copied()
+    }
+}
+
+/// What bounds a claim besides its size: each provider's quota and class caps, the caps
+/// on keys, and the tenants' weights and caps.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimBounds<'a> {
+    pub quotas: &'a [ProviderQuota],
+    pub key_caps: KeyCaps,
+    pub shares: &'a TenantShares,
 }
 
 /// A run handed to a worker for one attempt.

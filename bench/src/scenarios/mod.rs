@@ -3,6 +3,7 @@
 //! own server, measures, stops the server and returns its figures as JSON.
 
 mod drain;
+mod fairness;
 mod goodput;
 mod idle;
 mod latency;
@@ -18,6 +19,7 @@ use crate::db;
 use crate::server::{Provider, Server, ServerConfig};
 
 pub use drain::drain;
+pub use fairness::fairness;
 pub use goodput::goodput;
 pub use idle::idle_rss;
 pub use latency::latency;

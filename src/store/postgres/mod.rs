@@ -2,13 +2,14 @@
 //! `unnest` arrays, writes each state change and its events in one statement, and wakes
 //! other processes' producers with `NOTIFY`.
 //!
-//! Layout: this file (connection, claim, heartbeat, provider state), `enqueue` (the
-//! enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
+//! Layout: this file (connection, claim, heartbeat, provider state), `fair_claim` (the
+//! claim when tenants or batches take turns), `enqueue` (the enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
 //! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
 //! its `codec`.
 
 mod enqueue;
 mod events;
+mod fair_claim;
 mod finish;
 mod listen;
 mod retention;
@@ -39,10 +40,17 @@ const EVENTS_CHANNEL: &str = "sluice_events";
 /// The advisory lock claims that count in-flight runs take turns on.
 const CLAIM_LOCK: i64 = 0x5_11CE_0001;
 
-/// A run that may start now: queued, due, and not past its queue deadline unless it has
-/// started before (a run past it is never started: the sweeper ends it). `c` is the run.
+/// A run that may start now: queued, due, not past its queue deadline unless it has
+/// started before (a run past it is never started: the sweeper ends it), and not of a
+/// paused batch (it waits in the queue until the batch resumes). `c` is the run.
 const STARTABLE: &str = "c.status = 'queued' AND c.due_at <= $1
-      AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)";
+      AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)
+      AND (c.batch IS NULL
+           OR NOT EXISTS (SELECT 1 FROM batches pb WHERE pb.id = c.batch AND pb.paused))";
+/// The same paused-batch condition for the live runs a background claim waits for: a
+/// paused batch's live runs hold nobody back.
+const LIVE_NOT_PAUSED: &str = "(l.batch IS NULL
+           OR NOT EXISTS (SELECT 1 FROM batches pb WHERE pb.id = l.batch AND pb.paused))";
 
 /// The startable runs of `class` of the provider `q.provider`, in dispatch order,
 /// locked: at most `limit`, and only those meeting `extra` (further `AND` conditions).
@@ -86,7 +94,7 @@ fn quota_pick() -> String {
         &format!(
             "AND NOT EXISTS (
                 SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
-                  AND l.status = 'queued' AND l.due_at <= $1)
+                  AND l.status = 'queued' AND l.due_at <= $1 AND {LIVE_NOT_PAUSED})
              {}",
             key_below_cap(Class::Background, "$10")
         ),
@@ -216,8 +224,7 @@ impl PgStore {
         &self,
         worker: WorkerId,
         limit: usize,
-        quotas: Option<&[ProviderQuota]>,
-        key_caps: KeyCaps,
+        bounds: Option<ClaimBounds<'_>>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
@@ -228,10 +235,22 @@ impl PgStore {
                 .bind(worker.0)
                 .bind(lease_until)
         };
-        let Some(quotas) = quotas else {
+        let Some(bounds) = bounds else {
             let rows = claim(&PLAIN_CLAIM, limit).fetch_all(&self.pool).await?;
             return claimed_runs(&rows, now);
         };
+        // Several tenants or batches waiting in a lane, or a tenant with a cap: they take
+        // turns. Otherwise dispatch order alone is fair, and the statements below claim
+        // without reading or writing any rotation.
+        let groups = self.waiting_groups(bounds.quotas).await?;
+        if crate::store::fair::needs_rotation(&groups, bounds.shares) {
+            return self
+                .claim_fairly(worker, limit, bounds, groups, now, lease_until)
+                .await;
+        }
+        let ClaimBounds {
+            quotas, key_caps, ..
+        } = bounds;
         let names: Vec<&str> = quotas.iter().map(|q| q.provider.as_str()).collect();
         let mut maxes: Vec<i64> = quotas.iter().map(|q| q.max as i64).collect();
         let mut first = Vec::new();

@@ -4,7 +4,7 @@
 //! Times are stored as integer milliseconds since the Unix epoch.
 //!
 //! Layout: this file (connection, enqueue, claim, heartbeat, event log writes, provider
-//! state), `pick` (the quota-aware claim), `finish` (ending attempts and runs). Reads are
+//! state), `pick` (the quota-aware, fair claim), `finish` (ending attempts and runs). Reads are
 //! the store's `reads`, rows are decoded by its `codec`.
 
 mod finish;
@@ -202,17 +202,16 @@ impl SqliteStore {
         &self,
         worker: WorkerId,
         limit: usize,
-        quotas: Option<&[ProviderQuota]>,
-        key_caps: KeyCaps,
+        bounds: Option<ClaimBounds<'_>>,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<(Vec<ClaimedRun>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
         // With quotas: the rules of the PostgreSQL pick, applied here (one writer, so nothing
         // can claim meanwhile).
-        let ids: Option<Vec<Uuid>> = match quotas {
+        let ids: Option<Vec<Uuid>> = match bounds {
             None => None,
-            Some(quotas) => Some(pick::pick(&mut tx, quotas, key_caps, now, limit).await?),
+            Some(bounds) => Some(pick::pick(&mut tx, bounds, now, limit).await?),
         };
         let rows = match ids {
             None => {
@@ -225,6 +224,8 @@ impl SqliteStore {
                         WHERE status = 'queued' AND due_at <= ?3
                           AND (queue_deadline_at IS NULL OR queue_deadline_at > ?3
                                OR started_at IS NOT NULL)
+                          AND (batch IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM batches pb WHERE pb.id = runs.batch AND pb.paused))
                         ORDER BY class, priority, due_at
                         LIMIT ?4)
                      RETURNING id, attempts, max_attempts, provider, model, request, class,

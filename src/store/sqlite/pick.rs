@@ -1,136 +1,172 @@
-//! The quota-aware pick on SQLite: the same rules as the PostgreSQL statement, applied in
-//! Rust inside the single writer's transaction (nothing else can claim meanwhile).
+//! The quota-aware, fair pick on SQLite: reads what the fair pick works from (runs in
+//! flight, the waiting groups and their first runs, the stored rotations) inside the single
+//! writer's transaction, lets the store's fair pick choose, and stores the rotations it
+//! moved. Nothing else can claim meanwhile: there is one writer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, Transaction};
 use uuid::Uuid;
 
 use super::ms;
-use crate::store::{KeyCaps, ProviderQuota, Result};
+use crate::run::Class;
+use crate::store::fair::{self, Candidate, Group, GroupName, InFlight, PickInput, Rotation};
+use crate::store::{ClaimBounds, Result};
 
-/// (class, priority, due_at, id, concurrency_key)
-type Candidate = (i64, i64, i64, Uuid, Option<String>);
-
-/// How many candidates to read beyond the room left, so runs whose key is at its cap do not
-/// hide claimable runs behind them.
-const OVERFETCH: i64 = 64;
+/// The startable runs of a paused batch wait: `runs` is the run.
+const NOT_PAUSED: &str = "(runs.batch IS NULL OR NOT EXISTS (
+    SELECT 1 FROM batches pb WHERE pb.id = runs.batch AND pb.paused))";
 
 pub(super) async fn pick(
     tx: &mut Transaction<'static, Sqlite>,
-    quotas: &[ProviderQuota],
-    key_caps: KeyCaps,
+    bounds: ClaimBounds<'_>,
     now: DateTime<Utc>,
     limit: usize,
 ) -> Result<Vec<Uuid>> {
-    let running: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT provider, class, count(*) FROM runs WHERE status = 'running' GROUP BY 1, 2",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    let running: HashMap<(String, i64), i64> =
-        running.into_iter().map(|(p, c, n)| ((p, c), n)).collect();
-    let keyed: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT concurrency_key, class, count(*) FROM runs
-         WHERE status = 'running' AND concurrency_key IS NOT NULL GROUP BY 1, 2",
-    )
-    .fetch_all(&mut **tx)
-    .await?;
-    let mut keyed: HashMap<(String, i64), i64> =
-        keyed.into_iter().map(|(k, c, n)| ((k, c), n)).collect();
-
-    let mut picked: Vec<Candidate> = Vec::new();
+    let quotas = bounds.quotas;
+    let in_flight = in_flight(tx).await?;
+    let mut live_due = HashSet::new();
     for q in quotas.iter().filter(|q| q.max > 0) {
-        let in_flight = |class: i64| {
-            running
-                .get(&(q.provider.clone(), class))
-                .copied()
-                .unwrap_or(0)
-        };
-        let live_room = match q.live_cap {
-            Some(cap) => (i64::from(cap) - in_flight(0)).max(0).min(q.max as i64),
-            None => q.max as i64,
-        };
-        let live = candidates(tx, &q.provider, 0, now, live_room).await?;
-        let mut taken = take(live, live_room, key_caps.live, 0, &mut keyed, &mut picked);
-        let live_due: bool = sqlx::query_scalar(
+        let due: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT EXISTS (SELECT 1 FROM runs WHERE provider = ? AND class = 0
-                            AND status = 'queued' AND due_at <= ?)",
-        )
+                AND status = 'queued' AND due_at <= ? AND {NOT_PAUSED})"
+        )))
         .bind(&q.provider)
         .bind(ms(now))
         .fetch_one(&mut **tx)
         .await?;
-        if live_due {
-            continue;
+        if due {
+            live_due.insert(q.provider.clone());
         }
-        let bg_room = (i64::from(q.background_cap) - in_flight(1))
-            .max(0)
-            .min(q.max as i64 - taken);
-        let background = candidates(tx, &q.provider, 1, now, bg_room).await?;
-        taken += take(
-            background,
-            bg_room,
-            key_caps.background,
-            1,
-            &mut keyed,
-            &mut picked,
-        );
-        debug_assert!(taken <= q.max as i64);
     }
-    picked.sort_by_key(|c| (c.0, c.1, c.2));
-    picked.truncate(limit);
-    Ok(picked.into_iter().map(|c| c.3).collect())
+    let rooms = fair::lane_rooms(quotas, &in_flight, &live_due);
+    let mut names = Vec::new();
+    for ((provider, class), _) in rooms.iter().filter(|(_, room)| **room > 0) {
+        names.extend(waiting_groups(tx, provider, *class).await?);
+    }
+    let sizes = fair::fetch_sizes(&names, &rooms, bounds.shares, bounds.key_caps);
+    let mut groups = Vec::with_capacity(names.len());
+    for (name, size) in names.iter().zip(sizes) {
+        if size > 0 {
+            groups.push(group_runs(tx, name, size, now).await?);
+        }
+    }
+    let rotations = read_rotations(tx, &fair::scopes_of(&names)).await?;
+    let picked = fair::pick(PickInput {
+        bounds,
+        rooms,
+        in_flight,
+        groups,
+        rotations,
+        limit,
+    });
+    for (scope, rotation) in &picked.rotations {
+        sqlx::query(
+            "INSERT INTO fair_rotations (scope, rotation) VALUES (?, ?)
+             ON CONFLICT (scope) DO UPDATE SET rotation = excluded.rotation",
+        )
+        .bind(scope)
+        .bind(rotation.encode())
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(picked.ids)
 }
 
-async fn candidates(
+async fn in_flight(tx: &mut Transaction<'static, Sqlite>) -> Result<InFlight> {
+    let rows = sqlx::query_as(fair::IN_FLIGHT_SQL)
+        .fetch_all(&mut **tx)
+        .await?;
+    Ok(InFlight::from_rows(rows))
+}
+
+/// The (tenant, batch) groups with runs queued in a lane, one index probe each.
+async fn waiting_groups(
     tx: &mut Transaction<'static, Sqlite>,
     provider: &str,
-    class: i64,
-    now: DateTime<Utc>,
-    room: i64,
-) -> Result<Vec<Candidate>> {
-    if room <= 0 {
-        return Ok(Vec::new());
+    class: Class,
+) -> Result<Vec<GroupName>> {
+    let mut found = Vec::new();
+    let mut after: Option<(String, String)> = None;
+    loop {
+        let next: Option<(String, String)> = sqlx::query_as(
+            "SELECT COALESCE(tenant, ''), COALESCE(batch, '') FROM runs
+             WHERE status = 'queued' AND provider = ?1 AND class = ?2
+               AND (?3 IS NULL OR (COALESCE(tenant, ''), COALESCE(batch, '')) > (?3, ?4))
+             ORDER BY COALESCE(tenant, ''), COALESCE(batch, '') LIMIT 1",
+        )
+        .bind(provider)
+        .bind(class.rank())
+        .bind(after.as_ref().map(|a| &a.0))
+        .bind(after.as_ref().map(|a| &a.1))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((tenant, batch)) = next else {
+            return Ok(found);
+        };
+        found.push(GroupName {
+            provider: provider.to_string(),
+            class,
+            tenant: tenant.clone(),
+            batch: batch.clone(),
+        });
+        after = Some((tenant, batch));
     }
-    Ok(sqlx::query_as(
-        "SELECT class, priority, due_at, id, concurrency_key FROM runs
-         WHERE status = 'queued' AND due_at <= ?1 AND provider = ?2 AND class = ?3
-           AND (queue_deadline_at IS NULL OR queue_deadline_at > ?1 OR started_at IS NOT NULL)
-         ORDER BY priority, due_at LIMIT ?4",
-    )
-    .bind(ms(now))
-    .bind(provider)
-    .bind(class)
-    .bind(room + OVERFETCH)
-    .fetch_all(&mut **tx)
-    .await?)
 }
 
-/// Takes up to `room` candidates in order, skipping those whose key is at its cap.
-fn take(
-    candidates: Vec<Candidate>,
-    room: i64,
-    key_cap: Option<u32>,
-    class: i64,
-    keyed: &mut HashMap<(String, i64), i64>,
-    picked: &mut Vec<Candidate>,
-) -> i64 {
-    let mut taken = 0;
-    for c in candidates {
-        if taken >= room {
-            break;
+/// The first `size` startable runs of a group, in dispatch order.
+async fn group_runs(
+    tx: &mut Transaction<'static, Sqlite>,
+    name: &GroupName,
+    size: usize,
+    now: DateTime<Utc>,
+) -> Result<Group> {
+    let rows: Vec<(Uuid, i16, i64, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT id, priority, due_at, concurrency_key FROM runs
+             WHERE status = 'queued' AND provider = ?2 AND class = ?3
+               AND COALESCE(tenant, '') = ?4 AND COALESCE(batch, '') = ?5 AND due_at <= ?1
+               AND (queue_deadline_at IS NULL OR queue_deadline_at > ?1 OR started_at IS NOT NULL)
+               AND {NOT_PAUSED}
+             ORDER BY priority, due_at LIMIT ?6"
+    )))
+    .bind(ms(now))
+    .bind(&name.provider)
+    .bind(name.class.rank())
+    .bind(&name.tenant)
+    .bind(&name.batch)
+    .bind(size as i64)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(Group {
+        name: name.clone(),
+        more: rows.len() == size,
+        runs: rows
+            .into_iter()
+            .map(|(id, priority, due_ms, key)| Candidate {
+                id,
+                priority,
+                due_micros: due_ms.saturating_mul(1000),
+                key,
+            })
+            .collect(),
+    })
+}
+
+async fn read_rotations(
+    tx: &mut Transaction<'static, Sqlite>,
+    scopes: &[String],
+) -> Result<HashMap<String, Rotation>> {
+    let mut out = HashMap::new();
+    for scope in scopes {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT rotation FROM fair_rotations WHERE scope = ?")
+                .bind(scope)
+                .fetch_optional(&mut **tx)
+                .await?;
+        if let Some(stored) = stored {
+            out.insert(scope.clone(), Rotation::decode(scope, &stored)?);
         }
-        if let (Some(key), Some(cap)) = (&c.4, key_cap) {
-            let n = keyed.entry((key.clone(), class)).or_insert(0);
-            if *n >= i64::from(cap) {
-                continue;
-            }
-            *n += 1;
-        }
-        picked.push(c);
-        taken += 1;
     }
-    taken
+    Ok(out)
 }
