@@ -24,10 +24,12 @@
 //! - `provider.rs`: `[[providers]]` entries, their kinds and per-kind defaults.
 //! - `limits.rs`: a provider's `[providers.limiter]` and `[providers.breaker]`.
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
+//! - `batches.rs`: `[batches]`, the size of one batch and its pause cooldown.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
+mod batches;
 mod dispatch;
 pub mod duration;
 mod env;
@@ -38,6 +40,7 @@ mod server;
 mod sim;
 mod tenants;
 
+pub use batches::BatchesConfig;
 pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
@@ -93,6 +96,7 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Token prices per model, for spend budgets.
     pub prices: Vec<PriceConfig>,
+    pub batches: BatchesConfig,
 }
 
 impl Default for Config {
@@ -109,6 +113,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenants: Vec::new(),
             prices: Vec::new(),
+            batches: BatchesConfig::default(),
         }
     }
 }
@@ -170,6 +175,7 @@ impl Config {
             self.queue.background_attempt_timeout_cap,
             &self.retry,
         )?;
+        self.batches.validate()?;
         self.auth.validate()?;
         tenants::validate_all(&self.tenants, &self.prices)
     }

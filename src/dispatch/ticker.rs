@@ -18,6 +18,8 @@ pub(super) enum Service {
     Rescuer,
     /// Ends runs whose queue deadline passed before they started.
     Sweeper,
+    /// Marks batches whose runs have all ended finished.
+    BatchFinisher,
 }
 
 impl Service {
@@ -26,6 +28,7 @@ impl Service {
             Service::Heartbeater => "heartbeater",
             Service::Rescuer => "rescuer",
             Service::Sweeper => "sweeper",
+            Service::BatchFinisher => "batch finisher",
         }
     }
 
@@ -35,6 +38,7 @@ impl Service {
             Service::Heartbeater => settings.heartbeat_interval,
             Service::Rescuer => settings.rescue_interval,
             Service::Sweeper => settings.sweep_interval,
+            Service::BatchFinisher => settings.batch_finish_interval,
         }
     }
 
@@ -43,7 +47,7 @@ impl Service {
     fn stop(self, shared: &Shared) -> &CancellationToken {
         match self {
             Service::Heartbeater => &shared.stop_services,
-            Service::Rescuer | Service::Sweeper => &shared.stop_claiming,
+            Service::Rescuer | Service::Sweeper | Service::BatchFinisher => &shared.stop_claiming,
         }
     }
 
@@ -53,7 +57,7 @@ impl Service {
     fn first_pass(self, shared: &Shared) -> Instant {
         match self {
             Service::Heartbeater => Instant::now() + self.period(shared),
-            Service::Rescuer | Service::Sweeper => Instant::now(),
+            Service::Rescuer | Service::Sweeper | Service::BatchFinisher => Instant::now(),
         }
     }
 }

@@ -12,10 +12,13 @@
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
 //! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
-//! with events), `codec` (stored rows back into values, for both backends), `reads` (the
+//! with events), `batch_model` / `batch_reads` / `batches` / `listing` (batches and
+//! newest-first listings), `codec` (stored rows back into values, for both backends), `reads` (the
 //! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
 //! uses the other.
 
+mod batch_model;
+mod batch_reads;
 mod codec;
 mod event_data;
 mod hub;
@@ -24,6 +27,10 @@ mod postgres;
 mod reads;
 mod sqlite;
 
+pub use batch_model::{
+    BatchCancelOutcome, BatchClosed, BatchCreated, BatchFilter, BatchId, BatchProgress,
+    BatchToggle, BatchView, NewBatch, PageAfter, RunFilter, ToggleOutcome,
+};
 pub use event_data::*;
 pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
@@ -145,6 +152,10 @@ macro_rules! delegate {
         }
     };
 }
+
+// After `delegate!`, which they use.
+mod batches;
+mod listing;
 
 impl Store {
     /// Opens the backend named by `url` (`postgres://…`), or the SQLite file at

@@ -40,11 +40,13 @@ macro_rules! conformance {
     };
 }
 
+mod batches;
 mod breaker_open;
 mod dispatch_order;
 mod enqueue;
 mod events;
 mod leases;
+mod listing;
 mod quotas;
 mod records;
 mod retries;
