@@ -28,7 +28,7 @@ pub(super) struct FastPath {
 impl FastPath {
     /// Sets a slot, a provider start and a lease aside for each run of `runs` that may
     /// start in its enqueue's commit: a live run due now, of a provider with no live cap,
-    /// without a concurrency key while live keys are capped, with a slot free and its
+    /// without a concurrency key while live keys are capped, of no batch, with a slot free and its
     /// provider's limiter and breaker letting an attempt start.
     pub(super) fn reserve(shared: &Shared, runs: &[NewRun]) -> FastPath {
         let now = shared.clock.now();
@@ -108,6 +108,8 @@ fn reserve_one(shared: &Shared, run: &NewRun, now: DateTime<Utc>) -> Option<Rese
         || run.spec.class != Class::Live
         || run.due_at > now
         || (run.spec.concurrency_key.is_some() && shared.settings.key_caps.live.is_some())
+        // Its batch may be paused, which only the claim looks at.
+        || run.batch.is_some()
         || !shared.gates.uncapped_live(&run.spec.provider)
     {
         return None;

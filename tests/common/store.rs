@@ -11,9 +11,13 @@ use sluice::store::{NewRun, OpenOptions, RunSpec, Store};
 use super::pg::fresh_pg_database;
 
 pub async fn pg_store() -> Store {
-    let url = fresh_pg_database().await;
+    open_pg(&fresh_pg_database().await).await
+}
+
+/// A store on the PostgreSQL database at `url`.
+pub async fn open_pg(url: &str) -> Store {
     Store::open(
-        Some(&url),
+        Some(url),
         std::path::Path::new("unused"),
         &OpenOptions {
             max_connections: 20,

@@ -47,6 +47,7 @@ mod enqueue;
 mod events;
 mod leases;
 mod listing;
+mod paused_batches;
 mod quotas;
 mod records;
 mod retries;

@@ -38,10 +38,17 @@ const EVENTS_CHANNEL: &str = "sluice_events";
 /// The advisory lock claims that count in-flight runs take turns on.
 const CLAIM_LOCK: i64 = 0x5_11CE_0001;
 
-/// A run that may start now: queued, due, and not past its queue deadline unless it has
-/// started before (a run past it is never started: the sweeper ends it). `c` is the run.
+/// A run that may start now: queued, due, not past its queue deadline unless it has
+/// started before (a run past it is never started: the sweeper ends it), and not of a
+/// paused batch (it waits in the queue until the batch resumes). `c` is the run.
 const STARTABLE: &str = "c.status = 'queued' AND c.due_at <= $1
-      AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)";
+      AND (c.queue_deadline_at IS NULL OR c.queue_deadline_at > $1 OR c.started_at IS NOT NULL)
+      AND (c.batch IS NULL
+           OR NOT EXISTS (SELECT 1 FROM batches pb WHERE pb.id = c.batch AND pb.paused))";
+/// The same paused-batch condition for the live runs a background claim waits for: a
+/// paused batch's live runs hold nobody back.
+const LIVE_NOT_PAUSED: &str = "(l.batch IS NULL
+           OR NOT EXISTS (SELECT 1 FROM batches pb WHERE pb.id = l.batch AND pb.paused))";
 
 /// The startable runs of `class` of the provider `q.provider`, in dispatch order,
 /// locked: at most `limit`, and only those meeting `extra` (further `AND` conditions).
@@ -85,7 +92,7 @@ fn quota_pick() -> String {
         &format!(
             "AND NOT EXISTS (
                 SELECT 1 FROM runs l WHERE l.provider = q.provider AND l.class = 0
-                  AND l.status = 'queued' AND l.due_at <= $1)
+                  AND l.status = 'queued' AND l.due_at <= $1 AND {LIVE_NOT_PAUSED})
              {}",
             key_below_cap(Class::Background, "$10")
         ),

@@ -142,6 +142,8 @@ impl SqliteStore {
                         WHERE status = 'queued' AND due_at <= ?3
                           AND (queue_deadline_at IS NULL OR queue_deadline_at > ?3
                                OR started_at IS NOT NULL)
+                          AND (batch IS NULL OR NOT EXISTS (
+                               SELECT 1 FROM batches pb WHERE pb.id = runs.batch AND pb.paused))
                         ORDER BY class, priority, due_at
                         LIMIT ?4)
                      RETURNING id, attempts, max_attempts, provider, model, request, class,

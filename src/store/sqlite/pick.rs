@@ -55,8 +55,10 @@ pub(super) async fn pick(
         let live = candidates(tx, &q.provider, 0, now, live_room).await?;
         let mut taken = take(live, live_room, key_caps.live, 0, &mut keyed, &mut picked);
         let live_due: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM runs WHERE provider = ? AND class = 0
-                            AND status = 'queued' AND due_at <= ?)",
+            "SELECT EXISTS (SELECT 1 FROM runs l WHERE l.provider = ? AND l.class = 0
+                            AND l.status = 'queued' AND l.due_at <= ?
+                            AND (l.batch IS NULL OR NOT EXISTS (
+                                SELECT 1 FROM batches pb WHERE pb.id = l.batch AND pb.paused)))",
         )
         .bind(&q.provider)
         .bind(ms(now))
@@ -98,6 +100,8 @@ async fn candidates(
         "SELECT class, priority, due_at, id, concurrency_key FROM runs
          WHERE status = 'queued' AND due_at <= ?1 AND provider = ?2 AND class = ?3
            AND (queue_deadline_at IS NULL OR queue_deadline_at > ?1 OR started_at IS NOT NULL)
+           AND (batch IS NULL OR NOT EXISTS (
+                SELECT 1 FROM batches pb WHERE pb.id = runs.batch AND pb.paused))
          ORDER BY priority, due_at LIMIT ?4",
     )
     .bind(ms(now))
