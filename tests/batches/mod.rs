@@ -8,6 +8,7 @@
 mod control;
 mod create;
 mod hostile;
+mod pause_starts;
 
 use std::time::Duration;
 
