@@ -2,10 +2,12 @@
 //! and the start and stop of a server on its own fresh database. Each scenario starts its
 //! own server, measures, stops the server and returns its figures as JSON.
 
+mod batches;
 mod drain;
 mod goodput;
 mod idle;
 mod latency;
+mod listing;
 mod live_first;
 mod overhead;
 mod steady;
@@ -17,10 +19,12 @@ use sqlx::postgres::PgPool;
 use crate::db;
 use crate::server::{Provider, Server, ServerConfig};
 
+pub use batches::batch_submit;
 pub use drain::drain;
 pub use goodput::goodput;
 pub use idle::idle_rss;
 pub use latency::latency;
+pub use listing::listing_page;
 pub use live_first::live_first;
 pub use overhead::overhead;
 pub use steady::steady;
