@@ -9,6 +9,7 @@ mod control;
 mod create;
 mod hostile;
 mod pause_starts;
+mod processes;
 
 use std::time::Duration;
 
