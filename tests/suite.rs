@@ -12,12 +12,14 @@
 mod common;
 
 mod api;
+mod batches;
 mod breaker_open;
 mod chaos;
 mod events_http;
 mod fairness;
 mod front_door;
 mod limiter_styles;
+mod listing;
 mod live_first;
 mod metrics_http;
 mod openapi;

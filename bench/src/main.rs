@@ -117,6 +117,22 @@ async fn main() -> anyhow::Result<()> {
         scenarios::fairness(&ctx),
     )
     .await;
+    run_scenario(
+        &cli,
+        &mut figures,
+        "batches",
+        "8. POST /batches of 10,000 runs",
+        scenarios::batch_submit(&ctx),
+    )
+    .await;
+    run_scenario(
+        &cli,
+        &mut figures,
+        "listing",
+        "9. A listing page at 1,000,000 runs",
+        scenarios::listing_page(&ctx),
+    )
+    .await;
     if cli.wants("peers") {
         println!("\n== 6. Peers on the same PostgreSQL: graphile-worker 0.17.3, pg-boss 10.4.2 ==");
         let t = Instant::now();

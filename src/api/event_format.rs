@@ -34,6 +34,42 @@ const LAGGED_MESSAGE: &str = "this subscriber fell behind; reconnect with Last-E
 pub(super) enum EventData<'a> {
     Lifecycle(LifecycleEvent),
     Delta(DeltaEvent<'a>),
+    Batch(BatchEvent),
+}
+
+/// An event about a batch rather than one run (`batch_paused`, `batch_resumed`,
+/// `batch_finished`), on `GET /events` streams that the batch's filters let through.
+#[derive(Serialize, ToSchema)]
+pub(super) struct BatchEvent {
+    /// The event's id, in the same sequence as run events.
+    id: i64,
+    #[schema(value_type = String, format = "uuid")]
+    batch_id: String,
+    #[serde(rename = "type")]
+    #[schema(value_type = EventTypeName)]
+    event_type: &'static str,
+    #[schema(format = DateTime)]
+    at: String,
+    /// `batch_finished`: the batch's runs, their final counts by status (every status
+    /// listed) and the tokens they used.
+    #[serde(flatten)]
+    #[schema(value_type = Option<BatchFinishedDetail>)]
+    detail: Option<serde_json::Value>,
+}
+
+/// What `batch_finished` adds to a batch event.
+#[derive(ToSchema)]
+#[allow(
+    dead_code,
+    reason = "describes the stored batch_finished data in the OpenAPI document"
+)]
+pub(super) struct BatchFinishedDetail {
+    run_count: i64,
+    /// Runs per status, every status listed.
+    #[schema(value_type = Object)]
+    counts: serde_json::Value,
+    prompt_tokens: i64,
+    completion_tokens: i64,
 }
 
 /// A lifecycle event, as written to the event log. Every one carries `id`, `run_id`,
@@ -190,6 +226,9 @@ pub(super) fn render(e: &RunEvent) -> Event {
             EventDetail::default()
         }),
     };
+    if e.kind.is_batch() {
+        return render_batch(e);
+    }
     let data = EventData::Lifecycle(LifecycleEvent {
         id: e.id,
         run_id: e.run_id,
@@ -199,11 +238,35 @@ pub(super) fn render(e: &RunEvent) -> Event {
         class: e.class.as_str(),
         detail,
     });
+    logged_event(e, data)
+}
+
+/// An event of the log on the wire: its id, its type as the SSE `event:`, and `data`.
+fn logged_event(e: &RunEvent, data: EventData<'_>) -> Event {
     Event::default()
         .id(e.id.to_string())
         .event(e.kind.as_str())
         .json_data(data)
         .expect("event data serialises")
+}
+
+/// A batch event from the log or the hub.
+fn render_batch(e: &RunEvent) -> Event {
+    let detail = e.data.as_ref().and_then(|data| {
+        serde_json::from_str(data.get())
+            .inspect_err(|error| {
+                tracing::warn!(event_id = e.id, %error, "unreadable batch event data; sent without it");
+            })
+            .ok()
+    });
+    let data = EventData::Batch(BatchEvent {
+        id: e.id,
+        batch_id: e.batch.clone().unwrap_or_default(),
+        event_type: e.kind.as_str(),
+        at: rfc3339(e.at),
+        detail,
+    });
+    logged_event(e, data)
 }
 
 /// A delta of the attempt that lifecycle event `event_id` started.

@@ -2,27 +2,35 @@
 //! step of taking in and cancelling a run) or read the store, and render JSON; they never
 //! write SQL.
 //!
-//! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `runs`
+//! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `run_body` (one
+//! run's fields and their validation, for enqueue and batches), `runs`
 //! (`GET /runs/{id}`, cancel), `events` (SSE streams), `event_format` (what an event
-//! stream sends and the `Last-Event-ID` it reads back), `health` (`GET /health`),
-//! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`),
-//! `openai` (the OpenAI-compatible front door, `/v1/…`), `follow` (following one run as it
-//! happens, for event streams and the front door).
+//! stream sends and the `Last-Event-ID` it reads back), `batches` (`POST /batches`, a
+//! batch, its pause, resume and cancel), `batch_body` (the batch body), `batch_results`
+//! (`GET /batches/{id}/results`), `listing` (`GET /runs`, `GET /batches`), `health`
+//! (`GET /health`), `metrics` (`GET /metrics` and request counting), `openapi`
+//! (`GET /openapi.json`), `openai` (the OpenAI-compatible front door, `/v1/…`), `follow`
+//! (following one run as it happens, for event streams and the front door).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
 //! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
 //! and its OpenAPI operation in one step, so the router and `GET /openapi.json` cannot
 //! drift apart; `tests/openapi.rs` checks the served document against `route_table`.
 
+mod batch_body;
+mod batch_results;
+mod batches;
 mod enqueue;
 mod error;
 mod event_format;
 mod events;
 mod follow;
 mod health;
+mod listing;
 mod metrics;
 mod openai;
 mod openapi;
+mod run_body;
 mod runs;
 
 pub use error::ApiError;
@@ -64,10 +72,20 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// and only here, each with `endpoint(routes!(handler))`.
 fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
     base.routes(endpoint(routes!(enqueue::enqueue)))
+        .routes(endpoint(routes!(listing::list_runs)))
         .routes(endpoint(routes!(runs::get_run)))
         .routes(endpoint(routes!(runs::cancel_run)))
         .routes(endpoint(routes!(events::run_events)))
         .routes(endpoint(routes!(events::feed)))
+        .routes(endpoint(routes!(
+            batches::create_batch,
+            listing::list_batches
+        )))
+        .routes(endpoint(routes!(batches::get_batch)))
+        .routes(endpoint(routes!(batches::pause_batch)))
+        .routes(endpoint(routes!(batches::resume_batch)))
+        .routes(endpoint(routes!(batches::cancel_batch)))
+        .routes(endpoint(routes!(batch_results::batch_results)))
         .routes(endpoint(routes!(health::health)))
         .routes(endpoint(routes!(metrics::metrics)))
         .routes(endpoint(routes!(openapi::openapi_json)))

@@ -37,6 +37,7 @@ use crate::store::EventKind;
     components(schemas(EventStream, ErrorBody)),
     tags(
         (name = "runs", description = "Enqueue runs, read them, cancel them."),
+        (name = "batches", description = "Submit runs in batches; watch, pause, resume, cancel and export them."),
         (name = "events", description = "Server-sent event streams of run lifecycle events."),
         (name = "operations", description = "Health, metrics and this document."),
         (name = "openai", description = "The OpenAI-compatible front door: chat completions \

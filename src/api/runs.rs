@@ -13,7 +13,7 @@ use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
 use super::{ApiError, AppState};
 use crate::dispatch::Cancelled;
 use crate::run::{RunId, Status};
-use crate::store::{RunView, rfc3339};
+use crate::store::{Output, RunError, RunView, rfc3339};
 
 /// A run: one request to one provider, and the record of its whole life. Every field is
 /// always present; absent values are `null`. Times are RFC 3339 in UTC with millisecond
@@ -91,7 +91,7 @@ pub(super) struct RunBody {
 /// answered.
 #[derive(Serialize, ToSchema)]
 #[schema(as = RunOutput)]
-struct OutputBody {
+pub(super) struct OutputBody {
     /// The text; `null` when the model answered with tool calls (or a refusal) only.
     #[schema(required = true)]
     content: Option<String>,
@@ -141,7 +141,7 @@ struct FunctionCallBody {
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = RunUsage)]
-struct UsageBody {
+pub(super) struct UsageBody {
     #[schema(required = true)]
     prompt_tokens: Option<i32>,
     #[schema(required = true)]
@@ -150,7 +150,7 @@ struct UsageBody {
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = RunError)]
-struct ErrorBody {
+pub(super) struct ErrorBody {
     #[schema(value_type = ErrorKindName)]
     kind: &'static str,
     message: String,
@@ -210,24 +210,9 @@ impl From<RunView> for RunBody {
             queue_deadline_at: r.queue_deadline_at.map(rfc3339),
             timeout_origin: r.timeout_origin.map(|o| o.as_str()),
             drop_reason: r.drop_reason,
-            output: r.output.map(|o| OutputBody {
-                content: o.content,
-                tool_calls: o.tool_calls,
-                refusal: o.refusal,
-                finish_reason: o.finish_reason,
-                raw_finish_reason: o.raw_finish_reason,
-            }),
-            usage: (r.prompt_tokens.is_some() || r.completion_tokens.is_some()).then_some(
-                UsageBody {
-                    prompt_tokens: r.prompt_tokens,
-                    completion_tokens: r.completion_tokens,
-                },
-            ),
-            error: r.error.map(|e| ErrorBody {
-                kind: e.kind.as_str(),
-                message: e.message,
-                status: e.status,
-            }),
+            output: r.output.map(OutputBody::from),
+            usage: UsageBody::of(r.prompt_tokens, r.completion_tokens),
+            error: r.error.map(ErrorBody::from),
             attempt_log: r
                 .attempt_log
                 .into_iter()
@@ -241,6 +226,38 @@ impl From<RunView> for RunBody {
                     error: a.error_message,
                 })
                 .collect(),
+        }
+    }
+}
+
+impl From<Output> for OutputBody {
+    fn from(o: Output) -> OutputBody {
+        OutputBody {
+            content: o.content,
+            tool_calls: o.tool_calls,
+            refusal: o.refusal,
+            finish_reason: o.finish_reason,
+            raw_finish_reason: o.raw_finish_reason,
+        }
+    }
+}
+
+impl UsageBody {
+    /// The usage, when the provider reported any.
+    pub(super) fn of(prompt_tokens: Option<i32>, completion_tokens: Option<i32>) -> Option<Self> {
+        (prompt_tokens.is_some() || completion_tokens.is_some()).then_some(UsageBody {
+            prompt_tokens,
+            completion_tokens,
+        })
+    }
+}
+
+impl From<RunError> for ErrorBody {
+    fn from(e: RunError) -> ErrorBody {
+        ErrorBody {
+            kind: e.kind.as_str(),
+            message: e.message,
+            status: e.status,
         }
     }
 }

@@ -26,10 +26,12 @@
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
 //! - `routes.rs`: `[[routes]]`, the front door's model names.
 //! - `retention.rs`: `[retention]`, how long finished runs are kept.
+//! - `batches.rs`: `[batches]`, the size of one batch and its pause cooldown.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
+mod batches;
 mod dispatch;
 pub mod duration;
 mod env;
@@ -42,6 +44,7 @@ mod server;
 mod sim;
 mod tenants;
 
+pub use batches::BatchesConfig;
 pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
@@ -102,6 +105,7 @@ pub struct Config {
     pub tenants: Vec<TenantConfig>,
     /// Token prices per model, for spend budgets.
     pub prices: Vec<PriceConfig>,
+    pub batches: BatchesConfig,
 }
 
 impl Default for Config {
@@ -120,6 +124,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             tenants: Vec::new(),
             prices: Vec::new(),
+            batches: BatchesConfig::default(),
         }
     }
 }
@@ -183,6 +188,7 @@ impl Config {
         )?;
         routes::validate_all(&self.routes, &self.providers)?;
         self.retention.validate()?;
+        self.batches.validate()?;
         self.auth.validate()?;
         tenants::validate_all(&self.tenants, &self.prices)
     }

@@ -19,12 +19,15 @@
 //! - `sweeper`: ends runs whose queue deadline passed before they started.
 //! - `ticker`: the beat of those periodic services, and their stop.
 //! - `cancel`: cancels a run in the store and stops its attempt wherever it runs.
+//! - `batches`: takes a batch in, pauses, resumes and cancels it, and marks batches whose
+//!   runs all ended finished.
 //! - `endings`: records a run's terminal status in the metrics, whoever ended it.
 //! - `wake`: turns the store's cross-process notices into wake-ups and aborts.
 //!
 //! A run waiting for its next attempt sits in the database, not in a slot.
 
 mod admission;
+mod batches;
 mod cancel;
 mod completer;
 mod endings;
@@ -83,6 +86,8 @@ pub struct Settings {
     pub tenant_shares: TenantShares,
     pub sweep_interval: Duration,
     pub leader_lease: Duration,
+    /// How often batches whose runs all ended are marked finished.
+    pub batch_finish_interval: Duration,
 }
 
 impl Settings {
@@ -128,6 +133,7 @@ impl Settings {
             },
             sweep_interval: config.queue.sweep_interval,
             leader_lease: d.leader_lease,
+            batch_finish_interval: config.batches.finish_interval,
         }
     }
 }
@@ -264,6 +270,7 @@ impl Dispatcher {
         tasks.spawn(sweeper::run(shared.clone()));
         tasks.spawn(steward::run(shared.clone()));
         tasks.spawn(retention::run(shared.clone()));
+        tasks.spawn(batches::finish(shared.clone()));
         tasks.spawn(wake::listen(shared.clone(), shared.store.notifications()));
         tracing::info!(worker_id = %shared.worker, slots = shared.settings.slots, "worker pool started");
         dispatcher

@@ -22,6 +22,8 @@ pub(super) enum Service {
     Steward,
     /// Deletes finished runs past their age.
     Retention,
+    /// Marks batches whose runs have all ended finished.
+    BatchFinisher,
 }
 
 impl Service {
@@ -32,6 +34,7 @@ impl Service {
             Service::Sweeper => "sweeper",
             Service::Steward => "steward",
             Service::Retention => "retention",
+            Service::BatchFinisher => "batch finisher",
         }
     }
 
@@ -43,6 +46,7 @@ impl Service {
             Service::Sweeper => settings.sweep_interval,
             Service::Steward => super::steward::period(settings.leader_lease),
             Service::Retention => shared.retention.interval,
+            Service::BatchFinisher => settings.batch_finish_interval,
         }
     }
 
@@ -51,9 +55,11 @@ impl Service {
     fn stop(self, shared: &Shared) -> &CancellationToken {
         match self {
             Service::Heartbeater => &shared.stop_services,
-            Service::Rescuer | Service::Sweeper | Service::Steward | Service::Retention => {
-                &shared.stop_claiming
-            }
+            Service::Rescuer
+            | Service::Sweeper
+            | Service::Steward
+            | Service::Retention
+            | Service::BatchFinisher => &shared.stop_claiming,
         }
     }
 
@@ -63,7 +69,9 @@ impl Service {
     fn first_pass(self, shared: &Shared) -> Instant {
         match self {
             Service::Heartbeater => Instant::now() + self.period(shared),
-            Service::Rescuer | Service::Sweeper | Service::Steward => Instant::now(),
+            Service::Rescuer | Service::Sweeper | Service::Steward | Service::BatchFinisher => {
+                Instant::now()
+            }
             // After the steward's first beat has settled who leads.
             Service::Retention => {
                 Instant::now() + super::steward::period(shared.settings.leader_lease)

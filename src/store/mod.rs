@@ -12,11 +12,14 @@
 //! the cross-process [`Notice`]s the dispatcher subscribes to ([`Store::notifications`]).
 //!
 //! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
-//! with events), `codec` (stored rows back into values, for both backends), `reads` (the
-//! reads written once for both backends), `fair` (which waiting runs a claim takes, for
-//! both backends), `hub`, `postgres`, `sqlite`. Neither backend
-//! uses the other.
+//! with events), `batch_model` / `batch_reads` / `batches` / `listing` (batches and
+//! newest-first listings), `codec` (stored rows back into values, for both backends),
+//! `reads` (the reads written once for both backends), `fair` (which waiting runs a claim
+//! takes, for both backends), `cluster` (replicas and the leader's lease), `hub`,
+//! `postgres`, `sqlite`. Neither backend uses the other.
 
+mod batch_model;
+mod batch_reads;
 mod cluster;
 mod codec;
 mod event_data;
@@ -27,6 +30,10 @@ mod postgres;
 mod reads;
 mod sqlite;
 
+pub use batch_model::{
+    BatchCancelOutcome, BatchClosed, BatchCreated, BatchFilter, BatchId, BatchProgress,
+    BatchToggle, BatchView, NewBatch, PageAfter, RunFilter, ToggleOutcome,
+};
 pub use cluster::{Leadership, Replica, ReplicaBeat};
 pub use event_data::*;
 pub use hub::{Delta, EventHub, ToolCallDelta};
@@ -149,6 +156,10 @@ macro_rules! delegate {
         }
     };
 }
+
+// After `delegate!`, which they use.
+mod batches;
+mod listing;
 
 impl Store {
     /// Opens the backend named by `url` (`postgres://…`), or the SQLite file at

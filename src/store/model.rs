@@ -307,10 +307,15 @@ pub enum EventKind {
     TimedOut,
     Cancelled,
     Dropped,
+    /// A batch was paused (a batch event: see `batch_model`).
+    BatchPaused,
+    BatchResumed,
+    /// Every run of a batch has ended; its data holds the final counts.
+    BatchFinished,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 8] = [
+    pub const ALL: [EventKind; 11] = [
         EventKind::Queued,
         EventKind::Started,
         EventKind::AttemptFailed,
@@ -319,6 +324,16 @@ impl EventKind {
         EventKind::TimedOut,
         EventKind::Cancelled,
         EventKind::Dropped,
+        EventKind::BatchPaused,
+        EventKind::BatchResumed,
+        EventKind::BatchFinished,
+    ];
+
+    /// The batch events, whose subject is a batch rather than a run.
+    pub const BATCH: [EventKind; 3] = [
+        EventKind::BatchPaused,
+        EventKind::BatchResumed,
+        EventKind::BatchFinished,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -331,11 +346,18 @@ impl EventKind {
             EventKind::TimedOut => "timed_out",
             EventKind::Cancelled => "cancelled",
             EventKind::Dropped => "dropped",
+            EventKind::BatchPaused => "batch_paused",
+            EventKind::BatchResumed => "batch_resumed",
+            EventKind::BatchFinished => "batch_finished",
         }
     }
 
     pub fn parse(s: &str) -> Option<EventKind> {
         EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_batch(self) -> bool {
+        EventKind::BATCH.contains(&self)
     }
 
     /// The event that ends a run's stream.
@@ -387,8 +409,9 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// A batch event has no class, so a class filter lets it through.
     pub fn matches(&self, e: &RunEvent) -> bool {
-        self.class.is_none_or(|c| c == e.class)
+        self.class.is_none_or(|c| c == e.class || e.kind.is_batch())
             && self
                 .tenant
                 .as_deref()

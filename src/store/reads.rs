@@ -20,7 +20,7 @@ use super::model::*;
 use crate::run::{Class, RunId, Status};
 
 /// The columns [`RunRecord`] reads.
-const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
+pub(super) const RUN_COLUMNS: &str = "id, status, provider, model, class, priority, tenant, concurrency_key, \
      session, batch, CAST(metadata AS TEXT) AS metadata, stream, attempts, max_attempts, \
      timeout_ms, queue_deadline_at, due_at, created_at, started_at, finished_at, timeout_origin, \
      drop_reason, output_content, finish_reason, prompt_tokens, completion_tokens, error_kind, \
@@ -109,9 +109,16 @@ where
         filter: &EventFilter,
         limit: usize,
     ) -> Result<Vec<RunEvent>> {
+        // A batch event has no class: a class filter lets it through.
+        let batch_kinds = EventKind::BATCH
+            .map(|k| format!("'{}'", k.as_str()))
+            .join(", ");
         let sql = format!(
             "SELECT {EVENT_COLUMNS} FROM run_events
-             WHERE id > $1 AND ($2 IS NULL OR class = $2) AND ($3 IS NULL OR tenant = $3)
+             WHERE id > $1
+               AND ($2 IS NULL OR class = $2
+                    OR kind IN ({batch_kinds}))
+               AND ($3 IS NULL OR tenant = $3)
                AND ($4 IS NULL OR batch = $4)
              ORDER BY id LIMIT $5"
         );

@@ -40,6 +40,7 @@ macro_rules! conformance {
     };
 }
 
+mod batches;
 mod breaker_open;
 mod cluster;
 mod dispatch_order;
@@ -47,6 +48,7 @@ mod enqueue;
 mod events;
 mod fairness;
 mod leases;
+mod listing;
 mod paused_batches;
 mod quotas;
 mod records;

@@ -2,11 +2,13 @@
 //! and the start and stop of a server on its own fresh database. Each scenario starts its
 //! own server, measures, stops the server and returns its figures as JSON.
 
+mod batches;
 mod drain;
 mod fairness;
 mod goodput;
 mod idle;
 mod latency;
+mod listing;
 mod live_first;
 mod overhead;
 mod steady;
@@ -18,11 +20,13 @@ use sqlx::postgres::PgPool;
 use crate::db;
 use crate::server::{Provider, Server, ServerConfig};
 
+pub use batches::batch_submit;
 pub use drain::drain;
 pub use fairness::fairness;
 pub use goodput::goodput;
 pub use idle::idle_rss;
 pub use latency::latency;
+pub use listing::listing_page;
 pub use live_first::live_first;
 pub use overhead::overhead;
 pub use steady::steady;

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::follow::{Followed, RunFollower};
-use super::{AppState, enqueue};
+use super::{AppState, run_body};
 use crate::config::DisconnectPolicy;
 use crate::dispatch::Dispatcher;
 use crate::run::{ErrorKind, RunId, Status, TimeoutOrigin};
@@ -224,7 +224,7 @@ fn build(
     if let Some(key) = &idempotent {
         run["idempotency_key"] = json!(key);
     }
-    let run = enqueue::run_from_json(state, &run).map_err(|e| rename_fields(e.into()))?;
+    let run = run_body::run_from_json(state, &run).map_err(|e| rename_fields(e.into()))?;
     Ok((
         run,
         Asked {

@@ -170,6 +170,27 @@ impl<'a> RunColumns<'a> {
     }
 }
 
+/// Writes `runs` with [`ENQUEUE_SQL`] on `db` (a pool, or the transaction of a batch);
+/// returns the events written.
+pub(super) async fn insert_runs<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    runs: &[NewRun],
+    start: Option<StartNow<'_>>,
+    notify_until: Option<DateTime<Utc>>,
+) -> Result<Vec<RunEvent>> {
+    let columns = RunColumns::new(runs, start.as_ref());
+    let event_rows = columns
+        .bind(sqlx::query(ENQUEUE_SQL))
+        .bind(start.as_ref().map(|s| s.now))
+        .bind(start.as_ref().map(|s| s.worker.0))
+        .bind(start.as_ref().map(|s| s.lease_until))
+        .bind(WAKE_CHANNEL)
+        .bind(notify_until)
+        .fetch_all(db)
+        .await?;
+    event_rows.iter().map(event_from_row).collect()
+}
+
 impl PgStore {
     pub(in crate::store) async fn enqueue(
         &self,
@@ -177,20 +198,7 @@ impl PgStore {
         start: Option<StartNow<'_>>,
         notify_until: Option<DateTime<Utc>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
-        let columns = RunColumns::new(runs, start.as_ref());
-        let event_rows = columns
-            .bind(sqlx::query(ENQUEUE_SQL))
-            .bind(start.as_ref().map(|s| s.now))
-            .bind(start.as_ref().map(|s| s.worker.0))
-            .bind(start.as_ref().map(|s| s.lease_until))
-            .bind(WAKE_CHANNEL)
-            .bind(notify_until)
-            .fetch_all(&self.enqueue_pool)
-            .await?;
-        let events: Vec<RunEvent> = event_rows
-            .iter()
-            .map(event_from_row)
-            .collect::<Result<_>>()?;
+        let events = insert_runs(&self.enqueue_pool, runs, start, notify_until).await?;
         let inserted: HashSet<Uuid> = events
             .iter()
             .filter(|e| e.kind == EventKind::Queued)

@@ -7,6 +7,7 @@
 //! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
 //! its `codec`.
 
+mod batches;
 mod enqueue;
 mod events;
 mod fair_claim;

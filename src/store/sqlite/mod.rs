@@ -7,6 +7,7 @@
 //! state), `pick` (the quota-aware, fair claim), `finish` (ending attempts and runs). Reads are
 //! the store's `reads`, rows are decoded by its `codec`.
 
+mod batches;
 mod finish;
 mod pick;
 mod retention;
@@ -116,86 +117,9 @@ impl SqliteStore {
         _notify_until: Option<DateTime<Utc>>,
     ) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
         let mut tx = self.begin().await?;
-        let mut out = Vec::with_capacity(runs.len());
-        let mut events = Vec::with_capacity(runs.len());
-        // Whether each run may start at once, decided before any of this batch is written
-        // (as on PostgreSQL, where the batch is one statement).
-        let mut go = vec![false; runs.len()];
-        if let Some(s) = &start {
-            for (i, r) in runs.iter().enumerate() {
-                if !s.runs[i] || r.due_at > s.now {
-                    continue;
-                }
-                let ahead: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued' AND provider = ?
-                        AND class = 0 AND due_at <= ?)",
-                )
-                .bind(&r.spec.provider)
-                .bind(ms(s.now))
-                .fetch_one(&mut *tx)
-                .await?;
-                go[i] = !ahead;
-            }
-        }
-        for (i, r) in runs.iter().enumerate() {
-            let idem = r.idem_key();
-            let inserted = sqlx::query(
-                "INSERT INTO runs (id, provider, model, request, class, priority, tenant,
-                    concurrency_key, session, batch, idem_key, metadata, stream, max_attempts,
-                    timeout_ms, queue_deadline_at, due_at, created_at, status, attempts)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(r.id.0)
-            .bind(&r.spec.provider)
-            .bind(&r.spec.model)
-            .bind(r.request.get())
-            .bind(r.spec.class.rank())
-            .bind(r.spec.priority)
-            .bind(&r.spec.tenant)
-            .bind(&r.spec.concurrency_key)
-            .bind(&r.session)
-            .bind(&r.batch)
-            .bind(&idem)
-            .bind(r.metadata.as_ref().map(|m| m.get()))
-            .bind(r.spec.stream)
-            .bind(r.max_attempts)
-            .bind(r.spec.timeout_ms)
-            .bind(r.queue_deadline_at.map(ms))
-            .bind(ms(r.due_at))
-            .bind(ms(r.created_at))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 1 {
-                let scope = EventScope {
-                    run_id: r.id,
-                    class: r.spec.class,
-                    tenant: r.spec.tenant.clone(),
-                    batch: r.batch.clone(),
-                };
-                let queued = scope.event(EventKind::Queued, r.created_at, None, None);
-                events.push(insert_event(&mut tx, queued).await?);
-                out.push(Enqueued::Created(r.id));
-                if let (Some(s), true) = (&start, go[i]) {
-                    events.push(start_now(&mut tx, s, &scope).await?);
-                }
-                continue;
-            }
-            let holder: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
-                .bind(&idem)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let holder = holder.ok_or_else(|| {
-                StoreError::Corrupt(format!(
-                    "run {} was neither inserted nor found by idempotency key",
-                    r.id
-                ))
-            })?;
-            out.push(Enqueued::Existing(RunId(holder)));
-        }
+        let written = insert_runs(&mut tx, runs, start).await?;
         tx.commit().await?;
-        Ok((out, events))
+        Ok(written)
     }
 
     pub(in crate::store) async fn claim_due(
@@ -339,6 +263,94 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
+
+/// Inserts `runs` (with their events, starting the flagged ones: see [`StartNow`]) in
+/// `tx`, the transaction of an enqueue or of a whole batch.
+pub(super) async fn insert_runs(
+    tx: &mut Transaction<'static, Sqlite>,
+    runs: &[NewRun],
+    start: Option<StartNow<'_>>,
+) -> Result<(Vec<Enqueued>, Vec<RunEvent>)> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut events = Vec::with_capacity(runs.len());
+    // Whether each run may start at once, decided before any of this batch is written
+    // (as on PostgreSQL, where the batch is one statement).
+    let mut go = vec![false; runs.len()];
+    if let Some(s) = &start {
+        for (i, r) in runs.iter().enumerate() {
+            if !s.runs[i] || r.due_at > s.now {
+                continue;
+            }
+            let ahead: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE status = 'queued' AND provider = ?
+                    AND class = 0 AND due_at <= ?)",
+            )
+            .bind(&r.spec.provider)
+            .bind(ms(s.now))
+            .fetch_one(&mut **tx)
+            .await?;
+            go[i] = !ahead;
+        }
+    }
+    for (i, r) in runs.iter().enumerate() {
+        let idem = r.idem_key();
+        let inserted = sqlx::query(
+            "INSERT INTO runs (id, provider, model, request, class, priority, tenant,
+                concurrency_key, session, batch, idem_key, metadata, stream, max_attempts,
+                timeout_ms, queue_deadline_at, due_at, created_at, status, attempts)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(r.id.0)
+        .bind(&r.spec.provider)
+        .bind(&r.spec.model)
+        .bind(r.request.get())
+        .bind(r.spec.class.rank())
+        .bind(r.spec.priority)
+        .bind(&r.spec.tenant)
+        .bind(&r.spec.concurrency_key)
+        .bind(&r.session)
+        .bind(&r.batch)
+        .bind(&idem)
+        .bind(r.metadata.as_ref().map(|m| m.get()))
+        .bind(r.spec.stream)
+        .bind(r.max_attempts)
+        .bind(r.spec.timeout_ms)
+        .bind(r.queue_deadline_at.map(ms))
+        .bind(ms(r.due_at))
+        .bind(ms(r.created_at))
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            let scope = EventScope {
+                run_id: r.id,
+                class: r.spec.class,
+                tenant: r.spec.tenant.clone(),
+                batch: r.batch.clone(),
+            };
+            let queued = scope.event(EventKind::Queued, r.created_at, None, None);
+            events.push(insert_event(tx, queued).await?);
+            out.push(Enqueued::Created(r.id));
+            if let (Some(s), true) = (&start, go[i]) {
+                events.push(start_now(tx, s, &scope).await?);
+            }
+            continue;
+        }
+        let holder: Option<Uuid> = sqlx::query_scalar("SELECT id FROM runs WHERE idem_key = ?")
+            .bind(&idem)
+            .fetch_optional(&mut **tx)
+            .await?;
+        let holder = holder.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {} was neither inserted nor found by idempotency key",
+                r.id
+            ))
+        })?;
+        out.push(Enqueued::Existing(RunId(holder)));
+    }
+    Ok((out, events))
 }
 
 /// Appends `event` inside the transaction of the state change it reports; returns it with
