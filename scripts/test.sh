@@ -217,20 +217,23 @@ print_pg_version
 echo "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
 
 # ---------------------------------------------------------------------------
-# Operations kit: promtool (Debian's prometheus package) and Python packages in a private
-# venv, installed here when missing; then the deploy kit is checked
-# (scripts/check_deploy.py). The Rust tests use promtool too (`promtool check metrics`).
+# Operations kit and browser: promtool (Debian's prometheus package), chromium (Debian's
+# package) and Python packages in a private venv (the OpenAI SDK, Playwright), installed
+# here when missing; then the deploy kit is checked (scripts/check_deploy.py). The Rust
+# tests use them too (`promtool check metrics`, the SDK, the browser).
 # ---------------------------------------------------------------------------
 
-ensure_promtool() {
-    command -v promtool >/dev/null 2>&1 && return 0
-    if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        banner "promtool not found; installing the prometheus package"
+# Installs Debian package $2 (as root) when command $1 is missing; fails naming it
+# otherwise.
+ensure_debian_package() {
+    local cmd="$1" package="$2"
+    if ! command -v "$cmd" >/dev/null 2>&1 && [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        banner "$cmd not found; installing the $package package"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update
-        apt-get install -y --no-install-recommends prometheus
+        apt-get install -y --no-install-recommends "$package"
     fi
-    command -v promtool >/dev/null 2>&1 || die "promtool not found: install Debian's prometheus package (as root: 'apt-get install prometheus')"
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd not found: install Debian's $package package (as root: 'apt-get install $package')"
 }
 
 # The venv is keyed by the requirements file, so a changed pin gets a fresh venv.
@@ -250,8 +253,11 @@ ensure_venv() {
     export PATH="$VENV/bin:$PATH"
 }
 
-banner "Operations kit"
-ensure_promtool
+banner "Operations kit and browser"
+ensure_debian_package promtool prometheus
+# Debian's chromium, for the status page's browser test (tests/ui/).
+ensure_debian_package chromium chromium
+export SLUICE_TEST_CHROMIUM="$(command -v chromium)"
 ensure_venv
 promtool --version 2>&1 | head -n 1
 python scripts/check_deploy.py

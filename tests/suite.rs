@@ -33,3 +33,4 @@ mod secrets;
 mod slow_provider;
 mod store_conformance;
 mod tool_calls;
+mod ui;

@@ -10,7 +10,8 @@
 //! (`GET /batches/{id}/results`), `listing` (`GET /runs`, `GET /batches`), `health`
 //! (`GET /health`), `metrics` (`GET /metrics` and request counting), `openapi`
 //! (`GET /openapi.json`), `openai` (the OpenAI-compatible front door, `/v1/…`), `follow`
-//! (following one run as it happens, for event streams and the front door).
+//! (following one run as it happens, for event streams and the front door), `ui` (the
+//! status page at `/ui`).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
 //! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
@@ -32,6 +33,7 @@ mod openai;
 mod openapi;
 mod run_body;
 mod runs;
+mod ui;
 
 pub use error::ApiError;
 
@@ -91,6 +93,9 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(openapi::openapi_json)))
         .routes(endpoint(routes!(openai::chat_completions)))
         .routes(endpoint(routes!(openai::models)))
+        .routes(endpoint(routes!(ui::page)))
+        .routes(endpoint(routes!(ui::script)))
+        .routes(endpoint(routes!(ui::style)))
 }
 
 /// A route answers other methods with 405 and the error contract's body.

@@ -42,6 +42,7 @@ use crate::store::EventKind;
         (name = "operations", description = "Health, metrics and this document."),
         (name = "openai", description = "The OpenAI-compatible front door: chat completions \
             and the model list, in OpenAI's own shapes."),
+        (name = "ui", description = "The status page, served from the binary."),
     )
 )]
 pub(super) struct ApiDoc;
