@@ -28,4 +28,5 @@ mod providers_http;
 mod secrets;
 mod slow_provider;
 mod store_conformance;
+mod tenants;
 mod tool_calls;

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use super::error::{Body as ErrorBody, InternalError};
 use super::openapi::{ClassName, StatusName};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::run::{
     Class, DEFAULT_PRIORITY, MAX_ATTEMPTS_RANGE, MAX_NAME_LEN, PRIORITY_RANGE, RunId,
 };
@@ -48,7 +48,9 @@ struct EnqueueBody {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 10, default = 5)]
     priority: Option<i64>,
-    /// The tenant the run belongs to.
+    /// The tenant the run belongs to. With tenants configured it is the bearer token's
+    /// tenant: leave it out, or give that same name (another is refused with 400); an
+    /// admin may name any configured tenant.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     tenant: Option<String>,
@@ -155,7 +157,10 @@ struct Links {
         (status = 415, description = "`unsupported_media_type`: the body is not \
             `application/json`.", body = ErrorBody),
         (status = 429, description = "`admission_rejected`: refused by background admission \
-            control, a quota or a tenant limit (`reason` says which).", body = ErrorBody,
+            control or a quota (`reason` says which); `rate_limited`: the tenant enqueues \
+            faster than its `enqueue_rate`; `budget_exhausted`: the tenant spent today's \
+            `daily_tokens` or `daily_spend` (`reason` says which; `Retry-After` reaches the \
+            next UTC midnight).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 503, description = "`unavailable`: the server is shutting down or the \
             database is unreachable.", body = ErrorBody,
@@ -165,6 +170,7 @@ struct Links {
 )]
 pub(super) async fn enqueue(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -182,7 +188,7 @@ pub(super) async fn enqueue(
         }
     })?;
     let parsed = parse_body(&body)?;
-    let run = build_run(&state, parsed)?;
+    let run = build_run(&state, &caller, parsed)?;
     let submitted = state.dispatcher.submit(run).await?;
     let (id, status) = (submitted.id, submitted.status.as_str());
     let code = if submitted.created {
@@ -302,7 +308,7 @@ where
         })
 }
 
-fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
+fn build_run(state: &AppState, caller: &Caller, b: EnqueueBody) -> Result<NewRun, ApiError> {
     let config = &state.config;
     let Some(provider) = state.providers.get(&b.provider) else {
         let mut known: Vec<&str> = state.providers.names().collect();
@@ -342,6 +348,7 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
     ] {
         check_name(field, value)?;
     }
+    let tenant = caller.owner_of_new(b.tenant, config)?;
     match serde_json::from_str::<ChatShape>(b.request.get()) {
         Ok(chat) if chat.messages.is_empty() => {
             return Err(ApiError::invalid(
@@ -433,7 +440,7 @@ fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
             model: Some(model),
             class,
             priority,
-            tenant: b.tenant,
+            tenant,
             concurrency_key: b.concurrency_key,
             stream: b.stream.unwrap_or(false),
             timeout_ms: b.timeout_ms.map(|t| t as i32),

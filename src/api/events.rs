@@ -26,8 +26,8 @@ use super::event_format::{
     ResumePoint, StreamOpened, last_event_id, not_an_event_id, render, render_delta, render_lagged,
 };
 use super::openapi::ClassName;
-use super::runs::{RunPath, no_such_run};
-use super::{ApiError, AppState};
+use super::runs::{RunPath, visible_run};
+use super::{ApiError, AppState, Caller};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
 
@@ -102,6 +102,7 @@ struct RunStream {
 )]
 pub(super) async fn run_events(
     State(state): State<AppState>,
+    caller: Caller,
     RunPath(run): RunPath,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
@@ -109,9 +110,7 @@ pub(super) async fn run_events(
     // Subscribe first: anything committed from here on is either in the replay or live.
     let rx = state.store.hub().subscribe();
     let delta_rx = state.store.hub().subscribe_deltas();
-    if state.store.get_run(run).await?.is_none() {
-        return Err(no_such_run(run));
-    }
+    visible_run(&state, &caller, run).await?;
     // Resuming inside a streamed attempt: re-read the event that started it, to know the
     // attempt, without sending it again.
     let (replay_from, mut attempt) = (
@@ -236,7 +235,8 @@ impl EventSource for RunStream {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
-    /// Only runs of this tenant.
+    /// Only runs of this tenant. A tenant's token always sees only its own runs (naming
+    /// another tenant is a 404); the admin sees every tenant's unless it names one.
     tenant: Option<String>,
     /// Only runs of this batch.
     batch: Option<String>,
@@ -280,11 +280,14 @@ struct FeedStream {
         StreamOpened,
         (status = 400, description = "`invalid_request`: an unknown or malformed query \
             parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
+        (status = 404, description = "`not_found`: a tenant's token named another tenant \
+            in `tenant`.", body = ErrorBody),
         DatabaseErrors,
     )
 )]
 pub(super) async fn feed(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
@@ -293,7 +296,7 @@ pub(super) async fn feed(
         field: None,
     })?;
     let filter = EventFilter {
-        tenant: q.tenant,
+        tenant: caller.tenant_filter(q.tenant)?,
         batch: q.batch,
         class: q.class,
     };

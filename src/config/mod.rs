@@ -25,6 +25,7 @@
 //! - `limits.rs`: a provider's `[providers.limiter]` and `[providers.breaker]`.
 //! - `sim.rs`: the built-in simulator's `[providers.sim]`.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
+//! - `tokens.rs`: bearer tokens as digests, resolved from the file or the environment.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
@@ -37,6 +38,7 @@ mod queue;
 mod server;
 mod sim;
 mod tenants;
+mod tokens;
 
 pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
@@ -47,6 +49,7 @@ pub use sim::SimConfig;
 pub use tenants::{
     AuthConfig, DEFAULT_ADMIN_TOKEN_ENV, MAX_TENANT_WEIGHT, PriceConfig, TenantConfig,
 };
+pub use tokens::TokenDigest;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -144,7 +147,8 @@ impl Config {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
-        env::overlay(&mut root, env)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        env::overlay(&mut root, env.iter().cloned())?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -155,6 +159,7 @@ impl Config {
             p.follow_attempt_timeouts(config.queue.background_attempt_timeout_cap);
         }
         config.validate()?;
+        tokens::resolve(&mut config, &env)?;
         Ok(config)
     }
 
@@ -176,6 +181,10 @@ impl Config {
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
     }
 }
 

@@ -29,6 +29,12 @@ pub enum RefusalReason {
     ProviderUnhealthy,
     /// The session spent its hourly background quota.
     Quota,
+    /// The tenant enqueues faster than its `enqueue_rate` (any class).
+    EnqueueRate,
+    /// The tenant used today's `daily_tokens` (any class).
+    DailyTokens,
+    /// The tenant spent today's `daily_spend` (any class).
+    DailySpend,
 }
 
 impl RefusalReason {
@@ -39,6 +45,9 @@ impl RefusalReason {
             RefusalReason::BackgroundQueueFull => "background_queue_full",
             RefusalReason::ProviderUnhealthy => "provider_unhealthy",
             RefusalReason::Quota => "quota",
+            RefusalReason::EnqueueRate => "enqueue_rate",
+            RefusalReason::DailyTokens => "daily_tokens",
+            RefusalReason::DailySpend => "daily_spend",
         }
     }
 }

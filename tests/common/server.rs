@@ -118,11 +118,16 @@ impl TestServer {
 
     /// [`TestServer::start`] on a fresh SQLite file in a folder kept as long as the server.
     pub async fn start_on_sqlite(toml: &str) -> TestServer {
+        TestServer::start_on_sqlite_with(toml, &[]).await
+    }
+
+    /// [`TestServer::start_on_sqlite`] with further environment (tenant tokens, say).
+    pub async fn start_on_sqlite_with(toml: &str, env: &[(&str, &str)]) -> TestServer {
         let dir = tempfile::tempdir().expect("a temporary folder");
         let db = dir.path().join("sluice.db").display().to_string();
-        TestServer::start(toml, &[("SLUICE_DATABASE__SQLITE_PATH", &db)])
-            .await
-            .owning(dir)
+        let mut env = env.to_vec();
+        env.push(("SLUICE_DATABASE__SQLITE_PATH", &db));
+        TestServer::start(toml, &env).await.owning(dir)
     }
 
     /// Starts the `sluice` binary and waits until `GET /health` answers 200. Nothing from
