@@ -187,11 +187,13 @@ pub(super) async fn authenticate(
         Err(e) => return e.into_response(),
     };
     let tenant = match &caller {
-        Caller::Tenant(name) => name.as_ref(),
-        Caller::Admin => "(admin)",
-        Caller::Open => "",
+        Caller::Tenant(name) => Some(name.as_ref()),
+        Caller::Admin => Some("(admin)"),
+        Caller::Open => None,
     };
-    tracing::Span::current().record("tenant", tenant);
+    if let Some(tenant) = tenant {
+        tracing::Span::current().record("tenant", tracing::field::display(tenant));
+    }
     request.extensions_mut().insert(caller);
     next.run(request).await
 }

@@ -7,7 +7,8 @@
 //! (`GET /runs/{id}`, cancel), `events` (SSE streams), `event_format` (what an event
 //! stream sends and the `Last-Event-ID` it reads back), `health` (`GET /health`,
 //! `GET /livez`),
-//! `metrics` (`GET /metrics` and request counting), `openapi` (`GET /openapi.json`).
+//! `metrics` (`GET /metrics` and request counting), `tenants` (`GET /tenants/me`,
+//! `GET /tenants/{name}`), `openapi` (`GET /openapi.json`).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
 //! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
@@ -23,6 +24,7 @@ mod health;
 mod metrics;
 mod openapi;
 mod runs;
+mod tenants;
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -70,6 +72,8 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(events::feed)))
         .routes(endpoint(routes!(health::health)))
         .routes(endpoint(routes!(health::livez)))
+        .routes(endpoint(routes!(tenants::me)))
+        .routes(endpoint(routes!(tenants::by_name)))
         .routes(endpoint(routes!(metrics::metrics)))
         .routes(endpoint(routes!(openapi::openapi_json)))
 }

@@ -38,6 +38,17 @@ pub enum RefusalReason {
 }
 
 impl RefusalReason {
+    /// Whether background admission control gave it (rather than a tenant limit).
+    pub fn is_admission(self) -> bool {
+        matches!(
+            self,
+            RefusalReason::LiveBacklog
+                | RefusalReason::BackgroundQueueFull
+                | RefusalReason::ProviderUnhealthy
+                | RefusalReason::Quota
+        )
+    }
+
     /// The name used in error bodies, logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {

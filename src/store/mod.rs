@@ -13,7 +13,8 @@
 //!
 //! Layout: `model` (the values that cross this boundary), `event_data` (the JSON stored
 //! with events), `codec` (stored rows back into values, for both backends), `reads` (the
-//! reads written once for both backends), `hub`, `postgres`, `sqlite`. Neither backend
+//! reads written once for both backends), `tenant_usage` (per-tenant usage, activity and
+//! enqueue buckets), `hub`, `postgres`, `sqlite`. Neither backend
 //! uses the other.
 
 mod codec;
@@ -23,12 +24,16 @@ mod model;
 mod postgres;
 mod reads;
 mod sqlite;
+mod tenant_usage;
 
 pub use event_data::*;
 pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;
+pub use tenant_usage::{
+    EnqueueBucket, ModelUsage, TenantActivity, day_date, next_utc_midnight, utc_day,
+};
 
 use std::time::Duration;
 
@@ -328,6 +333,8 @@ impl Store {
 
     /// Records successful attempts. A completion whose lease was lost (the run was
     /// rescued, cancelled or released meanwhile) is ignored; the ids applied are returned.
+    /// The tokens each applied completion reports are added to its tenant's usage of the
+    /// UTC day it finished, in the same transaction.
     pub async fn mark_completed(
         &self,
         worker: WorkerId,
@@ -444,6 +451,30 @@ impl Store {
     /// The concurrency keys with the most runs queued or running, busiest first.
     pub async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
         delegate!(self, s => s.reads().busiest_keys(limit).await)
+    }
+
+    /// Takes one run from `tenant`'s enqueue bucket (refilled at `rate` per second, holding
+    /// at most `capacity`): `Ok(())`, or `Err(wait)` until one is there. On PostgreSQL the
+    /// bucket is shared by every process; on SQLite it lives in this process.
+    pub async fn take_enqueue_slot(
+        &self,
+        tenant: &str,
+        rate: f64,
+        capacity: f64,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), Duration>> {
+        delegate!(self, s => s.take_enqueue_slot(tenant, rate, capacity, now).await)
+    }
+
+    /// The tokens `tenant`'s completed runs reported on `day` (see [`utc_day`]), by
+    /// provider and model.
+    pub async fn tenant_usage(&self, tenant: &str, day: i64) -> Result<Vec<ModelUsage>> {
+        delegate!(self, s => s.reads().tenant_usage(tenant, day).await)
+    }
+
+    /// Runs queued and running now, by tenant.
+    pub async fn tenant_activity(&self) -> Result<Vec<TenantActivity>> {
+        delegate!(self, s => s.reads().tenant_activity().await)
     }
 
     /// The run holding an idempotency key (see [`NewRun::idem_key`]), if any.

@@ -48,6 +48,7 @@ mod leases;
 mod quotas;
 mod records;
 mod retries;
+mod tenant_usage;
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
     Completion {

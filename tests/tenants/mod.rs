@@ -1,14 +1,17 @@
 //! Tenants over real HTTP: bearer tokens and what each caller may see (`isolation`, which
-//! walks every route of the router), hostile `Authorization` headers (`hostile`), and the
-//! per-tenant limits (`limits`). Each test starts its own server with two tenants,
+//! walks every route of the router), hostile `Authorization` headers (`hostile`), the
+//! per-tenant limits (`limits`), and tokens kept out of logs, rows and answers (`secrecy`). Each test starts its own server with two tenants,
 //! `team-a` and `team-b`, and an admin token, all given through the environment.
 
 mod hostile;
 mod isolation;
+mod limits;
+mod secrecy;
 
 use std::time::Duration;
 
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde_json::Value;
 
 use crate::common::TestServer;
 
@@ -69,8 +72,17 @@ pub fn callers() -> (reqwest::Client, reqwest::Client, reqwest::Client) {
     )
 }
 
+/// `GET path` as `client`, read as JSON.
+pub async fn get_json(client: &reqwest::Client, server: &TestServer, path: &str) -> Value {
+    let resp = client.get(server.url(path)).send().await;
+    let resp = resp.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    resp.json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: not JSON: {e}"))
+}
+
 /// A live chat run on `sim`, with `extra` fields merged in.
-pub fn chat(extra: serde_json::Value) -> serde_json::Value {
+pub fn chat(extra: Value) -> Value {
     let mut body = serde_json::json!({
         "provider": "sim",
         "request": {"messages": [{"role": "user", "content": "hello"}]},

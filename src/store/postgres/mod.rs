@@ -4,13 +4,14 @@
 //!
 //! Layout: this file (connection, claim, heartbeat, provider state), `enqueue` (the
 //! enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
-//! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
+//! `listen` (the LISTEN connection), `tenants` (enqueue buckets). Reads are the store's `reads`, rows are decoded by
 //! its `codec`.
 
 mod enqueue;
 mod events;
 mod finish;
 mod listen;
+mod tenants;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};
