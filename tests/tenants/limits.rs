@@ -53,6 +53,7 @@ async fn a_spent_budget_refuses_new_runs_only(database_url: Option<&str>) {
     let toml = format!("{}{SLOW_SIM}", tenants_toml("daily_tokens = 1"));
     let server = start(&toml, database_url).await;
     let (a, b, admin) = callers();
+    let before = scrape(&admin, &server).await;
     let done = |r: &Value| r["status"] == "completed";
     let slow = enqueue(&a, &server, chat(json!({"provider": "slow"}))).await;
     let fast = enqueue(&a, &server, chat(json!({}))).await;
@@ -87,6 +88,24 @@ async fn a_spent_budget_refuses_new_runs_only(database_url: Option<&str>) {
     assert_eq!(by_admin["usage"], me["usage"]);
     let b_day: Value = get_json(&b, &server, "/tenants/me").await;
     assert_eq!(b_day["limits"]["daily_tokens"], Value::Null, "{b_day}");
+    // The metrics count per tenant (the recorder is shared by the suite: increases only).
+    let after = scrape(&admin, &server).await;
+    let grew = |series: &str, by: f64| {
+        let (was, is) = (series_value(&before, series), series_value(&after, series));
+        assert!(is >= was + by, "{series}: {was} -> {is}");
+    };
+    grew(
+        "sluice_tenant_runs_finished_total{tenant=\"team-a\",status=\"completed\"}",
+        2.0,
+    );
+    grew(
+        "sluice_tenant_refused_total{tenant=\"team-a\",reason=\"daily_tokens\"}",
+        1.0,
+    );
+    grew("sluice_tenant_runs_enqueued_total{tenant=\"team-b\"}", 1.0);
+    let tokens_a = "sluice_tenant_tokens_total{tenant=\"team-a\",kind=\"completion\"}";
+    grew(tokens_a, 1.0);
+    assert!(after.contains("sluice_tenant_runs{tenant=\"team-a\",status=\"running\"}"));
     server.stop().await;
 }
 

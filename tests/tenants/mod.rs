@@ -1,8 +1,10 @@
 //! Tenants over real HTTP: bearer tokens and what each caller may see (`isolation`, which
 //! walks every route of the router), hostile `Authorization` headers (`hostile`), the
-//! per-tenant limits (`limits`), and tokens kept out of logs, rows and answers (`secrecy`). Each test starts its own server with two tenants,
+//! per-tenant limits (`limits`), tokens kept out of logs, rows and answers (`secrecy`),
+//! and tokens read at start and described in the OpenAPI document (`config`). Each test starts its own server with two tenants,
 //! `team-a` and `team-b`, and an admin token, all given through the environment.
 
+mod config;
 mod hostile;
 mod isolation;
 mod limits;
