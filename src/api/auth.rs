@@ -187,20 +187,25 @@ pub(super) async fn authenticate(
         Err(e) => return e.into_response(),
     };
     let tenant = match &caller {
-        Caller::Tenant(name) => Some(name.as_ref()),
-        Caller::Admin => Some("(admin)"),
-        Caller::Open => None,
+        Some(Caller::Tenant(name)) => Some(name.as_ref()),
+        Some(Caller::Admin) => Some("(admin)"),
+        Some(Caller::Open) | None => None,
     };
     if let Some(tenant) = tenant {
         tracing::Span::current().record("tenant", tracing::field::display(tenant));
     }
-    request.extensions_mut().insert(caller);
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
     next.run(request).await
 }
 
-fn check(keys: &Keys, request: &Request) -> Result<Caller, ApiError> {
+/// The caller of a request, or why it may not use the route. An open route with tenants
+/// configured has no caller: a handler there that asks for one is refused, so such a
+/// route can never show runs.
+fn check(keys: &Keys, request: &Request) -> Result<Option<Caller>, ApiError> {
     if keys.open_mode() {
-        return Ok(Caller::Open);
+        return Ok(Some(Caller::Open));
     }
     let path = request
         .extensions()
@@ -210,7 +215,7 @@ fn check(keys: &Keys, request: &Request) -> Result<Caller, ApiError> {
     let token = bearer_token(request.headers());
     let caller = match (access, token) {
         // An open route ignores a token, even a bad one: a probe must not fail on it.
-        (Access::Open, _) => return Ok(Caller::Open),
+        (Access::Open, _) => return Ok(None),
         (_, Err(e)) => return Err(e),
         (_, Ok(token)) => keys
             .identify(token)
@@ -221,7 +226,7 @@ fn check(keys: &Keys, request: &Request) -> Result<Caller, ApiError> {
             "this operator route needs the admin token".into(),
         ));
     }
-    Ok(caller)
+    Ok(Some(caller))
 }
 
 /// The token of the one `Authorization: Bearer <token>` header, or why there is none.

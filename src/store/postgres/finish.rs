@@ -61,6 +61,8 @@ impl PgStore {
                 WHERE tenant IS NOT NULL
                   AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
                 GROUP BY tenant, day, provider, COALESCE(model, '')
+                -- One order for every process, so two batches never wait on each other.
+                ORDER BY tenant, day, provider, COALESCE(model, '')
                 ON CONFLICT (tenant, day, provider, model) DO UPDATE
                 SET prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
                     completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens
