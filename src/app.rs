@@ -51,6 +51,7 @@ pub async fn serve(
     on_listening: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
+    crate::api::auth::announce(&config);
     let providers = Providers::from_config(&config)?;
     let store = open_store(&config).await?.with_clock(clock.clone());
     tracing::info!(backend = store.backend(), "store ready");

@@ -59,8 +59,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         println!(
-            "config OK: {} provider(s), storage {}",
+            "config OK: {} provider(s), {}, storage {}",
             config.providers.len(),
+            match config.tenants.len() {
+                0 => "open mode (no tenants)".to_string(),
+                n => format!("{n} tenant(s)"),
+            },
             if config.database.url.is_some() {
                 "postgres".to_string()
             } else {

@@ -37,6 +37,14 @@ pub const LEADER: &str = "sluice_leader";
 pub const REPLICAS: &str = "sluice_cluster_replicas";
 pub const RETENTION_DELETED: &str = "sluice_retention_deleted_total";
 pub const BREAKER_TRANSITIONS: &str = "sluice_provider_breaker_transitions_total";
+pub const TENANT_ENQUEUED: &str = "sluice_tenant_runs_enqueued_total";
+pub const TENANT_FINISHED: &str = "sluice_tenant_runs_finished_total";
+pub const TENANT_RUNS: &str = "sluice_tenant_runs";
+pub const TENANT_TOKENS: &str = "sluice_tenant_tokens_total";
+pub const TENANT_SPEND: &str = "sluice_tenant_spend_micros_total";
+/// Counters count whole units, so spend is counted in millionths of the price currency.
+const SPEND_UNITS_PER_CURRENCY: f64 = 1_000_000.0;
+pub const TENANT_REFUSED: &str = "sluice_tenant_refused_total";
 
 /// Latency buckets (seconds) shared by the duration histograms: from 1 ms to 10 minutes.
 const BUCKETS: &[f64] = &[
@@ -161,6 +169,34 @@ fn describe() {
         BREAKER_TRANSITIONS,
         "Circuit breaker transitions by provider and the state entered."
     );
+    describe_tenants();
+}
+
+fn describe_tenants() {
+    describe_counter!(
+        TENANT_ENQUEUED,
+        "Runs accepted for a configured tenant, by tenant."
+    );
+    describe_counter!(
+        TENANT_FINISHED,
+        "Runs of a configured tenant that reached a terminal status, by tenant and status."
+    );
+    describe_gauge!(
+        TENANT_RUNS,
+        "Runs of a configured tenant queued or running (in flight), by tenant and status (sampled at scrape)."
+    );
+    describe_counter!(
+        TENANT_TOKENS,
+        "Tokens providers reported for a configured tenant's runs, by tenant and kind (prompt or completion)."
+    );
+    describe_counter!(
+        TENANT_SPEND,
+        "What a configured tenant's reported tokens cost at the configured prices, in millionths of the price currency, by tenant."
+    );
+    describe_counter!(
+        TENANT_REFUSED,
+        "Enqueues of a configured tenant refused, by tenant and reason (a tenant limit or an admission rule)."
+    );
 }
 
 pub fn run_enqueued(class: &'static str) {
@@ -275,4 +311,33 @@ pub fn replicas(n: usize) {
 
 pub fn retained_away(status: &'static str, n: u64) {
     counter!(RETENTION_DELETED, "status" => status).increment(n);
+}
+
+pub fn tenant_enqueued(tenant: String) {
+    counter!(TENANT_ENQUEUED, "tenant" => tenant).increment(1);
+}
+
+pub fn tenant_run_finished(tenant: String, status: &'static str) {
+    counter!(TENANT_FINISHED, "tenant" => tenant, "status" => status).increment(1);
+}
+
+/// Samples a configured tenant's runs in flight at scrape time.
+pub fn tenant_runs(tenant: &str, queued: i64, running: i64) {
+    gauge!(TENANT_RUNS, "tenant" => tenant.to_string(), "status" => "queued").set(queued as f64);
+    gauge!(TENANT_RUNS, "tenant" => tenant.to_string(), "status" => "running").set(running as f64);
+}
+
+pub fn tenant_tokens(tenant: String, prompt: Option<u32>, completion: Option<u32>, spend: f64) {
+    for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+        if let Some(n) = n {
+            counter!(TENANT_TOKENS, "tenant" => tenant.clone(), "kind" => kind)
+                .increment(u64::from(n));
+        }
+    }
+    let micros = (spend * SPEND_UNITS_PER_CURRENCY).round() as u64;
+    counter!(TENANT_SPEND, "tenant" => tenant).increment(micros);
+}
+
+pub fn tenant_refused(tenant: String, reason: &'static str) {
+    counter!(TENANT_REFUSED, "tenant" => tenant, "reason" => reason).increment(1);
 }

@@ -32,5 +32,6 @@ mod providers_http;
 mod secrets;
 mod slow_provider;
 mod store_conformance;
+mod tenants;
 mod tool_calls;
 mod ui;

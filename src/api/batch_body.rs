@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use super::openapi::ClassName;
 use super::run_body::{build_run, check_name, parse_body};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::store::{BatchId, NewBatch};
 
 /// The list of runs.
@@ -98,6 +98,7 @@ pub(super) struct BatchBody {
 /// The batch a body describes, every run validated; `max_runs` bounds the runs.
 pub(super) fn parse_batch(
     state: &AppState,
+    caller: &Caller,
     body: &[u8],
     max_runs: usize,
     id: BatchId,
@@ -121,7 +122,8 @@ pub(super) fn parse_batch(
         ));
     }
     let runs = runs_of(&top, max_runs)?;
-    let tenant = text_field(&top, "tenant")?;
+    // The batch's owner, as a run's: the caller's tenant (see `Caller::owner_of_new`).
+    let tenant = caller.owner_of_new(text_field(&top, "tenant")?, &state.config)?;
     let idempotency_key = text_field(&top, "idempotency_key")?;
     let metadata = top.get("metadata").copied();
     if let Some(m) = metadata
@@ -139,8 +141,12 @@ pub(super) fn parse_batch(
     let batch_text = id.text();
     let mut new_runs = Vec::with_capacity(runs.len());
     for (i, raw) in runs.into_iter().enumerate() {
-        let mut run = build_run(state, one_run(raw, i, &defaults, &tenant, &batch_text)?)
-            .map_err(|e| in_run(e, i, raw, &defaults))?;
+        let mut run = build_run(
+            state,
+            caller,
+            one_run(raw, i, &defaults, &tenant, &batch_text)?,
+        )
+        .map_err(|e| in_run(e, i, raw, &defaults))?;
         // Created together: the batch's runs share its creation time.
         run.created_at = now;
         new_runs.push(run);

@@ -13,11 +13,11 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::batches::{BatchPath, OPEN_SCOPE, no_such_batch};
+use super::batches::{BatchPath, no_such_batch};
 use super::error::{Body as ErrorBody, DatabaseErrors};
 use super::openapi::StatusName;
 use super::runs::{ErrorBody as RunErrorBody, OutputBody, UsageBody};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::run::RunId;
 use crate::store::{BatchId, RunView};
 
@@ -77,9 +77,10 @@ impl From<RunView> for ResultLine {
 )]
 pub(super) async fn batch_results(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> Result<Response, ApiError> {
-    if state.store.get_batch(id, OPEN_SCOPE).await?.is_none() {
+    if state.store.get_batch(id, caller.scope()).await?.is_none() {
         return Err(no_such_batch(&id));
     }
     let pages = futures::stream::unfold(Some((state, None)), move |cursor| async move {

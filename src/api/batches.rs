@@ -2,9 +2,9 @@
 //! body is read and validated by `batch_body`; its finished runs stream from
 //! `batch_results`; listing batches is `listing`'s.
 //!
-//! Tenant scope: every store call here takes the caller's tenant (`None`: every tenant).
-//! Until callers are authenticated it is `None` ([`OPEN_SCOPE`]); a batch outside the
-//! caller's scope is a 404, like one that does not exist.
+//! Tenant scope: every store call here takes the caller's tenant ([`Caller::scope`];
+//! `None` for the admin and in open mode: every tenant); a batch outside the caller's
+//! scope is a 404, like one that does not exist.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -22,14 +22,11 @@ use super::batch_body::{BatchBody, parse_batch};
 use super::error::{Body as ErrorBody, DatabaseErrors};
 use super::run_body::require_json;
 use super::runs::UsageBody;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::store::{
     BatchCancelOutcome, BatchClosed, BatchCreated, BatchId, BatchProgress, BatchToggle, BatchView,
     ToggleOutcome, rfc3339,
 };
-
-/// The tenant scope of batch routes until the caller's comes from authentication.
-pub(super) const OPEN_SCOPE: Option<&str> = None;
 
 /// A batch, with where its runs stand. `counts` holds every status and adds up to
 /// `run_count` (read in one snapshot).
@@ -144,10 +141,14 @@ pub(super) fn no_such_batch(id: &dyn std::fmt::Display) -> ApiError {
 }
 
 /// The batch as it stands, or 404.
-pub(super) async fn read_batch(state: &AppState, id: BatchId) -> Result<BatchReply, ApiError> {
+pub(super) async fn read_batch(
+    state: &AppState,
+    caller: &Caller,
+    id: BatchId,
+) -> Result<BatchReply, ApiError> {
     let batch = state
         .store
-        .get_batch(id, OPEN_SCOPE)
+        .get_batch(id, caller.scope())
         .await?
         .ok_or_else(|| no_such_batch(&id))?;
     let progress = state.store.batch_progress(id).await?;
@@ -182,6 +183,7 @@ pub(super) async fn read_batch(state: &AppState, id: BatchId) -> Result<BatchRep
 )]
 pub(super) async fn create_batch(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
@@ -203,6 +205,7 @@ pub(super) async fn create_batch(
     let id = BatchId::new();
     let batch = parse_batch(
         &state,
+        &caller,
         &bytes,
         state.config.batches.max_runs,
         id,
@@ -212,7 +215,7 @@ pub(super) async fn create_batch(
         BatchCreated::Created(id) => (id, StatusCode::ACCEPTED),
         BatchCreated::Existing(id) => (id, StatusCode::OK),
     };
-    let reply = read_batch(&state, id).await?;
+    let reply = read_batch(&state, &caller, id).await?;
     let mut response = (code, Json(reply)).into_response();
     if let Ok(location) = format!("/batches/{id}").parse() {
         response.headers_mut().insert(header::LOCATION, location);
@@ -235,9 +238,10 @@ pub(super) async fn create_batch(
 )]
 pub(super) async fn get_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> Result<Json<BatchReply>, ApiError> {
-    Ok(Json(read_batch(&state, id).await?))
+    Ok(Json(read_batch(&state, &caller, id).await?))
 }
 
 /// `POST /batches/{id}/pause`.
@@ -261,9 +265,10 @@ pub(super) async fn get_batch(
 )]
 pub(super) async fn pause_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> Result<Response, ApiError> {
-    toggle(state, id, BatchToggle::Pause).await
+    toggle(state, caller, id, BatchToggle::Pause).await
 }
 
 /// `POST /batches/{id}/resume`.
@@ -287,23 +292,29 @@ pub(super) async fn pause_batch(
 )]
 pub(super) async fn resume_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> Result<Response, ApiError> {
-    toggle(state, id, BatchToggle::Resume).await
+    toggle(state, caller, id, BatchToggle::Resume).await
 }
 
-async fn toggle(state: AppState, id: BatchId, toggle: BatchToggle) -> Result<Response, ApiError> {
+async fn toggle(
+    state: AppState,
+    caller: Caller,
+    id: BatchId,
+    toggle: BatchToggle,
+) -> Result<Response, ApiError> {
     let cooldown = state.config.batches.toggle_cooldown;
     match state
         .dispatcher
-        .toggle_batch(id, OPEN_SCOPE, toggle, cooldown)
+        .toggle_batch(id, caller.scope(), toggle, cooldown)
         .await?
     {
         ToggleOutcome::NotFound => Err(no_such_batch(&id)),
         ToggleOutcome::Closed(why) => Err(closed(id, why)),
         ToggleOutcome::TooSoon(wait) => Ok(too_soon(id, wait)),
         ToggleOutcome::Applied(_) | ToggleOutcome::Unchanged(_) => {
-            Ok(Json(read_batch(&state, id).await?).into_response())
+            Ok(Json(read_batch(&state, &caller, id).await?).into_response())
         }
     }
 }
@@ -328,12 +339,13 @@ async fn toggle(state: AppState, id: BatchId, toggle: BatchToggle) -> Result<Res
 )]
 pub(super) async fn cancel_batch(
     State(state): State<AppState>,
+    caller: Caller,
     BatchPath(id): BatchPath,
 ) -> Result<Json<BatchReply>, ApiError> {
-    match state.dispatcher.cancel_batch(id, OPEN_SCOPE).await? {
+    match state.dispatcher.cancel_batch(id, caller.scope()).await? {
         BatchCancelOutcome::NotFound => Err(no_such_batch(&id)),
         BatchCancelOutcome::Closed(why) => Err(closed(id, why)),
-        BatchCancelOutcome::Cancelled { .. } => Ok(Json(read_batch(&state, id).await?)),
+        BatchCancelOutcome::Cancelled { .. } => Ok(Json(read_batch(&state, &caller, id).await?)),
     }
 }
 

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use super::error::{Body as ErrorBody, InternalError};
 use super::openapi::StatusName;
 use super::run_body::{EnqueueBody, build_run, json_body, parse_body};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::run::RunId;
 
 /// The reply to `POST /enqueue`.
@@ -61,7 +61,10 @@ struct Links {
         (status = 415, description = "`unsupported_media_type`: the body is not \
             `application/json`.", body = ErrorBody),
         (status = 429, description = "`admission_rejected`: refused by background admission \
-            control, a quota or a tenant limit (`reason` says which).", body = ErrorBody,
+            control or a quota (`reason` says which); `rate_limited`: the tenant enqueues \
+            faster than its `enqueue_rate`; `budget_exhausted`: the tenant spent today's \
+            `daily_tokens` or `daily_spend` (`reason` says which; `Retry-After` reaches the \
+            next UTC midnight).", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying."))),
         (status = 503, description = "`unavailable`: the server is shutting down or the \
             database is unreachable.", body = ErrorBody,
@@ -71,12 +74,13 @@ struct Links {
 )]
 pub(super) async fn enqueue(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = json_body(&headers, body, state.config.http.body_limit)?;
     let parsed = parse_body(&body)?;
-    let run = build_run(&state, parsed)?;
+    let run = build_run(&state, &caller, parsed)?;
     let submitted = state.dispatcher.submit(run).await?;
     let (id, status) = (submitted.id, submitted.status.as_str());
     let code = if submitted.created {

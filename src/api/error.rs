@@ -10,7 +10,7 @@ use utoipa::openapi::RefOr;
 use utoipa::{IntoResponses, ToSchema};
 
 use super::openapi::string_enum;
-use crate::dispatch::SubmitError;
+use crate::dispatch::{RefusalReason, SubmitError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,12 @@ pub enum ApiError {
         message: String,
         field: Option<String>,
     },
+    /// No usable bearer token: missing, malformed or unknown.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// A valid token that may not use this route (a tenant on an operator route).
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -36,6 +42,19 @@ pub enum ApiError {
         reason: &'static str,
         retry_after_secs: u64,
     },
+    /// The tenant enqueues faster than its `enqueue_rate`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
+    /// The tenant spent today's token or spend budget.
+    #[error("{message}")]
+    BudgetExhausted {
+        message: String,
+        reason: &'static str,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -43,14 +62,18 @@ pub enum ApiError {
 }
 
 /// Every `code` an error can carry (the `ErrorCode` schema of the OpenAPI document).
-pub(super) const CODES: [&str; 9] = [
+pub(super) const CODES: [&str; 13] = [
     "invalid_request",
+    "unauthorized",
+    "forbidden",
     "not_found",
     "method_not_allowed",
     "conflict",
     "payload_too_large",
     "unsupported_media_type",
     "admission_rejected",
+    "rate_limited",
+    "budget_exhausted",
     "unavailable",
     "internal",
 ];
@@ -79,7 +102,8 @@ struct Detail<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     field: Option<&'a str>,
-    /// `admission_rejected`: which admission rule refused the run.
+    /// `admission_rejected`: which admission rule refused the run; `budget_exhausted`:
+    /// which budget is spent (`daily_tokens` or `daily_spend`).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     reason: Option<&'static str>,
@@ -130,12 +154,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::AdmissionRejected { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::AdmissionRejected { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::BudgetExhausted { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -144,12 +172,16 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::AdmissionRejected { .. } => "admission_rejected",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BudgetExhausted { .. } => "budget_exhausted",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -176,11 +208,31 @@ impl ApiError {
 impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> ApiError {
         match e {
-            SubmitError::Refused(refusal) => ApiError::AdmissionRejected {
-                message: refusal.message,
-                reason: refusal.reason.as_str(),
-                retry_after_secs: refusal.retry_after.as_secs_f64().ceil() as u64,
-            },
+            SubmitError::Refused(refusal) => {
+                let retry_after_secs = refusal.retry_after.as_secs_f64().ceil() as u64;
+                let (message, reason) = (refusal.message, refusal.reason.as_str());
+                match refusal.reason {
+                    RefusalReason::EnqueueRate => ApiError::RateLimited {
+                        message,
+                        retry_after_secs,
+                    },
+                    RefusalReason::DailyTokens | RefusalReason::DailySpend => {
+                        ApiError::BudgetExhausted {
+                            message,
+                            reason,
+                            retry_after_secs,
+                        }
+                    }
+                    RefusalReason::LiveBacklog
+                    | RefusalReason::BackgroundQueueFull
+                    | RefusalReason::ProviderUnhealthy
+                    | RefusalReason::Quota => ApiError::AdmissionRejected {
+                        message,
+                        reason,
+                        retry_after_secs,
+                    },
+                }
+            }
             SubmitError::Closed => ApiError::Unavailable("the server is shutting down".into()),
             SubmitError::Store(e) => ApiError::from_store(&e),
         }
@@ -203,7 +255,15 @@ impl IntoResponse for ApiError {
                 reason,
                 retry_after_secs,
                 ..
+            }
+            | ApiError::BudgetExhausted {
+                reason,
+                retry_after_secs,
+                ..
             } => (None, Some(*reason), Some(*retry_after_secs)),
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => (None, None, Some(*retry_after_secs)),
             _ => (None, None, None),
         };
         let body = Body {
@@ -219,6 +279,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
@@ -237,12 +302,23 @@ mod tests {
     fn every_code_is_listed() {
         let all = [
             ApiError::invalid("f", "m"),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
             ApiError::NotFound(String::new()),
             ApiError::MethodNotAllowed(String::new()),
             ApiError::Conflict(String::new()),
             ApiError::PayloadTooLarge { limit: 1 },
             ApiError::UnsupportedMediaType(String::new()),
             ApiError::AdmissionRejected {
+                message: String::new(),
+                reason: "r",
+                retry_after_secs: 1,
+            },
+            ApiError::RateLimited {
+                message: String::new(),
+                retry_after_secs: 1,
+            },
+            ApiError::BudgetExhausted {
                 message: String::new(),
                 reason: "r",
                 retry_after_secs: 1,

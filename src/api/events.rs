@@ -28,8 +28,8 @@ use super::event_format::{
 };
 use super::follow::{Followed, RunFollower};
 use super::openapi::ClassName;
-use super::runs::{RunPath, no_such_run};
-use super::{ApiError, AppState};
+use super::runs::{RunPath, visible_run};
+use super::{ApiError, AppState, Caller};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
 
@@ -95,15 +95,14 @@ struct RunStream {
 )]
 pub(super) async fn run_events(
     State(state): State<AppState>,
+    caller: Caller,
     RunPath(run): RunPath,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
     let (after, delta_seq) = last_event_id(&headers)?.map_or((0, None), |p| (p.event, p.delta));
     // Subscribe first: anything committed from here on is either in the replay or live.
     let follower = RunFollower::subscribe(&state.store, run);
-    if state.store.get_run(run).await?.is_none() {
-        return Err(no_such_run(run));
-    }
+    visible_run(&state, &caller, run).await?;
     let follower = follower.replay(after, delta_seq).await?;
     let stop = state.stopping.clone();
     let stream = RunStream { follower, run };
@@ -125,7 +124,8 @@ impl EventSource for RunStream {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
-    /// Only runs of this tenant.
+    /// Only runs of this tenant. A tenant's token always sees only its own runs (naming
+    /// another tenant is a 404); the admin sees every tenant's unless it names one.
     tenant: Option<String>,
     /// Only runs of this batch.
     batch: Option<String>,
@@ -169,11 +169,14 @@ struct FeedStream {
         StreamOpened,
         (status = 400, description = "`invalid_request`: an unknown or malformed query \
             parameter, or a `Last-Event-ID` that is not an event id.", body = ErrorBody),
+        (status = 404, description = "`not_found`: a tenant's token named another tenant \
+            in `tenant`.", body = ErrorBody),
         DatabaseErrors,
     )
 )]
 pub(super) async fn feed(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Result<SseStream, ApiError> {
@@ -182,7 +185,7 @@ pub(super) async fn feed(
         field: None,
     })?;
     let filter = EventFilter {
-        tenant: q.tenant,
+        tenant: caller.tenant_filter(q.tenant)?,
         batch: q.batch,
         class: q.class,
     };

@@ -126,6 +126,29 @@ struct ProviderBody {
     paused: bool,
 }
 
+/// The body of `GET /livez`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Liveness)]
+pub(super) struct LivenessBody {
+    /// Always `ok`: the process answers.
+    status: &'static str,
+}
+
+/// `GET /livez`: the liveness probe, open in every mode; it reads nothing (the database's
+/// state is in `/health`).
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "operations",
+    summary = "Liveness probe",
+    description = "Answers 200 while the process serves HTTP. Open without a token even when \
+        tenants are configured; it shows nothing else.",
+    responses((status = 200, description = "The process is alive.", body = LivenessBody))
+)]
+pub(super) async fn livez() -> Json<LivenessBody> {
+    Json(LivenessBody { status: "ok" })
+}
+
 /// `GET /health`.
 #[utoipa::path(
     get,
@@ -134,7 +157,8 @@ struct ProviderBody {
     summary = "Server health",
     description = "Database reachability and latency, queue depths by class and status, \
         worker slots, the configured providers, and the cluster: every process sharing the \
-        database and the maintenance leader.",
+        database and the maintenance leader. An operator route: with tenants configured it \
+        takes the admin token only.",
     responses(
         (status = 200, description = "The server is healthy.", body = HealthBody),
         (status = 503, description = "The database is unreachable (`status` is \

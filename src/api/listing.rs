@@ -5,8 +5,8 @@
 //! neither shift a row onto two pages nor make one skip a page. Every query value is
 //! checked here and a bad one is a 400 naming the parameter.
 //!
-//! Tenant scope: the `tenant` parameter filters for now; once callers are authenticated,
-//! a tenant's own scope replaces it (see `scope`).
+//! Tenant scope: a tenant's token lists only its own runs and batches (naming another
+//! tenant is a 404); the admin lists every tenant's, or one with `tenant`.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::error::{Body as ErrorBody, DatabaseErrors};
 use super::openapi::{ClassName, StatusName};
 use super::runs::{ErrorBody as RunErrorBody, UsageBody};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::run::{Class, RunId, Status};
 use crate::store::{BatchFilter, BatchView, PageAfter, RunFilter, RunView, rfc3339};
 
@@ -208,11 +208,12 @@ pub(super) struct BatchPage {
 )]
 pub(super) async fn list_runs(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<Json<RunPage>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let filter = RunFilter {
-        tenant: scope(q.tenant),
+        tenant: caller.tenant_filter(q.tenant)?,
         status: q
             .status
             .as_deref()
@@ -252,11 +253,12 @@ pub(super) async fn list_runs(
 )]
 pub(super) async fn list_batches(
     State(state): State<AppState>,
+    caller: Caller,
     query: Result<Query<BatchesQuery>, QueryRejection>,
 ) -> Result<Json<BatchPage>, ApiError> {
     let Query(q) = query.map_err(bad_query)?;
     let filter = BatchFilter {
-        tenant: scope(q.tenant),
+        tenant: caller.tenant_filter(q.tenant)?,
         created_after: time("created_after", q.created_after.as_deref())?,
         created_before: time("created_before", q.created_before.as_deref())?,
     };
@@ -264,12 +266,6 @@ pub(super) async fn list_batches(
     let rows = state.store.list_batches(&filter, after, limit + 1).await?;
     let (items, next_cursor) = page_of(rows, limit, |b| (b.created_at, b.id.0));
     Ok(Json(BatchPage { items, next_cursor }))
-}
-
-/// The tenant a listing is confined to: the `tenant` filter, until authentication gives
-/// the caller's own (which a tenant's token then forces, and an admin's leaves free).
-fn scope(filter: Option<String>) -> Option<String> {
-    filter
 }
 
 fn bad_query(e: QueryRejection) -> ApiError {

@@ -62,6 +62,15 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
             crate::metrics::keys_at_cap(class.as_str(), at_cap);
         }
     }
+    if !state.config.tenants.is_empty()
+        && let Ok(activity) = state.store.tenant_activity().await
+    {
+        for tenant in &state.config.tenants {
+            let mine = activity.iter().find(|a| a.tenant == tenant.name);
+            let (queued, running) = mine.map_or((0, 0), |a| (a.queued, a.running));
+            crate::metrics::tenant_runs(&tenant.name, queued, running);
+        }
+    }
     let pool = state.dispatcher.status();
     crate::metrics::worker_slots(pool.slots_busy, pool.slots_total);
     for g in state.dispatcher.providers() {

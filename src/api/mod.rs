@@ -2,22 +2,24 @@
 //! step of taking in and cancelling a run) or read the store, and render JSON; they never
 //! write SQL.
 //!
-//! Layout: `error` (the error contract), `enqueue` (`POST /enqueue`), `run_body` (one
-//! run's fields and their validation, for enqueue and batches), `runs`
-//! (`GET /runs/{id}`, cancel), `events` (SSE streams), `event_format` (what an event
-//! stream sends and the `Last-Event-ID` it reads back), `batches` (`POST /batches`, a
-//! batch, its pause, resume and cancel), `batch_body` (the batch body), `batch_results`
-//! (`GET /batches/{id}/results`), `listing` (`GET /runs`, `GET /batches`), `health`
-//! (`GET /health`), `metrics` (`GET /metrics` and request counting), `openapi`
-//! (`GET /openapi.json`), `openai` (the OpenAI-compatible front door, `/v1/…`), `follow`
-//! (following one run as it happens, for event streams and the front door), `ui` (the
-//! status page at `/ui`).
+//! Layout: `auth` (bearer tokens, the [`Caller`] and each route's access rule), `error`
+//! (the error contract), `enqueue` (`POST /enqueue`), `run_body` (one run's fields and
+//! their validation, for enqueue and batches), `runs` (`GET /runs/{id}`, cancel), `events`
+//! (SSE streams), `event_format` (what an event stream sends and the `Last-Event-ID` it
+//! reads back), `batches` (`POST /batches`, a batch, its pause, resume and cancel),
+//! `batch_body` (the batch body), `batch_results` (`GET /batches/{id}/results`), `listing`
+//! (`GET /runs`, `GET /batches`), `health` (`GET /health`, `GET /livez`), `metrics`
+//! (`GET /metrics` and request counting), `tenants` (`GET /tenants/me`,
+//! `GET /tenants/{name}`), `openapi` (`GET /openapi.json`), `openai` (the
+//! OpenAI-compatible front door, `/v1/…`), `follow` (following one run as it happens, for
+//! event streams and the front door), `ui` (the status page at `/ui`).
 //!
 //! Every route is registered in `endpoints` through `utoipa_axum::routes!`, which takes
 //! the method and path from the handler's `#[utoipa::path]` annotation and adds the route
 //! and its OpenAPI operation in one step, so the router and `GET /openapi.json` cannot
 //! drift apart; `tests/openapi.rs` checks the served document against `route_table`.
 
+pub mod auth;
 mod batch_body;
 mod batch_results;
 mod batches;
@@ -33,8 +35,10 @@ mod openai;
 mod openapi;
 mod run_body;
 mod runs;
+mod tenants;
 mod ui;
 
+pub use auth::Caller;
 pub use error::ApiError;
 
 use std::sync::Arc;
@@ -89,6 +93,9 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(batches::cancel_batch)))
         .routes(endpoint(routes!(batch_results::batch_results)))
         .routes(endpoint(routes!(health::health)))
+        .routes(endpoint(routes!(health::livez)))
+        .routes(endpoint(routes!(tenants::me)))
+        .routes(endpoint(routes!(tenants::by_name)))
         .routes(endpoint(routes!(metrics::metrics)))
         .routes(endpoint(routes!(openapi::openapi_json)))
         .routes(endpoint(routes!(openai::chat_completions)))
@@ -105,7 +112,9 @@ fn endpoint(route: UtoipaMethodRouter<AppState>) -> UtoipaMethodRouter<AppState>
 
 /// The OpenAPI document served at `GET /openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    endpoints(OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())).into_openapi()
+    let mut doc = endpoints(OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())).into_openapi();
+    openapi::document_access(&mut doc);
+    doc
 }
 
 /// Every (method, path template) the router serves, sorted: read from the routes
@@ -136,10 +145,16 @@ pub fn route_table() -> Vec<(Method, String)> {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit;
+    let keys = Arc::new(auth::Keys::from_config(&state.config));
     // Routes come from `endpoints` only: one added here with `.route` would go undocumented.
     let (routes, _) = endpoints(OpenApiRouter::default()).split_for_parts();
     routes
         .fallback(not_found)
+        // Every route is authenticated; the request counter sees the refusals too.
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            auth::authenticate,
+        ))
         .route_layer(axum::middleware::from_fn(metrics::track))
         .layer(axum::middleware::from_fn_with_state(
             state.config.http.request_timeout,
@@ -154,7 +169,8 @@ pub fn router(state: AppState) -> Router {
                     .get(&REQUEST_ID)
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("");
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                // `tenant` is filled in once the bearer token is checked.
+                tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id, tenant = tracing::field::Empty)
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

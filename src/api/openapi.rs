@@ -10,7 +10,10 @@ use std::sync::LazyLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, ResponseBuilder};
 
+use super::auth::{Access, access_of};
 use super::error::Body as ErrorBody;
 use super::event_format::EventStream;
 use crate::run::{Class, ErrorKind, Status, TimeoutOrigin};
@@ -28,6 +31,10 @@ use crate::store::EventKind;
             and circuit breakers, retries failed attempts with backoff, and always serves live \
             work before background work. Clients follow a run by polling `GET /runs/{id}` or \
             by subscribing to its server-sent event stream; dashboards subscribe to `GET /events`. \
+            With tenants configured, every route but `GET /livez` (and `GET /metrics` unless \
+            `auth.metrics_open = false`) needs `Authorization: Bearer <token>`: a tenant's \
+            token sees only that tenant's runs (another tenant's run is a 404), and operator \
+            routes take the admin token only. Without tenants every route is open. \
             Errors are JSON `{\"error\":{\"code\",\"message\",\"field\"?,\"reason\"?}}`, and \
             times are RFC 3339 strings in UTC with millisecond precision.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
@@ -43,9 +50,70 @@ use crate::store::EventKind;
         (name = "openai", description = "The OpenAI-compatible front door: chat completions \
             and the model list, in OpenAI's own shapes."),
         (name = "ui", description = "The status page, served from the binary."),
+        (name = "tenants", description = "Tenants' usage of the day and their limits."),
     )
 )]
 pub(super) struct ApiDoc;
+
+/// The name of the bearer security scheme in the document.
+const BEARER: &str = "bearer";
+
+/// Adds the bearer security scheme, and to every operation the security and the 401/403
+/// answers its access rule gives (read from the same rule the middleware applies, so the
+/// document cannot drift from it). `/metrics` is documented open, as by default.
+pub(super) fn document_access(doc: &mut utoipa::openapi::OpenApi) {
+    let mut http = Http::new(HttpAuthScheme::Bearer);
+    http.description = Some(
+        "A tenant's token or the admin token, as configured in `[[tenants]]` and `[auth]`. \
+         Not needed in open mode (no tenants configured)."
+            .into(),
+    );
+    doc.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(BEARER, SecurityScheme::Http(http));
+    let error = |description: &str| {
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                Content::new(Some(Ref::from_schema_name("Error"))),
+            )
+            .build()
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let access = access_of(path, true);
+        for op in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if access == Access::Open {
+                op.security = Some(Vec::new());
+                continue;
+            }
+            op.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+            op.responses.responses.insert(
+                "401".into(),
+                error(
+                    "`unauthorized`: tenants are configured and the `Authorization: Bearer` \
+                     header is missing, malformed or holds an unknown token.",
+                )
+                .into(),
+            );
+            if access == Access::Operator {
+                op.responses.responses.insert(
+                    "403".into(),
+                    error("`forbidden`: an operator route, and the token is a tenant's.").into(),
+                );
+            }
+        }
+    }
+}
 
 /// `GET /openapi.json`: this document, generated once from the code.
 #[utoipa::path(

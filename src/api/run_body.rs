@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use super::openapi::ClassName;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::run::{
     Class, DEFAULT_PRIORITY, MAX_ATTEMPTS_RANGE, MAX_NAME_LEN, PRIORITY_RANGE, RunId,
 };
@@ -46,7 +46,9 @@ pub(super) struct EnqueueBody {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 10, default = 5)]
     priority: Option<i64>,
-    /// The tenant the run belongs to.
+    /// The tenant the run belongs to. With tenants configured it is the bearer token's
+    /// tenant: leave it out, or give that same name (another is refused with 400); an
+    /// admin may name any configured tenant.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 256)]
     tenant: Option<String>,
@@ -240,13 +242,20 @@ where
 /// (the front door builds its runs so).
 pub(super) fn run_from_json(
     state: &AppState,
+    caller: &Caller,
     body: &serde_json::Value,
 ) -> Result<NewRun, ApiError> {
     let bytes = serde_json::to_vec(body).map_err(|e| ApiError::Internal(e.to_string()))?;
-    build_run(state, parse_body(&bytes)?)
+    build_run(state, caller, parse_body(&bytes)?)
 }
 
-pub(super) fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiError> {
+/// The run `b` describes for `caller`, whose token decides the run's tenant (see
+/// [`Caller::owner_of_new`]).
+pub(super) fn build_run(
+    state: &AppState,
+    caller: &Caller,
+    b: EnqueueBody,
+) -> Result<NewRun, ApiError> {
     let config = &state.config;
     let Some(provider) = state.providers.get(&b.provider) else {
         let mut known: Vec<&str> = state.providers.names().collect();
@@ -286,6 +295,7 @@ pub(super) fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiE
     ] {
         check_name(field, value)?;
     }
+    let tenant = caller.owner_of_new(b.tenant, config)?;
     match serde_json::from_str::<ChatShape>(b.request.get()) {
         Ok(chat) if chat.messages.is_empty() => {
             return Err(ApiError::invalid(
@@ -377,7 +387,7 @@ pub(super) fn build_run(state: &AppState, b: EnqueueBody) -> Result<NewRun, ApiE
             model: Some(model),
             class,
             priority,
-            tenant: b.tenant,
+            tenant,
             concurrency_key: b.concurrency_key,
             stream: b.stream.unwrap_or(false),
             timeout_ms: b.timeout_ms.map(|t| t as i32),

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{Body as ApiErrorBody, DatabaseErrors, NoSuchRun};
 use super::openapi::{ClassName, ErrorKindName, StatusName, TimeoutOriginName};
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Caller};
 use crate::dispatch::Cancelled;
 use crate::run::{RunId, Status};
 use crate::store::{Output, RunError, RunView, rfc3339};
@@ -290,6 +290,19 @@ pub(super) fn no_such_run(id: RunId) -> ApiError {
     ApiError::NotFound(format!("no run with id {id}"))
 }
 
+/// The run `id` when `caller` may see it; another tenant's run is a 404 like a missing
+/// one, so its existence does not leak.
+pub(super) async fn visible_run(
+    state: &AppState,
+    caller: &Caller,
+    id: RunId,
+) -> Result<RunView, ApiError> {
+    match state.store.get_run(id).await? {
+        Some(run) if caller.sees(run.spec.tenant.as_deref()) => Ok(run),
+        _ => Err(no_such_run(id)),
+    }
+}
+
 /// `GET /runs/{id}`.
 #[utoipa::path(
     get,
@@ -305,12 +318,10 @@ pub(super) fn no_such_run(id: RunId) -> ApiError {
 )]
 pub(super) async fn get_run(
     State(state): State<AppState>,
+    caller: Caller,
     RunPath(id): RunPath,
 ) -> Result<Json<RunBody>, ApiError> {
-    match state.store.get_run(id).await? {
-        Some(run) => Ok(Json(run.into())),
-        None => Err(no_such_run(id)),
-    }
+    Ok(Json(visible_run(&state, &caller, id).await?.into()))
 }
 
 /// `POST /runs/{id}/cancel`.
@@ -331,8 +342,11 @@ pub(super) async fn get_run(
 )]
 pub(super) async fn cancel_run(
     State(state): State<AppState>,
+    caller: Caller,
     RunPath(id): RunPath,
 ) -> Result<Json<RunBody>, ApiError> {
+    // A run's tenant never changes, so checking it before the cancel is enough.
+    visible_run(&state, &caller, id).await?;
     match state.dispatcher.cancel(id).await? {
         Cancelled::NotFound => Err(no_such_run(id)),
         Cancelled::AlreadyTerminal(status) => Err(ApiError::Conflict(format!(

@@ -4,13 +4,23 @@
 //!
 //! A variable names a key path in capitals with `__` between levels: `SLUICE_LISTEN`,
 //! `SLUICE_DISPATCH__SLOTS=40`, `SLUICE_RETRY__BACKOFF_BASE=500ms`. Providers are an array,
-//! so they are addressed by name: `SLUICE_PROVIDERS__SIM__SIM__LATENCY=20ms`.
-//! `DATABASE_URL`, the variable every PostgreSQL tool knows, sets `database.url`.
+//! so they are addressed by name: `SLUICE_PROVIDERS__SIM__SIM__LATENCY=20ms`; tenants too:
+//! `SLUICE_TENANTS__TEAM_A__DAILY_TOKENS=100000` (`-` and `.` in a name read as `_`).
+//! `DATABASE_URL`, the variable every PostgreSQL tool knows, sets `database.url`. The
+//! variables holding tokens (`SLUICE_ADMIN_TOKEN`, and any the file names in `token_env` or
+//! `auth.admin_token_env`) are secrets, not keys, and are skipped.
 
 use super::ConfigError;
 
 /// Variables under the `SLUICE_` prefix that are not config keys.
-const RESERVED_ENV: &[&str] = &["SLUICE_CONFIG", "SLUICE_LOG_FORMAT", "SLUICE_LOG"];
+const RESERVED_ENV: &[&str] = &[
+    "SLUICE_CONFIG",
+    "SLUICE_LOG_FORMAT",
+    "SLUICE_LOG",
+    super::DEFAULT_ADMIN_TOKEN_ENV,
+];
+/// Config arrays whose entries are addressed by their `name` in a variable.
+const NAMED_ARRAYS: &[&str] = &["providers", "tenants"];
 /// Prefixes under `SLUICE_` that belong to the test and benchmark harnesses.
 const RESERVED_ENV_PREFIXES: &[&str] = &["SLUICE_TEST_", "SLUICE_BENCH_"];
 
@@ -21,9 +31,13 @@ pub(super) fn overlay(
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(), ConfigError> {
     let mut database_url = None;
+    let secrets = token_variables(root);
     let mut env: Vec<(String, String)> = env.into_iter().collect();
     env.sort();
     for (var, value) in env {
+        if secrets.contains(&var) {
+            continue;
+        }
         if var == "DATABASE_URL" {
             database_url = Some(value);
             continue;
@@ -49,6 +63,26 @@ pub(super) fn overlay(
     Ok(())
 }
 
+/// The variables the file names as holding tokens.
+fn token_variables(root: &toml::Table) -> Vec<String> {
+    let admin = root
+        .get("auth")
+        .and_then(|a| a.get("admin_token_env"))
+        .and_then(|v| v.as_str());
+    let tenants = root
+        .get("tenants")
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("token_env").and_then(|v| v.as_str()));
+    admin.into_iter().chain(tenants).map(String::from).collect()
+}
+
+/// How a name is spelt in a variable: lower case, with `-` and `.` as `_`.
+fn env_spelling(name: &str) -> String {
+    name.to_ascii_lowercase().replace(['-', '.'], "_")
+}
+
 /// Sets the key path named by an environment variable (`DISPATCH__SLOTS`) in the TOML tree.
 fn apply_env(root: &mut toml::Table, var: &str, rest: &str, raw: &str) -> Result<(), ConfigError> {
     let env_err = |message: String| ConfigError::Env {
@@ -64,36 +98,35 @@ fn apply_env(root: &mut toml::Table, var: &str, rest: &str, raw: &str) -> Result
     let mut i = 0;
     while i < segments.len() - 1 {
         let key = &segments[i];
-        if key == "providers" {
-            // Providers are an array addressed by name: PROVIDERS__<NAME>__<KEY>.
-            let expected = || env_err("expected SLUICE_PROVIDERS__<NAME>__<KEY>".into());
+        if NAMED_ARRAYS.contains(&key.as_str()) {
+            // An array addressed by name: <ARRAY>__<NAME>__<KEY>.
+            let upper = key.to_ascii_uppercase();
+            let expected = || env_err(format!("expected SLUICE_{upper}__<NAME>__<KEY>"));
             let name = segments.get(i + 1).ok_or_else(expected)?;
             if i + 2 >= segments.len() {
                 return Err(expected());
             }
-            let providers = table
-                .entry("providers")
+            let entries = table
+                .entry(key.clone())
                 .or_insert_with(|| toml::Value::Array(Vec::new()));
-            let toml::Value::Array(list) = providers else {
-                return Err(env_err("`providers` is not an array".into()));
+            let toml::Value::Array(list) = entries else {
+                return Err(env_err(format!("`{key}` is not an array")));
             };
-            let found = list.iter_mut().find_map(|p| match p {
+            let found = list.iter_mut().find_map(|entry| match entry {
                 toml::Value::Table(t)
-                    if t.get("name")
-                        .and_then(|n| n.as_str())
-                        .map(str::to_ascii_lowercase)
+                    if t.get("name").and_then(|n| n.as_str()).map(env_spelling)
                         == Some(name.clone()) =>
                 {
                     Some(t)
                 }
                 _ => None,
             });
-            let Some(provider) = found else {
+            let Some(entry) = found else {
                 return Err(env_err(format!(
-                    "no provider named {name:?} in the config file"
+                    "no entry of `{key}` named {name:?} in the config file"
                 )));
             };
-            table = provider;
+            table = entry;
             i += 2;
             continue;
         }
@@ -151,6 +184,26 @@ mod tests {
         assert_eq!(c.retry.backoff_base, Duration::from_secs(1));
         assert_eq!(c.providers[0].sim.error_rate, 0.25);
         assert_eq!(c.database.url.as_deref(), Some("postgres://x@localhost/db"));
+    }
+
+    #[test]
+    fn tenants_are_addressed_by_name() {
+        let text = "[[tenants]]\nname = \"team-a.eu\"\ntoken_env = \"A\"\n";
+        let c = load(
+            text,
+            &[
+                ("A", "token"),
+                ("SLUICE_TENANTS__TEAM_A_EU__DAILY_TOKENS", "500"),
+                ("SLUICE_TENANTS__TEAM_A_EU__ENQUEUE_RATE", "2.5"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.tenants[0].daily_tokens, Some(500));
+        assert_eq!(c.tenants[0].enqueue_rate, Some(2.5));
+        let msg = load(text, &[("A", "t"), ("SLUICE_TENANTS__NOPE__WEIGHT", "2")])
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("SLUICE_TENANTS__NOPE__WEIGHT"), "{msg}");
     }
 
     #[test]

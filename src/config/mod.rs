@@ -28,6 +28,7 @@
 //! - `retention.rs`: `[retention]`, how long finished runs are kept.
 //! - `batches.rs`: `[batches]`, the size of one batch and its pause cooldown.
 //! - `tenants.rs`: `[[tenants]]`, `[auth]` and the `[[prices]]` of spend budgets.
+//! - `tokens.rs`: bearer tokens as digests, resolved from the file or the environment.
 //! - `env.rs`: the `SLUICE_…` and `DATABASE_URL` overlay on the file.
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
@@ -43,6 +44,7 @@ mod routes;
 mod server;
 mod sim;
 mod tenants;
+mod tokens;
 
 pub use batches::BatchesConfig;
 pub use dispatch::{DispatchConfig, RetryConfig};
@@ -56,6 +58,7 @@ pub use sim::SimConfig;
 pub use tenants::{
     AuthConfig, DEFAULT_ADMIN_TOKEN_ENV, MAX_TENANT_WEIGHT, PriceConfig, TenantConfig,
 };
+pub use tokens::TokenDigest;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -160,7 +163,8 @@ impl Config {
             path: path.to_path_buf(),
             message: e.message().to_string(),
         })?;
-        env::overlay(&mut root, env)?;
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        env::overlay(&mut root, env.iter().cloned())?;
         let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(root))
             .map_err(|e| {
                 let path = e.path().to_string();
@@ -171,6 +175,7 @@ impl Config {
             p.follow_attempt_timeouts(config.queue.background_attempt_timeout_cap);
         }
         config.validate()?;
+        tokens::resolve(&mut config, &env)?;
         Ok(config)
     }
 
@@ -195,6 +200,10 @@ impl Config {
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
+    }
+
+    pub fn tenant(&self, name: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.name == name)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use serde::Deserialize;
 
+use super::tokens::TokenDigest;
 use super::{ConfigError, invalid};
 
 /// Weights are relative shares of the claim; the bound keeps a share from rounding to zero
@@ -47,6 +48,18 @@ pub struct TenantConfig {
     /// Spend per UTC day, in the currency of `[[prices]]` (none: unlimited).
     #[serde(default)]
     pub daily_spend: Option<f64>,
+    /// The token's digest, from `token_sha256` or read from `token_env` at load.
+    #[serde(skip)]
+    pub token: Option<TokenDigest>,
+}
+
+impl TenantConfig {
+    /// Runs that may be enqueued at once: `enqueue_burst`, else one second of the rate (at
+    /// least one run). `None` when the tenant has no enqueue rate.
+    pub fn enqueue_capacity(&self) -> Option<f64> {
+        let rate = self.enqueue_rate?;
+        Some(self.enqueue_burst.map_or(rate.max(1.0), f64::from))
+    }
 }
 
 fn default_weight() -> u32 {
@@ -60,6 +73,10 @@ pub struct AuthConfig {
     pub admin_token_env: String,
     /// Whether `GET /metrics` answers without a token when tenants are configured.
     pub metrics_open: bool,
+    /// The admin token's digest, read from `admin_token_env` at load; none closes the
+    /// operator routes.
+    #[serde(skip)]
+    pub admin_token: Option<TokenDigest>,
 }
 
 impl Default for AuthConfig {
@@ -67,6 +84,7 @@ impl Default for AuthConfig {
         AuthConfig {
             admin_token_env: DEFAULT_ADMIN_TOKEN_ENV.to_string(),
             metrics_open: true,
+            admin_token: None,
         }
     }
 }

@@ -29,9 +29,26 @@ pub enum RefusalReason {
     ProviderUnhealthy,
     /// The session spent its hourly background quota.
     Quota,
+    /// The tenant enqueues faster than its `enqueue_rate` (any class).
+    EnqueueRate,
+    /// The tenant used today's `daily_tokens` (any class).
+    DailyTokens,
+    /// The tenant spent today's `daily_spend` (any class).
+    DailySpend,
 }
 
 impl RefusalReason {
+    /// Whether background admission control gave it (rather than a tenant limit).
+    pub fn is_admission(self) -> bool {
+        matches!(
+            self,
+            RefusalReason::LiveBacklog
+                | RefusalReason::BackgroundQueueFull
+                | RefusalReason::ProviderUnhealthy
+                | RefusalReason::Quota
+        )
+    }
+
     /// The name used in error bodies, logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,6 +56,9 @@ impl RefusalReason {
             RefusalReason::BackgroundQueueFull => "background_queue_full",
             RefusalReason::ProviderUnhealthy => "provider_unhealthy",
             RefusalReason::Quota => "quota",
+            RefusalReason::EnqueueRate => "enqueue_rate",
+            RefusalReason::DailyTokens => "daily_tokens",
+            RefusalReason::DailySpend => "daily_spend",
         }
     }
 }

@@ -87,6 +87,8 @@ impl Dispatcher {
                 .get_batch(id, tenant)
                 .await?
                 .map_or(now, |b| b.created_at);
+            // A batch's runs all belong to its tenant.
+            let tenant = s.tenants.label(tenant);
             for (run, class) in ended {
                 let ending = Ending {
                     id: *run,
@@ -94,6 +96,7 @@ impl Dispatcher {
                     created_at,
                     status: Status::Cancelled,
                     timeout_origin: None,
+                    tenant: tenant.clone(),
                 };
                 endings::record(&ending, now);
             }

@@ -44,6 +44,7 @@ impl Dispatcher {
             created_at: run.created_at,
             status: Status::Cancelled,
             timeout_origin: None,
+            tenant: s.tenants.label(run.spec.tenant.as_deref()),
         };
         endings::record(&ending, s.clock.now());
         Ok(Cancelled::Done(Box::new(run)))

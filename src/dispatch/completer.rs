@@ -68,6 +68,7 @@ async fn write(shared: &Shared, batch: &mut Vec<Finished>) {
             created_at: f.created_at,
             status,
             timeout_origin,
+            tenant: f.tenant.clone(),
         };
         match f.result {
             AttemptResult::Completed(c) => {

@@ -14,6 +14,8 @@ pub(super) struct Ending {
     pub status: Status,
     /// Why a `timed_out` run timed out.
     pub timeout_origin: Option<TimeoutOrigin>,
+    /// The run's tenant when it is configured (see `TenantBook::label`).
+    pub tenant: Option<String>,
 }
 
 /// The only reason the server drops a run: a background run's queue deadline passed.
@@ -25,6 +27,9 @@ pub(super) fn record(ending: &Ending, now: DateTime<Utc>) {
     let took = (now - ending.created_at).to_std().unwrap_or_default();
     let class = ending.class.as_str();
     crate::metrics::run_finished(class, ending.status.as_str(), took);
+    if let Some(tenant) = &ending.tenant {
+        crate::metrics::tenant_run_finished(tenant.clone(), ending.status.as_str());
+    }
     match ending.status {
         Status::TimedOut => {
             let origin = ending.timeout_origin.unwrap_or(TimeoutOrigin::Generation);

@@ -3,6 +3,8 @@
 //! - `submit`: takes a run in: idempotent repeats, admission, the enqueue, the answer.
 //! - `admission`: refuses background enqueues while live work waits, the background queue
 //!   is full, the provider is unhealthy or the session's quota is spent.
+//! - `tenant_limits`: a tenant's daily token and spend budgets and its enqueue rate, and
+//!   what its day looks like.
 //! - `enqueuer`: groups concurrent enqueues into one transaction (group commit).
 //! - `fast_path`: starts a live run due now in the very commit that stores it.
 //! - `reservation`: the slot, provider start and held lease an attempt needs, taken in
@@ -41,6 +43,7 @@ mod retention;
 mod steward;
 mod submit;
 mod sweeper;
+mod tenant_limits;
 mod ticker;
 mod wake;
 mod worker;
@@ -49,6 +52,7 @@ pub use admission::{Refusal, RefusalReason};
 pub use cancel::Cancelled;
 pub use gates::GateStatus;
 pub use submit::{SubmitError, Submitted};
+pub use tenant_limits::{TenantBook, TenantDay};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -171,6 +175,8 @@ struct Shared {
     providers: Providers,
     gates: gates::Gates,
     admission: crate::config::AdmissionConfig,
+    /// The configured tenants' limits and the price table.
+    tenants: TenantBook,
     /// Each provider's `background_queue_max`.
     background_queue_max: HashMap<String, u32>,
     clock: Arc<dyn Clock>,
@@ -237,6 +243,7 @@ impl Dispatcher {
             providers,
             gates: gates::Gates::new(config, saved),
             admission: config.admission.clone(),
+            tenants: TenantBook::from_config(config),
             background_queue_max: config
                 .providers
                 .iter()

@@ -22,7 +22,8 @@ pub struct Submitted {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    /// Admission control refused a background run; nothing was written.
+    /// Admission control refused a background run, or a tenant limit refused a run;
+    /// nothing was written.
     #[error("{}", .0.message)]
     Refused(Refusal),
     #[error("{0}")]
@@ -53,22 +54,30 @@ impl Dispatcher {
     pub async fn submit(&self, run: NewRun) -> Result<Submitted, SubmitError> {
         let store = &self.shared.store;
         let class = run.spec.class;
-        // A repeat of an admitted run answers with that run, whatever admission says now.
-        let repeat = class == Class::Background && store.find_idempotent(&run).await?.is_some();
-        if !repeat && let Err(refusal) = self.admit(&run).await? {
-            crate::metrics::admission_refused(refusal.reason.as_str());
-            tracing::info!(
-                provider = %run.spec.provider,
-                session = run.session.as_deref().unwrap_or(""),
-                concurrency_key = run.spec.concurrency_key.as_deref().unwrap_or(""),
-                reason = refusal.reason.as_str(),
-                "background run refused"
-            );
-            return Err(SubmitError::Refused(refusal));
+        let limited_tenant = self.configured_tenant(&run).is_some();
+        // A repeat of an admitted run answers with that run, whatever admission or the
+        // tenant's limits say now.
+        let repeat = (class == Class::Background || limited_tenant)
+            && store.find_idempotent(&run).await?.is_some();
+        if !repeat {
+            // The rate goes last: a run refused for another reason takes nothing from it.
+            if let Err(refusal) = self.within_budget(&run).await? {
+                return Err(self.refused(&run, refusal));
+            }
+            if let Err(refusal) = self.admit(&run).await? {
+                return Err(self.refused(&run, refusal));
+            }
+            if let Err(refusal) = self.within_rate(&run).await? {
+                return Err(self.refused(&run, refusal));
+            }
         }
+        let tenant = self.configured_tenant(&run).map(str::to_string);
         match self.enqueuer.enqueue(run).await? {
             Enqueued::Created(id) => {
                 crate::metrics::run_enqueued(class.as_str());
+                if let Some(tenant) = tenant {
+                    crate::metrics::tenant_enqueued(tenant);
+                }
                 Ok(Submitted {
                     id,
                     status: Status::Queued,
@@ -87,5 +96,31 @@ impl Dispatcher {
                 })
             }
         }
+    }
+
+    /// The run's tenant when it is configured (the tenants metrics may name).
+    fn configured_tenant(&self, run: &NewRun) -> Option<&str> {
+        self.limits_of(run).map(|t| t.name.as_str())
+    }
+
+    /// Counts and logs a refusal on its way to the caller.
+    fn refused(&self, run: &NewRun, refusal: Refusal) -> SubmitError {
+        let reason = refusal.reason.as_str();
+        if refusal.reason.is_admission() {
+            crate::metrics::admission_refused(reason);
+        }
+        if let Some(tenant) = self.configured_tenant(run) {
+            crate::metrics::tenant_refused(tenant.to_string(), reason);
+        }
+        tracing::info!(
+            provider = %run.spec.provider,
+            class = run.spec.class.as_str(),
+            tenant = run.spec.tenant.as_deref().unwrap_or(""),
+            session = run.session.as_deref().unwrap_or(""),
+            concurrency_key = run.spec.concurrency_key.as_deref().unwrap_or(""),
+            reason,
+            "run refused"
+        );
+        SubmitError::Refused(refusal)
     }
 }

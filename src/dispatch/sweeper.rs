@@ -49,6 +49,7 @@ async fn sweep(shared: &Shared) {
                     status: e.status,
                     timeout_origin: (e.status == Status::TimedOut)
                         .then_some(TimeoutOrigin::QueueWait),
+                    tenant: shared.tenants.label(e.tenant.as_deref()),
                 };
                 endings::record(&ending, now);
             }

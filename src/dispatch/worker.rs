@@ -27,6 +27,8 @@ pub(super) struct Finished {
     pub attempt: u32,
     pub class: Class,
     pub created_at: DateTime<Utc>,
+    /// The run's tenant when it is configured, for the per-tenant metrics.
+    pub tenant: Option<String>,
     pub result: AttemptResult,
     /// The worker slot, held until the result is written: a finished attempt whose result
     /// is still on its way to the database keeps its run `running` there, so letting the
@@ -60,6 +62,7 @@ pub(super) async fn give_back(shared: &Shared, run: ClaimedRun) {
         attempt: run.attempt,
         class: run.spec.class,
         created_at: run.created_at,
+        tenant: shared.tenants.label(run.spec.tenant.as_deref()),
         result: AttemptResult::Released {
             attempt: run.attempt,
         },
@@ -84,6 +87,7 @@ pub(super) async fn execute(shared: Arc<Shared>, run: ClaimedRun, reservation: R
         provider = %run.spec.provider,
         attempt = run.attempt,
         concurrency_key = run.spec.concurrency_key.as_deref().unwrap_or(""),
+        tenant = run.spec.tenant.as_deref().unwrap_or(""),
     );
     let result = attempt(&shared, &run, ticket, &abort, &reason)
         .instrument(span)
@@ -93,6 +97,7 @@ pub(super) async fn execute(shared: Arc<Shared>, run: ClaimedRun, reservation: R
         attempt: run.attempt,
         class: run.spec.class,
         created_at: run.created_at,
+        tenant: shared.tenants.label(run.spec.tenant.as_deref()),
         result,
         slot: Some(slot),
     };
@@ -265,6 +270,17 @@ fn report(
     let report = match outcome {
         Outcome::Output(out) => {
             crate::metrics::tokens(&run.spec.provider, out.prompt_tokens, out.completion_tokens);
+            if let Some(tenant) = shared.tenants.label(run.spec.tenant.as_deref()) {
+                let model = run.spec.model.as_deref().unwrap_or("");
+                let (prompt, completion) = (out.prompt_tokens, out.completion_tokens);
+                let spend = shared.tenants.cost(
+                    &run.spec.provider,
+                    model,
+                    i64::from(prompt.unwrap_or(0)),
+                    i64::from(completion.unwrap_or(0)),
+                );
+                crate::metrics::tenant_tokens(tenant, prompt, completion, spend);
+            }
             Report::Success {
                 took,
                 tokens: match (out.prompt_tokens, out.completion_tokens) {

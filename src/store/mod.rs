@@ -15,8 +15,9 @@
 //! with events), `batch_model` / `batch_reads` / `batches` / `listing` (batches and
 //! newest-first listings), `codec` (stored rows back into values, for both backends),
 //! `reads` (the reads written once for both backends), `fair` (which waiting runs a claim
-//! takes, for both backends), `cluster` (replicas and the leader's lease), `hub`,
-//! `postgres`, `sqlite`. Neither backend uses the other.
+//! takes, for both backends), `cluster` (replicas and the leader's lease), `tenant_usage`
+//! (per-tenant usage, activity and enqueue buckets), `hub`, `postgres`, `sqlite`. Neither
+//! backend uses the other.
 
 mod batch_model;
 mod batch_reads;
@@ -29,6 +30,7 @@ mod model;
 mod postgres;
 mod reads;
 mod sqlite;
+mod tenant_usage;
 
 pub use batch_model::{
     BatchCancelOutcome, BatchClosed, BatchCreated, BatchFilter, BatchId, BatchProgress,
@@ -40,6 +42,9 @@ pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
 pub use postgres::{CANCEL_CHANNEL, PgStore, WAKE_CHANNEL};
 pub use sqlite::SqliteStore;
+pub use tenant_usage::{
+    EnqueueBucket, ModelUsage, TenantActivity, day_date, next_utc_midnight, utc_day,
+};
 
 use std::time::Duration;
 
@@ -365,6 +370,8 @@ impl Store {
 
     /// Records successful attempts. A completion whose lease was lost (the run was
     /// rescued, cancelled or released meanwhile) is ignored; the ids applied are returned.
+    /// The tokens each applied completion reports are added to its tenant's usage of the
+    /// UTC day it finished, in the same transaction.
     pub async fn mark_completed(
         &self,
         worker: WorkerId,
@@ -481,6 +488,30 @@ impl Store {
     /// The concurrency keys with the most runs queued or running, busiest first.
     pub async fn busiest_keys(&self, limit: usize) -> Result<Vec<KeyLoad>> {
         delegate!(self, s => s.reads().busiest_keys(limit).await)
+    }
+
+    /// Takes one run from `tenant`'s enqueue bucket (refilled at `rate` per second, holding
+    /// at most `capacity`): `Ok(())`, or `Err(wait)` until one is there. On PostgreSQL the
+    /// bucket is shared by every process; on SQLite it lives in this process.
+    pub async fn take_enqueue_slot(
+        &self,
+        tenant: &str,
+        rate: f64,
+        capacity: f64,
+        now: DateTime<Utc>,
+    ) -> Result<std::result::Result<(), Duration>> {
+        delegate!(self, s => s.take_enqueue_slot(tenant, rate, capacity, now).await)
+    }
+
+    /// The tokens `tenant`'s completed runs reported on `day` (see [`utc_day`]), by
+    /// provider and model.
+    pub async fn tenant_usage(&self, tenant: &str, day: i64) -> Result<Vec<ModelUsage>> {
+        delegate!(self, s => s.reads().tenant_usage(tenant, day).await)
+    }
+
+    /// Runs queued and running now, by tenant.
+    pub async fn tenant_activity(&self) -> Result<Vec<TenantActivity>> {
+        delegate!(self, s => s.reads().tenant_activity().await)
     }
 
     /// The run holding an idempotency key (see [`NewRun::idem_key`]), if any.

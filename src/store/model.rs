@@ -437,6 +437,7 @@ pub struct Expired {
     /// `timed_out` (live, origin `queue_wait`) or `dropped` (background, reason `stale`).
     pub status: Status,
     pub created_at: DateTime<Utc>,
+    pub tenant: Option<String>,
 }
 
 /// Runs of one concurrency key (and class) queued and in flight.

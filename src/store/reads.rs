@@ -33,7 +33,7 @@ pub(super) const EVENT_COLUMNS: &str =
 
 /// The reads of one backend's pool; `T` is how it stores a time.
 pub(super) struct Reads<'a, DB: Database, T> {
-    pool: &'a Pool<DB>,
+    pub(super) pool: &'a Pool<DB>,
     time: PhantomData<T>,
 }
 

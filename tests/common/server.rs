@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 
 use super::runs::http;
 
-/// How long a server may take to listen (and, as a process, to answer `GET /health`).
+/// How long a server may take to listen (and, as a process, to answer `GET /livez`).
 const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long [`TestServer::stop`] waits for a clean exit.
 const STOP_WITHIN: Duration = Duration::from_secs(60);
@@ -118,14 +118,20 @@ impl TestServer {
 
     /// [`TestServer::start`] on a fresh SQLite file in a folder kept as long as the server.
     pub async fn start_on_sqlite(toml: &str) -> TestServer {
-        let dir = tempfile::tempdir().expect("a temporary folder");
-        let db = dir.path().join("sluice.db").display().to_string();
-        TestServer::start(toml, &[("SLUICE_DATABASE__SQLITE_PATH", &db)])
-            .await
-            .owning(dir)
+        TestServer::start_on_sqlite_with(toml, &[]).await
     }
 
-    /// Starts the `sluice` binary and waits until `GET /health` answers 200. Nothing from
+    /// [`TestServer::start_on_sqlite`] with further environment (tenant tokens, say).
+    pub async fn start_on_sqlite_with(toml: &str, env: &[(&str, &str)]) -> TestServer {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let db = dir.path().join("sluice.db").display().to_string();
+        let mut env = env.to_vec();
+        env.push(("SLUICE_DATABASE__SQLITE_PATH", &db));
+        TestServer::start(toml, &env).await.owning(dir)
+    }
+
+    /// Starts the `sluice` binary and waits until `GET /livez` answers 200 (it listens
+    /// once its database is open; `/livez` answers without a token, tenants or not). Nothing from
     /// the test's own environment configures the child: only `launch` does.
     pub async fn spawn(launch: Launch<'_>) -> TestServer {
         let log = launch.dir.join(format!("{}.log", launch.name));
@@ -265,7 +271,7 @@ impl TestServer {
 }
 
 impl ServerProcess {
-    /// Waits for the log line announcing the bound address, then for `GET /health` to
+    /// Waits for the log line announcing the bound address, then for `GET /livez` to
     /// answer 200; returns the address.
     async fn wait_ready(&mut self, http: &reqwest::Client) -> SocketAddr {
         let deadline = Instant::now() + READY_WITHIN;
@@ -281,14 +287,14 @@ impl ServerProcess {
                 addr = self.listening_addr();
             }
             if let Some(addr) = addr
-                && let Ok(resp) = http.get(format!("http://{addr}/health")).send().await
+                && let Ok(resp) = http.get(format!("http://{addr}/livez")).send().await
                 && resp.status() == reqwest::StatusCode::OK
             {
                 return addr;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "{}: not listening and answering GET /health with 200 within {READY_WITHIN:?}",
+                    "{}: not listening and answering GET /livez with 200 within {READY_WITHIN:?}",
                     self.name
                 );
             }

@@ -53,6 +53,7 @@ mod paused_batches;
 mod quotas;
 mod records;
 mod retries;
+mod tenant_usage;
 
 fn completion(id: RunId, attempt: u32, at: chrono::DateTime<chrono::Utc>) -> Completion {
     Completion {

@@ -31,7 +31,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use super::follow::{Followed, RunFollower};
-use super::{AppState, run_body};
+use super::{AppState, Caller, run_body};
 use crate::config::DisconnectPolicy;
 use crate::dispatch::Dispatcher;
 use crate::run::{ErrorKind, RunId, Status, TimeoutOrigin};
@@ -83,10 +83,11 @@ const ROUTING_FIELDS: [&str; 3] = ["model", "stream", "stream_options"];
 )]
 pub(super) async fn chat_completions(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match complete(state, headers, body).await {
+    match complete(state, caller, headers, body).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     }
@@ -117,6 +118,7 @@ struct Asked {
 
 async fn complete(
     state: AppState,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, OpenAiError> {
@@ -127,7 +129,7 @@ async fn complete(
             format!("cannot read the request body: {rejection}"),
         )
     })?;
-    let (run, asked) = build(&state, &headers, &body)?;
+    let (run, asked) = build(&state, &caller, &headers, &body)?;
     let id = run.id;
     // Subscribed before the run exists, so nothing it does is missed.
     let follower = RunFollower::subscribe(&state.store, id);
@@ -161,6 +163,7 @@ async fn complete(
 /// The run a request asks for, and how it wants the answer.
 fn build(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<(NewRun, Asked), OpenAiError> {
@@ -224,7 +227,7 @@ fn build(
     if let Some(key) = &idempotent {
         run["idempotency_key"] = json!(key);
     }
-    let run = run_body::run_from_json(state, &run).map_err(|e| rename_fields(e.into()))?;
+    let run = run_body::run_from_json(state, caller, &run).map_err(|e| rename_fields(e.into()))?;
     Ok((
         run,
         Asked {

@@ -168,7 +168,7 @@ function keepFocus(render) {
 
 function renderStatus(health) {
   const badge = document.getElementById("status");
-  badge.textContent = health ? health.status : "unreachable";
+  badge.textContent = health ? health.status : state.healthDenied ? "operator view closed" : "unreachable";
   badge.className = "badge " + (health ? health.status : "unavailable");
 }
 
@@ -274,9 +274,10 @@ async function overview(view, signal) {
   view.replaceChildren(status, providers, replicas, recent);
   const paint = () => {
     const h = state.health;
-    status.replaceChildren(status.firstChild, queueNumbers(h && h.queues), chart(state.depth));
-    providers.replaceChildren(providers.firstChild, h ? providersTable(h.providers) : el("p", { class: "error" }, "Unreachable"));
-    replicas.replaceChildren(replicas.firstChild, replicasTable(h && h.cluster));
+    const missing = el("p", { class: "error" }, state.healthDenied ? "Shown with the admin token (an operator view)" : "Unreachable");
+    status.replaceChildren(status.firstChild, h ? queueNumbers(h.queues) : missing.cloneNode(true), chart(state.depth));
+    providers.replaceChildren(providers.firstChild, h ? providersTable(h.providers) : missing.cloneNode(true));
+    replicas.replaceChildren(replicas.firstChild, h ? replicasTable(h.cluster) : missing);
     keepFocus(() => recent.replaceChildren(recent.firstChild, recentTable()));
   };
   paint();
@@ -285,9 +286,10 @@ async function overview(view, signal) {
   const pollHealth = async () => {
     while (!signal.aborted) {
       try {
-        const { body } = await api("/health");
-        state.health = body;
-        if (body && body.queues) {
+        const { status, body } = await api("/health");
+        state.health = status === 200 || status === 503 ? body : null;
+        state.healthDenied = status === 403;
+        if (state.health && state.health.queues) {
           state.depth.push(body.queues);
           if (state.depth.length > HISTORY) state.depth.shift();
         }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::store::codec::parse_status;
+use crate::store::tenant_usage::utc_day;
 
 impl PgStore {
     pub(in crate::store) async fn mark_completed(
@@ -25,12 +26,14 @@ impl PgStore {
             .collect();
         let prompt: Vec<Option<i32>> = done.iter().map(|c| c.prompt_tokens).collect();
         let completion: Vec<Option<i32>> = done.iter().map(|c| c.completion_tokens).collect();
+        let days: Vec<i64> = done.iter().map(|c| utc_day(c.finished_at)).collect();
         let rows = sqlx::query(
             "WITH input AS (
                 SELECT * FROM unnest($2::uuid[], $3::int2[], $4::timestamptz[], $5::text[],
-                    $6::text[], $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[])
+                    $6::text[], $7::int4[], $8::int4[], $9::text[], $10::text[], $11::text[],
+                    $12::int8[])
                   AS t(id, attempt, finished_at, content, finish_reason, prompt_tokens,
-                       completion_tokens, tool_calls, refusal, raw_finish_reason)
+                       completion_tokens, tool_calls, refusal, raw_finish_reason, day)
              ), done AS (
                 UPDATE runs r
                 SET status = 'completed', finished_at = i.finished_at, output_content = i.content,
@@ -43,11 +46,26 @@ impl PgStore {
                 FROM input i
                 WHERE r.id = i.id AND r.status = 'running' AND r.lease_owner = $1
                   AND r.attempts = i.attempt
-                RETURNING r.id, r.attempts, i.finished_at, r.class, r.tenant, r.batch
+                RETURNING r.id, r.attempts, i.finished_at, r.class, r.tenant, r.batch,
+                    r.provider, r.model, i.day, i.prompt_tokens, i.completion_tokens
              ), closed AS (
                 UPDATE run_attempts a SET finished_at = d.finished_at, outcome = 'completed'
                 FROM done d
                 WHERE a.run_id = d.id AND a.attempt = d.attempts AND a.finished_at IS NULL
+             ), used AS (
+                INSERT INTO tenant_usage AS u
+                    (tenant, day, provider, model, prompt_tokens, completion_tokens)
+                SELECT tenant, day, provider, COALESCE(model, ''),
+                    SUM(COALESCE(prompt_tokens, 0)), SUM(COALESCE(completion_tokens, 0))
+                FROM done
+                WHERE tenant IS NOT NULL
+                  AND (prompt_tokens IS NOT NULL OR completion_tokens IS NOT NULL)
+                GROUP BY tenant, day, provider, COALESCE(model, '')
+                -- One order for every process, so two batches never wait on each other.
+                ORDER BY tenant, day, provider, COALESCE(model, '')
+                ON CONFLICT (tenant, day, provider, model) DO UPDATE
+                SET prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens,
+                    completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens
              ), ev AS (
                 INSERT INTO run_events (run_id, kind, at, attempt, class, tenant, batch)
                 SELECT id, 'completed', finished_at, attempts, class, tenant, batch FROM done
@@ -66,6 +84,7 @@ impl PgStore {
         .bind(&tool_calls)
         .bind(&refusals)
         .bind(&raw_reasons)
+        .bind(&days)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()
@@ -410,6 +429,7 @@ impl PgStore {
                     Status::Dropped
                 },
                 created_at: row.try_get("run_created_at")?,
+                tenant: e.tenant.clone(),
             });
             events.push(e);
         }

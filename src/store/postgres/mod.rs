@@ -3,8 +3,10 @@
 //! other processes' producers with `NOTIFY`.
 //!
 //! Layout: this file (connection, claim, heartbeat, provider state), `fair_claim` (the
-//! claim when tenants or batches take turns), `enqueue` (the enqueue statement), `finish` (ending attempts and runs), `events` (the event pump),
-//! `listen` (the LISTEN connection). Reads are the store's `reads`, rows are decoded by
+//! claim when tenants or batches take turns), `enqueue` (the enqueue statement), `finish`
+//! (ending attempts and runs), `events` (the event pump), `listen` (the LISTEN
+//! connection), `retention` (deleting old finished runs), `tenants` (enqueue buckets).
+//! Reads are the store's `reads`, rows are decoded by
 //! its `codec`.
 
 mod batches;
@@ -14,6 +16,7 @@ mod fair_claim;
 mod finish;
 mod listen;
 mod retention;
+mod tenants;
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgPool, PgPoolOptions, PgRow, Postgres};

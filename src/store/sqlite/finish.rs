@@ -6,6 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use super::*;
 use crate::run::Class;
 use crate::store::codec::{ScopeRecord, parse_status};
+use crate::store::tenant_usage::utc_day;
 
 /// The run a finishing statement changed, as it returns it (`RETURNING id, class, tenant,
 /// batch`), or none when it changed nothing.
@@ -31,7 +32,7 @@ impl SqliteStore {
                      lease_expires_at = NULL, error_kind = NULL, error_message = NULL,
                      error_status = NULL
                  WHERE id = ? AND status = 'running' AND lease_owner = ? AND attempts = ?
-                 RETURNING id, class, tenant, batch",
+                 RETURNING id, class, tenant, batch, provider, model",
             )
             .bind(ms(c.finished_at))
             .bind(&c.content)
@@ -46,9 +47,10 @@ impl SqliteStore {
             .bind(c.attempt as i64)
             .fetch_optional(&mut *tx)
             .await?;
-            let Some(scope) = changed(hit)? else {
+            let Some(row) = hit else {
                 continue;
             };
+            let scope = ScopeRecord::from_row(&row)?.decode()?;
             close_attempt(
                 &mut tx,
                 c.id,
@@ -58,6 +60,26 @@ impl SqliteStore {
                 None,
             )
             .await?;
+            if let Some(tenant) = &scope.tenant
+                && (c.prompt_tokens.is_some() || c.completion_tokens.is_some())
+            {
+                sqlx::query(
+                    "INSERT INTO tenant_usage
+                        (tenant, day, provider, model, prompt_tokens, completion_tokens)
+                     VALUES (?, ?, ?, COALESCE(?, ''), ?, ?)
+                     ON CONFLICT (tenant, day, provider, model) DO UPDATE
+                     SET prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+                         completion_tokens = completion_tokens + excluded.completion_tokens",
+                )
+                .bind(tenant)
+                .bind(utc_day(c.finished_at))
+                .bind(row.try_get::<String, _>("provider")?)
+                .bind(row.try_get::<Option<String>, _>("model")?)
+                .bind(i64::from(c.prompt_tokens.unwrap_or(0)))
+                .bind(i64::from(c.completion_tokens.unwrap_or(0)))
+                .execute(&mut *tx)
+                .await?;
+            }
             let completed = scope.event(EventKind::Completed, c.finished_at, Some(c.attempt), None);
             events.push(insert_event(&mut tx, completed).await?);
         }
@@ -323,6 +345,7 @@ impl SqliteStore {
                 class: scope.class,
                 status,
                 created_at: from_ms(row.try_get("created_at")?)?,
+                tenant: scope.tenant.clone(),
             });
         }
         tx.commit().await?;

@@ -4,13 +4,15 @@
 //! Times are stored as integer milliseconds since the Unix epoch.
 //!
 //! Layout: this file (connection, enqueue, claim, heartbeat, event log writes, provider
-//! state), `pick` (the quota-aware, fair claim), `finish` (ending attempts and runs). Reads are
+//! state), `pick` (the quota-aware, fair claim), `finish` (ending attempts and runs),
+//! `retention` (deleting old finished runs), `tenants` (enqueue buckets). Reads are
 //! the store's `reads`, rows are decoded by its `codec`.
 
 mod batches;
 mod finish;
 mod pick;
 mod retention;
+mod tenants;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -28,6 +30,7 @@ use super::codec::{ClaimedRecord, EventScope, StoredTime};
 use super::event_data::*;
 use super::model::*;
 use super::reads::Reads;
+use super::tenant_usage::EnqueueBucket;
 use super::{OpenOptions, Result, StoreError};
 use crate::run::{RunId, Status, TimeoutOrigin, WorkerId};
 
@@ -37,6 +40,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Each tenant's enqueue bucket: one process per file, so memory is where it lives.
+    buckets: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, EnqueueBucket>>>,
 }
 
 pub(super) fn ms(t: DateTime<Utc>) -> i64 {
@@ -87,7 +92,11 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect.read_only(true))
             .await?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            buckets: Default::default(),
+        })
     }
 
     pub(in crate::store) async fn migrate(&self) -> Result<()> {
