@@ -19,6 +19,7 @@
 //! - [`api`]: the HTTP surface (axum); handlers parse and render, never orchestrate or
 //!   write SQL.
 //! - [`app`]: wiring, startup and graceful shutdown.
+//! - [`operator`]: commands that work on the database directly (`sluice dlq …`).
 //! - [`telemetry`]: logging set-up (used by `main` only).
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod dispatch;
 pub mod limits;
 pub mod metrics;
+pub mod operator;
 pub mod providers;
 pub mod run;
 pub mod store;

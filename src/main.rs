@@ -33,6 +33,12 @@ enum Command {
     },
     /// Apply database migrations and exit.
     Migrate,
+    /// Dead letters (failed and timed-out runs): list, export or requeue them, as JSON
+    /// lines, straight from the database.
+    Dlq {
+        #[command(subcommand)]
+        command: sluice::operator::DlqCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -87,6 +93,9 @@ fn main() -> ExitCode {
                 println!("migrations applied ({})", store.backend());
                 store.close().await;
                 Ok(())
+            }
+            Command::Dlq { command } => {
+                sluice::operator::dlq(&config, command, &mut std::io::stdout().lock()).await
             }
             Command::Serve { .. } => {
                 let clock = std::sync::Arc::new(sluice::clock::SystemClock);

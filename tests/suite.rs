@@ -15,6 +15,7 @@ mod api;
 mod batches;
 mod breaker_open;
 mod chaos;
+mod dlq;
 mod events_http;
 mod fairness;
 mod front_door;

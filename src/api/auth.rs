@@ -30,7 +30,13 @@ pub const MAX_TOKEN_LEN: usize = 4096;
 pub const LIVENESS_PATH: &str = "/livez";
 const METRICS_PATH: &str = "/metrics";
 /// Routes only the admin token opens (besides `/metrics` when it is not open).
-const OPERATOR_PATHS: &[&str] = &["/health", "/tenants/{name}"];
+const OPERATOR_PATHS: &[&str] = &[
+    "/health",
+    "/tenants/{name}",
+    "/dlq",
+    "/dlq/{id}/requeue",
+    "/dlq/requeue",
+];
 /// The status page's own files: the page asks for a token and sends it on the API calls
 /// it makes, so loading it needs none.
 const PAGE_PATHS: &[&str] = &["/ui", "/ui/app.js", "/ui/style.css"];

@@ -114,7 +114,9 @@ impl RunFollower {
                 }
                 let e = self.pending.pop_front().expect("peeked");
                 self.last_sent = e.id;
-                self.finished = e.kind.is_terminal();
+                // A dead letter requeued since goes on past its old end.
+                self.finished = e.kind.is_terminal()
+                    && !self.pending.iter().any(|p| p.kind == EventKind::Requeued);
                 if e.kind == EventKind::Started {
                     self.attempt = e.attempt;
                     self.delta_seq = 0;

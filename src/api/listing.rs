@@ -174,10 +174,10 @@ impl From<BatchView> for BatchItem {
 #[derive(Serialize, ToSchema)]
 #[schema(as = RunPage)]
 pub(super) struct RunPage {
-    items: Vec<RunItem>,
+    pub(super) items: Vec<RunItem>,
     /// Pass as `cursor` for the next page; `null` on the last page.
     #[schema(required = true)]
-    next_cursor: Option<String>,
+    pub(super) next_cursor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -268,18 +268,22 @@ pub(super) async fn list_batches(
     Ok(Json(BatchPage { items, next_cursor }))
 }
 
-fn bad_query(e: QueryRejection) -> ApiError {
+pub(super) fn bad_query(e: QueryRejection) -> ApiError {
     ApiError::InvalidRequest {
         message: format!("invalid query: {}", e.body_text()),
         field: None,
     }
 }
 
-fn named<T>(field: &str, value: &str, parse: fn(&str) -> Option<T>) -> Result<T, ApiError> {
+pub(super) fn named<T>(
+    field: &str,
+    value: &str,
+    parse: fn(&str) -> Option<T>,
+) -> Result<T, ApiError> {
     parse(value).ok_or_else(|| ApiError::invalid(field, format!("unknown {field} {value:?}")))
 }
 
-fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
+pub(super) fn time(field: &str, value: Option<&str>) -> Result<Option<DateTime<Utc>>, ApiError> {
     value
         .map(|text| {
             DateTime::parse_from_rfc3339(text)
@@ -345,7 +349,7 @@ fn encode_cursor(created_at: DateTime<Utc>, id: uuid::Uuid) -> String {
 }
 
 /// The page size and where the page starts, from the `limit` and `cursor` parameters.
-fn paging(
+pub(super) fn paging(
     limit_text: Option<&str>,
     cursor_text: Option<&str>,
 ) -> Result<(usize, Option<PageAfter>), ApiError> {
@@ -354,7 +358,7 @@ fn paging(
 
 /// The items of `rows` (read with one extra) up to `limit`, and the cursor of the last one
 /// kept when more follow.
-fn page_of<T, I: From<T>>(
+pub(super) fn page_of<T, I: From<T>>(
     mut rows: Vec<T>,
     limit: usize,
     key: impl Fn(&T) -> (DateTime<Utc>, uuid::Uuid),

@@ -9,7 +9,7 @@
 //! reads back), `batches` (`POST /batches`, a batch, its pause, resume and cancel),
 //! `batch_body` (the batch body), `batch_results` (`GET /batches/{id}/results`), `listing`
 //! (`GET /runs`, `GET /batches`), `health` (`GET /health`, `GET /livez`), `metrics`
-//! (`GET /metrics` and request counting), `tenants` (`GET /tenants/me`,
+//! (`GET /metrics` and request counting), `dlq` (dead letters: list and requeue), `tenants` (`GET /tenants/me`,
 //! `GET /tenants/{name}`), `openapi` (`GET /openapi.json`), `openai` (the
 //! OpenAI-compatible front door, `/v1/…`), `follow` (following one run as it happens, for
 //! event streams and the front door), `ui` (the status page at `/ui`).
@@ -23,6 +23,7 @@ pub mod auth;
 mod batch_body;
 mod batch_results;
 mod batches;
+mod dlq;
 mod enqueue;
 mod error;
 mod event_format;
@@ -39,6 +40,12 @@ mod tenants;
 mod ui;
 
 pub use auth::Caller;
+
+/// A run as `GET /runs/{id}` shows it, for tools outside the HTTP surface (the `sluice
+/// dlq` commands print runs in this shape).
+pub fn run_document(view: crate::store::RunView) -> serde_json::Value {
+    serde_json::to_value(runs::RunBody::from(view)).unwrap_or(serde_json::Value::Null)
+}
 pub use error::ApiError;
 
 use std::sync::Arc;
@@ -92,6 +99,9 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(batches::resume_batch)))
         .routes(endpoint(routes!(batches::cancel_batch)))
         .routes(endpoint(routes!(batch_results::batch_results)))
+        .routes(endpoint(routes!(dlq::list_dead)))
+        .routes(endpoint(routes!(dlq::requeue_one)))
+        .routes(endpoint(routes!(dlq::requeue_many)))
         .routes(endpoint(routes!(health::health)))
         .routes(endpoint(routes!(health::livez)))
         .routes(endpoint(routes!(tenants::me)))

@@ -37,6 +37,7 @@ pub use batch_model::{
     BatchToggle, BatchView, NewBatch, PageAfter, RunFilter, ToggleOutcome,
 };
 pub use cluster::{Leadership, Replica, ReplicaBeat};
+pub use dead_letters::{DEAD_STATUSES, Requeue};
 pub use event_data::*;
 pub use hub::{Delta, EventHub, ToolCallDelta};
 pub use model::*;
@@ -164,6 +165,7 @@ macro_rules! delegate {
 
 // After `delegate!`, which they use.
 mod batches;
+mod dead_letters;
 mod listing;
 
 impl Store {

@@ -307,6 +307,9 @@ pub enum EventKind {
     TimedOut,
     Cancelled,
     Dropped,
+    /// A dead letter (a failed or timed-out run) was given a fresh attempt budget and
+    /// queued again.
+    Requeued,
     /// A batch was paused (a batch event: see `batch_model`).
     BatchPaused,
     BatchResumed,
@@ -315,7 +318,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Queued,
         EventKind::Started,
         EventKind::AttemptFailed,
@@ -324,6 +327,7 @@ impl EventKind {
         EventKind::TimedOut,
         EventKind::Cancelled,
         EventKind::Dropped,
+        EventKind::Requeued,
         EventKind::BatchPaused,
         EventKind::BatchResumed,
         EventKind::BatchFinished,
@@ -346,6 +350,7 @@ impl EventKind {
             EventKind::TimedOut => "timed_out",
             EventKind::Cancelled => "cancelled",
             EventKind::Dropped => "dropped",
+            EventKind::Requeued => "requeued",
             EventKind::BatchPaused => "batch_paused",
             EventKind::BatchResumed => "batch_resumed",
             EventKind::BatchFinished => "batch_finished",

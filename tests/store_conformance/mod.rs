@@ -43,6 +43,7 @@ macro_rules! conformance {
 mod batches;
 mod breaker_open;
 mod cluster;
+mod dead_letters;
 mod dispatch_order;
 mod enqueue;
 mod events;

@@ -16,7 +16,15 @@ use crate::common::{SseReader, TestServer, enqueue, wait_run};
 /// status page's files, which ask for a token themselves).
 const OPEN: &[&str] = &["/livez", "/metrics", "/ui", "/ui/app.js", "/ui/style.css"];
 /// Routes only the admin token opens.
-const OPERATOR: &[&str] = &["/health", "/tenants/{name}"];
+const OPERATOR: &[&str] = &[
+    "/health",
+    "/tenants/{name}",
+    "/dlq",
+    "/dlq/{id}/requeue",
+    "/dlq/requeue",
+];
+/// The operator route acting on a dead letter: team-a's queued run is none (409).
+const NOT_DEAD: &str = "/dlq/{id}/requeue";
 /// Routes about the calling tenant itself, which the admin (no tenant) gets a 404 from.
 const TENANT_ONLY: &[&str] = &["/tenants/me"];
 /// What team-a's runs carry that must never reach team-b.
@@ -185,6 +193,8 @@ async fn every_route_checks_the_token_and_hides_other_tenants_runs() {
         let (status, body) = call.send(&admin).await;
         if TENANT_ONLY.contains(&call.template.as_str()) {
             assert_eq!(status, 404, "{call} as admin: {body:?}");
+        } else if call.template == NOT_DEAD {
+            assert_eq!(status, 409, "{call}: team-a's run is queued: {body:?}");
         } else if call.must_succeed() || OPERATOR.contains(&call.template.as_str()) {
             assert!(status.is_success(), "{call} as admin: {status} {body:?}");
         } else {

@@ -15,6 +15,7 @@ mod events;
 mod fair_claim;
 mod finish;
 mod listen;
+mod requeue;
 mod retention;
 mod tenants;
 

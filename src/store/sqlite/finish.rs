@@ -10,7 +10,7 @@ use crate::store::tenant_usage::utc_day;
 
 /// The run a finishing statement changed, as it returns it (`RETURNING id, class, tenant,
 /// batch`), or none when it changed nothing.
-fn changed(row: Option<SqliteRow>) -> Result<Option<EventScope>> {
+pub(super) fn changed(row: Option<SqliteRow>) -> Result<Option<EventScope>> {
     row.map(|row| ScopeRecord::from_row(&row)?.decode())
         .transpose()
 }

@@ -11,6 +11,7 @@
 mod batches;
 mod finish;
 mod pick;
+mod requeue;
 mod retention;
 mod tenants;
 
