@@ -265,6 +265,11 @@ async fn a_key_cap_holds_across_two_processes_on_postgres() {
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut most = 0;
+    // The process that finishes a run of the key claims the next one at once, so one
+    // process may well take them all; once three are done, a process that did all the work
+    // is stopped, and the other must go on under the same cap.
+    let mut servers = [Some(a), Some(b)];
+    let mut stepped_in = false;
     loop {
         let (running, finished): (i64, i64) = sqlx::query_as(
             "SELECT count(*) FILTER (WHERE status = 'running'),
@@ -278,6 +283,24 @@ async fn a_key_cap_holds_across_two_processes_on_postgres() {
         if finished == 8 {
             break;
         }
+        if finished >= 3 && !stepped_in {
+            stepped_in = true;
+            let workers: Vec<uuid::Uuid> =
+                sqlx::query_scalar("SELECT DISTINCT worker FROM run_attempts")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap();
+            if let [only] = workers[..] {
+                for slot in &mut servers {
+                    let server = slot.as_ref().unwrap();
+                    let health = crate::common::read_health(&client, server).await;
+                    if health["cluster"]["this_replica"] == only.to_string() {
+                        slot.take().unwrap().stop().await;
+                        break;
+                    }
+                }
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "runs did not finish; {finished} of 8"
@@ -290,6 +313,7 @@ async fn a_key_cap_holds_across_two_processes_on_postgres() {
         .await
         .unwrap();
     assert_eq!(workers, 2, "both processes took part");
-    a.stop().await;
-    b.stop().await;
+    for server in servers.into_iter().flatten() {
+        server.stop().await;
+    }
 }
