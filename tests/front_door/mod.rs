@@ -288,3 +288,66 @@ async fn a_client_that_hangs_up_cancels_its_run_unless_its_route_finishes() {
     assert_eq!(run["status"], "completed", "its route finishes it: {run}");
     server.stop().await;
 }
+
+/// What is wrong, the body, and extra headers.
+type HostileCase = (&'static str, Vec<u8>, Vec<(&'static str, &'static str)>);
+
+/// Hostile input to `/v1/*`: every refusal is a 4xx in OpenAI's error shape, never a 5xx,
+/// and leaves no run behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input_gets_openai_shaped_client_errors() {
+    let (fake, _) = wire::serve().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&config(&dir, &fake), &[]).await;
+    let client = http();
+    let hello = serde_json::json!([{"role": "user", "content": "hi"}]);
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let cases: Vec<HostileCase> = vec![
+        ("malformed JSON", b"{\"model\": ".to_vec(), vec![]),
+        ("not an object", b"[1, 2, 3]".to_vec(), vec![]),
+        ("no model", serde_json::to_vec(&serde_json::json!({"messages": hello})).unwrap(), vec![]),
+        ("a model that is a number", serde_json::to_vec(&serde_json::json!({"model": 7, "messages": hello})).unwrap(), vec![]),
+        ("an unknown model", serde_json::to_vec(&serde_json::json!({"model": "nope", "messages": hello})).unwrap(), vec![]),
+        ("messages not a list", serde_json::to_vec(&serde_json::json!({"model": "sim", "messages": "hi"})).unwrap(), vec![]),
+        ("stream not a boolean", serde_json::to_vec(&serde_json::json!({"model": "sim", "messages": hello, "stream": "yes"})).unwrap(), vec![]),
+        ("a huge body", serde_json::to_vec(&serde_json::json!({"model": "sim", "messages": [{"role": "user", "content": huge}]})).unwrap(), vec![]),
+        ("a bad class header", serde_json::to_vec(&serde_json::json!({"model": "sim", "messages": hello})).unwrap(), vec![("x-sluice-class", "urgent")]),
+    ];
+    for (what, body, headers) in cases {
+        let mut request = client
+            .post(server.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        assert!(status.is_client_error(), "{what}: {status}");
+        let error: Value = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: not JSON ({e})"));
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+                && error["error"]["type"].is_string(),
+            "{what}: not OpenAI's error object: {error}"
+        );
+    }
+    let listed: Value = client
+        .get(server.url("/runs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["items"],
+        serde_json::json!([]),
+        "no run was left behind"
+    );
+    server.stop().await;
+}
