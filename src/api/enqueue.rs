@@ -15,6 +15,7 @@ use super::openapi::StatusName;
 use super::run_body::{EnqueueBody, build_run, json_body, parse_body};
 use super::{ApiError, AppState, Caller};
 use crate::run::RunId;
+use crate::store::BatchId;
 
 /// The reply to `POST /enqueue`.
 #[derive(Serialize, ToSchema)]
@@ -81,6 +82,7 @@ pub(super) async fn enqueue(
     let body = json_body(&headers, body, state.config.http.body_limit)?;
     let parsed = parse_body(&body)?;
     let run = build_run(&state, &caller, parsed)?;
+    refuse_joining_a_batch(&state, &run).await?;
     let submitted = state.dispatcher.submit(run).await?;
     let (id, status) = (submitted.id, submitted.status.as_str());
     let code = if submitted.created {
@@ -101,4 +103,25 @@ pub(super) async fn enqueue(
         response.headers_mut().insert(header::LOCATION, location);
     }
     Ok(response)
+}
+
+/// A run may not join a batch made by `POST /batches` through `/enqueue`: the batch's runs
+/// are all written with it (its counts add up to its `run_count`, its pause and cancel
+/// cover exactly them). A free-text `batch` that names no such batch only groups runs.
+async fn refuse_joining_a_batch(
+    state: &AppState,
+    run: &crate::store::NewRun,
+) -> Result<(), ApiError> {
+    let Some(id) = run.batch.as_deref().and_then(|b| b.parse::<BatchId>().ok()) else {
+        return Ok(());
+    };
+    if state.store.get_batch(id, None).await?.is_some() {
+        return Err(ApiError::invalid(
+            "batch",
+            format!(
+                "batch {id} was made by POST /batches; its runs are all written with it, so a run cannot join it here"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -172,3 +172,30 @@ async fn hostile_batches_and_listings_are_refused_and_write_nothing() {
     }
     server.stop().await;
 }
+
+/// `/enqueue` cannot slip a run into a batch made by `POST /batches`: its counts would no
+/// longer add up to its `run_count`, and its pause and cancel would miss the run. A
+/// free-text `batch` that names no such batch still groups runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_cannot_join_a_batch_through_enqueue() {
+    let server = start(super::SLOW_SIM, "", None).await;
+    let id = super::create_batch(&server, &json!({"provider": "sim", "runs": runs(2)})).await;
+    let joined = post(
+        &server,
+        "/enqueue",
+        &json!({"provider": "sim", "request": chat("x"), "batch": id}),
+    )
+    .await;
+    assert_refused(&joined, "joining a batch", 400, Some("batch"));
+    let batch = get(&server, &format!("/batches/{id}")).await;
+    assert_eq!(batch.body["run_count"], 2, "{}", batch.body);
+    assert_eq!(super::counted(&batch.body), 2, "{}", batch.body);
+    let grouped = post(
+        &server,
+        "/enqueue",
+        &json!({"provider": "sim", "request": chat("x"), "batch": "nightly-report"}),
+    )
+    .await;
+    assert_eq!(grouped.status, 202, "{}", grouped.body);
+    server.stop().await;
+}
