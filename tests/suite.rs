@@ -14,6 +14,7 @@ mod common;
 mod api;
 mod batches;
 mod breaker_open;
+mod browser;
 mod chaos;
 mod dlq;
 mod events_http;

@@ -33,8 +33,11 @@ use super::{ApiError, AppState, Caller};
 use crate::run::{Class, RunId};
 use crate::store::{EventFilter, RunEvent};
 
-/// Keep-alive comment interval (the contract asks for at least one every 15 s).
+/// Keep-alive comment interval (the contract asks for at least one every 15 s; common
+/// proxy idle timeouts are 60 s, nginx's `proxy_read_timeout` among them).
 const KEEP_ALIVE: Duration = Duration::from_secs(10);
+/// How soon a browser's `EventSource` reconnects after a drop (the stream's `retry:`).
+const RECONNECT_AFTER: Duration = Duration::from_secs(1);
 /// Most events a dashboard stream replays per log query.
 const REPLAY_PAGE: usize = 500;
 
@@ -50,11 +53,14 @@ trait EventSource: Send + 'static {
 /// Serves `source` with keep-alive comments, and ends it when the server shuts down so
 /// draining connections does not wait on it.
 fn serve(source: impl EventSource, stop: CancellationToken) -> SseStream {
+    let retry = futures::stream::once(async { Ok(Event::default().retry(RECONNECT_AFTER)) });
     let events = futures::stream::unfold(source, |mut s| async move {
         let next = s.next().await?;
         Some((Ok(next), s))
-    })
-    .take_until(async move { stop.cancelled_owned().await });
+    });
+    let events = retry
+        .chain(events)
+        .take_until(async move { stop.cancelled_owned().await });
     let boxed: BoxedEvents = Box::pin(events);
     Sse::new(boxed).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
 }

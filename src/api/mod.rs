@@ -23,6 +23,7 @@ pub mod auth;
 mod batch_body;
 mod batch_results;
 mod batches;
+mod browser;
 mod dlq;
 mod enqueue;
 mod error;
@@ -184,6 +185,9 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(axum::middleware::map_response(browser::unbuffered_streams))
+        // Outermost: a preflight is answered before authentication, which it cannot pass.
+        .layer(tower::util::option_layer(browser::cors(&state.config.http.cors)))
         .with_state(state)
 }
 

@@ -17,6 +17,7 @@
 //! - `mod.rs`: [`Config`] itself, loading (file, then environment, then validation) and
 //!   [`ConfigError`].
 //! - `server.rs`: the process's own resources, `[database]` and `[http]`.
+//! - `cors.rs`: `[http.cors]`, other origins allowed to call from a browser.
 //! - `dispatch.rs`: the worker pool, `[dispatch]`, and what happens to a failed attempt,
 //!   `[retry]`.
 //! - `queue.rs`: live work first, `[queue]` deadlines, timeouts and key caps, and
@@ -33,6 +34,7 @@
 //! - `duration.rs`: how durations are written (`300ms`, `30s`, `5m`).
 
 mod batches;
+mod cors;
 mod dispatch;
 pub mod duration;
 mod env;
@@ -47,6 +49,7 @@ mod tenants;
 mod tokens;
 
 pub use batches::BatchesConfig;
+pub use cors::{ANY_ORIGIN, CorsConfig};
 pub use dispatch::{DispatchConfig, RetryConfig};
 pub use limits::{BreakerConfig, LimitWindow, LimiterConfig};
 pub use provider::{ProviderConfig, ProviderKind, SIM_DEFAULT_MODEL};
@@ -186,6 +189,7 @@ impl Config {
         self.queue.validate()?;
         self.admission.validate()?;
         self.http.validate()?;
+        self.http.cors.validate(!self.tenants.is_empty())?;
         provider::validate_all(
             &self.providers,
             self.queue.background_attempt_timeout_cap,

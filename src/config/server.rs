@@ -52,6 +52,8 @@ pub struct HttpConfig {
     /// Longest a handler may take before the request fails with 503.
     #[serde(with = "duration")]
     pub request_timeout: Duration,
+    /// Other origins' pages allowed to call the API from a browser.
+    pub cors: super::CorsConfig,
 }
 
 impl Default for HttpConfig {
@@ -59,6 +61,7 @@ impl Default for HttpConfig {
         HttpConfig {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
+            cors: super::CorsConfig::default(),
         }
     }
 }

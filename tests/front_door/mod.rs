@@ -4,13 +4,12 @@
 //! tool-call round trips through both wire formats. Then a client that goes away
 //! mid-answer: its run is cancelled, or finishes when its route says so.
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
 
-use crate::common::{TestServer, get_run, http, wait_run};
+use crate::common::{TestServer, get_run, http, run_script, wait_run};
 use crate::tool_calls::wire::{self, CITY_ARGUMENTS, FINAL_TEXT};
 
 /// The tool-call fake's two providers, the simulator, and the routes the tests call.
@@ -61,9 +60,7 @@ async fn the_official_sdk_works_against_the_front_door() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(&config(&dir, &fake), &[]).await;
     let base_url = server.url("/v1");
-    let saw = tokio::task::spawn_blocking(move || run_client(&base_url))
-        .await
-        .unwrap();
+    let saw = run_script("front_door/client.py", vec![base_url]).await;
     let client = http();
 
     let models: Vec<&str> = saw["models"]
@@ -208,28 +205,6 @@ async fn the_official_sdk_works_against_the_front_door() {
         assert_eq!(second["finish_reason"], "stop", "{scenario}: {trip}");
     }
     server.stop().await;
-}
-
-/// Runs the SDK scenarios against the front door at `base_url`; what the SDK saw, by
-/// scenario.
-fn run_client(base_url: &str) -> Value {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/front_door/client.py");
-    let out = Command::new("python")
-        .arg(script)
-        .arg(base_url)
-        .output()
-        .expect("python with the openai package on PATH (scripts/test.sh puts its venv first)");
-    assert!(
-        out.status.success(),
-        "the SDK client failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "the SDK client printed no JSON ({e}):\n{}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
 }
 
 /// Opens a streamed completion on `model`, reads its run id and first chunk, then hangs

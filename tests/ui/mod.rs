@@ -3,19 +3,7 @@
 //! and complete live, opens it with the keyboard, and fits a phone's width. Screenshots of
 //! each step are kept under the target directory (`ui-screenshots/`) as test artefacts.
 
-use std::path::PathBuf;
-use std::process::Command;
-
-use serde_json::Value;
-
-use crate::common::{TestServer, get_run, http};
-
-fn screenshot_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("ui-screenshots")
-}
+use crate::common::{TestServer, get_run, http, run_script, screenshot_dir};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_a_run_complete_live() {
@@ -26,26 +14,14 @@ async fn the_status_page_shows_a_run_complete_live() {
     .await;
     let shots = screenshot_dir();
     let base = server.url("");
-    let out = {
-        let shots = shots.clone();
-        tokio::task::spawn_blocking(move || {
-            Command::new("python")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ui/browser.py"))
-                .arg(base.trim_end_matches('/'))
-                .arg(&shots)
-                .output()
-                .expect("python with playwright on PATH (scripts/test.sh puts its venv first)")
-        })
-        .await
-        .unwrap()
-    };
-    assert!(
-        out.status.success(),
-        "the browser run failed; it saw {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let saw: Value = serde_json::from_slice(&out.stdout).expect("the browser script prints JSON");
+    let saw = run_script(
+        "ui/browser.py",
+        vec![
+            base.trim_end_matches('/').to_string(),
+            shots.display().to_string(),
+        ],
+    )
+    .await;
     eprintln!("status page screenshots in {}", shots.display());
 
     assert_eq!(saw["console_errors"], serde_json::json!([]), "{saw}");
