@@ -147,11 +147,20 @@ pub struct Keys {
     tenants: Vec<(TokenDigest, Arc<str>)>,
     admin: Option<TokenDigest>,
     metrics_open: bool,
+    /// The stream token secret; none turns stream tokens off.
+    stream_secret: Option<crate::config::StreamSecret>,
+    clock: Arc<dyn crate::clock::Clock>,
 }
 
+/// The routes a stream token opens (`?token=`), each for the scope it names.
+const RUN_STREAM_PATH: &str = "/runs/{id}/events";
+const FEED_PATH: &str = "/events";
+
 impl Keys {
-    pub fn from_config(config: &Config) -> Keys {
+    pub fn from_config(config: &Config, clock: Arc<dyn crate::clock::Clock>) -> Keys {
         Keys {
+            stream_secret: config.auth.stream_secret.clone(),
+            clock,
             tenants: config
                 .tenants
                 .iter()
@@ -222,6 +231,9 @@ fn check(keys: &Keys, request: &Request) -> Result<Option<Caller>, ApiError> {
         .get::<MatchedPath>()
         .map_or("", MatchedPath::as_str);
     let access = access_of(path, keys.metrics_open);
+    if let Some(caller) = stream_caller(keys, path, request)? {
+        return Ok(Some(caller));
+    }
     let token = bearer_token(request.headers());
     let caller = match (access, token) {
         // An open route ignores a token, even a bad one: a probe must not fail on it.
@@ -237,6 +249,62 @@ fn check(keys: &Keys, request: &Request) -> Result<Option<Caller>, ApiError> {
         ));
     }
     Ok(Some(caller))
+}
+
+/// The caller a stream token names, on a stream route that carries `?token=` and no
+/// `Authorization` header; `None` otherwise. The token must be for this very stream: this
+/// run's events, or `/events` filtered to its batch.
+fn stream_caller(keys: &Keys, path: &str, request: &Request) -> Result<Option<Caller>, ApiError> {
+    use super::stream_tokens::{StreamScope, StreamTokenError, verify};
+    if !matches!(path, RUN_STREAM_PATH | FEED_PATH)
+        || request.headers().contains_key(header::AUTHORIZATION)
+    {
+        return Ok(None);
+    }
+    let query = request.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v)
+    };
+    let Some(token) = param("token") else {
+        return Ok(None);
+    };
+    let refuse = |e: StreamTokenError| ApiError::StreamTokenRefused {
+        message: e.message(),
+        reason: e.code(),
+    };
+    let secret = keys
+        .stream_secret
+        .as_ref()
+        .ok_or_else(|| refuse(StreamTokenError::Off))?;
+    let grant = verify(secret, token, keys.clock.now()).map_err(refuse)?;
+    let fits = match &grant.scope {
+        StreamScope::Run(id) => {
+            path == RUN_STREAM_PATH
+                && request
+                    .uri()
+                    .path()
+                    .trim_start_matches("/runs/")
+                    .trim_end_matches("/events")
+                    == id.to_string()
+        }
+        StreamScope::Batch(id) => {
+            path == FEED_PATH
+                && param("batch") == Some(id.to_string().as_str())
+                && param("tenant").is_none()
+        }
+    };
+    if !fits {
+        return Err(refuse(StreamTokenError::OtherScope));
+    }
+    Ok(Some(match grant.tenant {
+        Some(name) => Caller::Tenant(Arc::from(name.as_str())),
+        // A run with no tenant: only the admin sees it, and the token is for it alone.
+        None => Caller::Admin,
+    }))
 }
 
 /// The token of the one `Authorization: Bearer <token>` header, or why there is none.

@@ -23,6 +23,14 @@ pub enum ApiError {
     /// No usable bearer token: missing, malformed or unknown.
     #[error("{0}")]
     Unauthorized(String),
+    /// A stream token refused on a stream route; `reason` says why (`stream_token_expired`,
+    /// `stream_token_invalid`, `stream_token_scope`, `stream_token_malformed`,
+    /// `stream_tokens_off`).
+    #[error("{message}")]
+    StreamTokenRefused {
+        message: &'static str,
+        reason: &'static str,
+    },
     /// A valid token that may not use this route (a tenant on an operator route).
     #[error("{0}")]
     Forbidden(String),
@@ -154,7 +162,9 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) | ApiError::StreamTokenRefused { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -172,7 +182,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidRequest { .. } => "invalid_request",
-            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Unauthorized(_) | ApiError::StreamTokenRefused { .. } => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -264,6 +274,7 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited {
                 retry_after_secs, ..
             } => (None, None, Some(*retry_after_secs)),
+            ApiError::StreamTokenRefused { reason, .. } => (None, Some(*reason), None),
             _ => (None, None, None),
         };
         let body = Body {

@@ -138,6 +138,10 @@ pub(super) struct EventsQuery {
     /// Only runs of this class.
     #[param(value_type = Option<ClassName>)]
     class: Option<Class>,
+    /// A stream token (`POST /batches/{id}/stream-token`), for a browser that cannot send
+    /// an `Authorization` header; read by authentication, not here.
+    #[allow(dead_code)]
+    token: Option<String>,
 }
 
 struct FeedStream {

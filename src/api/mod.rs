@@ -10,7 +10,7 @@
 //! `batch_body` (the batch body), `batch_results` (`GET /batches/{id}/results`), `listing`
 //! (`GET /runs`, `GET /batches`), `health` (`GET /health`, `GET /livez`), `metrics`
 //! (`GET /metrics` and request counting), `dlq` (dead letters: list and requeue), `tenants` (`GET /tenants/me`,
-//! `GET /tenants/{name}`), `openapi` (`GET /openapi.json`), `openai` (the
+//! `GET /tenants/{name}`), `stream_tokens` (short-lived keys for browser streams), `openapi` (`GET /openapi.json`), `openai` (the
 //! OpenAI-compatible front door, `/v1/…`), `follow` (following one run as it happens, for
 //! event streams and the front door), `ui` (the status page at `/ui`).
 //!
@@ -37,6 +37,7 @@ mod openai;
 mod openapi;
 mod run_body;
 mod runs;
+mod stream_tokens;
 mod tenants;
 mod ui;
 
@@ -91,6 +92,8 @@ fn endpoints(base: OpenApiRouter<AppState>) -> OpenApiRouter<AppState> {
         .routes(endpoint(routes!(runs::cancel_run)))
         .routes(endpoint(routes!(events::run_events)))
         .routes(endpoint(routes!(events::feed)))
+        .routes(endpoint(routes!(stream_tokens::run_stream_token)))
+        .routes(endpoint(routes!(stream_tokens::batch_stream_token)))
         .routes(endpoint(routes!(
             batches::create_batch,
             listing::list_batches
@@ -156,7 +159,7 @@ pub fn route_table() -> Vec<(Method, String)> {
 
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.http.body_limit;
-    let keys = Arc::new(auth::Keys::from_config(&state.config));
+    let keys = Arc::new(auth::Keys::from_config(&state.config, state.clock.clone()));
     // Routes come from `endpoints` only: one added here with `.route` would go undocumented.
     let (routes, _) = endpoints(OpenApiRouter::default()).split_for_parts();
     routes

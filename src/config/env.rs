@@ -18,6 +18,7 @@ const RESERVED_ENV: &[&str] = &[
     "SLUICE_LOG_FORMAT",
     "SLUICE_LOG",
     super::DEFAULT_ADMIN_TOKEN_ENV,
+    super::DEFAULT_STREAM_SECRET_ENV,
 ];
 /// Config arrays whose entries are addressed by their `name` in a variable.
 const NAMED_ARRAYS: &[&str] = &["providers", "tenants"];
@@ -65,10 +66,10 @@ pub(super) fn overlay(
 
 /// The variables the file names as holding tokens.
 fn token_variables(root: &toml::Table) -> Vec<String> {
-    let admin = root
-        .get("auth")
-        .and_then(|a| a.get("admin_token_env"))
-        .and_then(|v| v.as_str());
+    let auth = root.get("auth");
+    let admin = ["admin_token_env", "stream_token_secret_env"]
+        .into_iter()
+        .filter_map(|key| auth.and_then(|a| a.get(key)).and_then(|v| v.as_str()));
     let tenants = root
         .get("tenants")
         .and_then(|t| t.as_array())

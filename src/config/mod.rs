@@ -61,6 +61,7 @@ pub use sim::SimConfig;
 pub use tenants::{
     AuthConfig, DEFAULT_ADMIN_TOKEN_ENV, MAX_TENANT_WEIGHT, PriceConfig, TenantConfig,
 };
+pub use tenants::{DEFAULT_STREAM_SECRET_ENV, MIN_STREAM_SECRET_LEN, StreamSecret};
 pub use tokens::TokenDigest;
 
 use std::net::SocketAddr;

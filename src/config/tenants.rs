@@ -77,7 +77,34 @@ pub struct AuthConfig {
     /// operator routes.
     #[serde(skip)]
     pub admin_token: Option<TokenDigest>,
+    /// The environment variable holding the secret stream tokens are signed with.
+    pub stream_token_secret_env: String,
+    /// How long a stream token is accepted after it is issued.
+    #[serde(with = "super::duration")]
+    pub stream_token_ttl: std::time::Duration,
+    /// The stream token secret, read from `stream_token_secret_env` at load; none turns
+    /// stream tokens off.
+    #[serde(skip)]
+    pub stream_secret: Option<StreamSecret>,
 }
+
+/// The secret stream tokens are signed with. Its `Debug` shows nothing of it.
+#[derive(Clone)]
+pub struct StreamSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for StreamSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StreamSecret(…)")
+    }
+}
+
+/// The environment variable holding the stream token secret, unless `[auth]` says.
+pub const DEFAULT_STREAM_SECRET_ENV: &str = "SLUICE_STREAM_TOKEN_SECRET";
+/// How long a stream token lives unless `[auth] stream_token_ttl` says.
+const DEFAULT_STREAM_TOKEN_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+/// The shortest stream token secret accepted, in bytes: a guessable one would let anyone
+/// forge tokens.
+pub const MIN_STREAM_SECRET_LEN: usize = 32;
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -85,6 +112,9 @@ impl Default for AuthConfig {
             admin_token_env: DEFAULT_ADMIN_TOKEN_ENV.to_string(),
             metrics_open: true,
             admin_token: None,
+            stream_token_secret_env: DEFAULT_STREAM_SECRET_ENV.to_string(),
+            stream_token_ttl: DEFAULT_STREAM_TOKEN_TTL,
+            stream_secret: None,
         }
     }
 }
@@ -104,7 +134,15 @@ pub struct PriceConfig {
 
 impl AuthConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        check_env_name("auth.admin_token_env", &self.admin_token_env)
+        check_env_name("auth.admin_token_env", &self.admin_token_env)?;
+        check_env_name(
+            "auth.stream_token_secret_env",
+            &self.stream_token_secret_env,
+        )?;
+        if self.stream_token_ttl.is_zero() {
+            return Err(invalid("auth.stream_token_ttl", "must be longer than zero"));
+        }
+        Ok(())
     }
 }
 

@@ -78,6 +78,19 @@ pub(super) fn resolve(config: &mut Config, env: &[(String, String)]) -> Result<(
     }
     config.auth.admin_token =
         lookup(&config.auth.admin_token_env).map(|t| TokenDigest::of(t.as_bytes()));
+    config.auth.stream_secret = match lookup(&config.auth.stream_token_secret_env) {
+        Some(secret) if secret.len() < super::MIN_STREAM_SECRET_LEN => {
+            return Err(invalid(
+                "auth.stream_token_secret_env",
+                format!(
+                    "the secret in {} is shorter than {} bytes",
+                    config.auth.stream_token_secret_env,
+                    super::MIN_STREAM_SECRET_LEN
+                ),
+            ));
+        }
+        secret => secret.map(|s| super::StreamSecret(s.as_bytes().to_vec())),
+    };
     let mut seen: Vec<(String, TokenDigest)> = Vec::new();
     if let Some(admin) = config.auth.admin_token {
         seen.push(("auth.admin_token_env".into(), admin));

@@ -9,6 +9,7 @@ mod hostile;
 mod isolation;
 mod limits;
 mod secrecy;
+mod stream_tokens;
 
 use std::time::Duration;
 
@@ -20,6 +21,8 @@ use crate::common::TestServer;
 pub const TOKEN_A: &str = "token-of-team-a-0123456789";
 pub const TOKEN_B: &str = "token-of-team-b-9876543210";
 pub const ADMIN_TOKEN: &str = "admin-token-abcdef";
+/// The secret stream tokens are signed with.
+pub const STREAM_SECRET: &str = "stream-token-secret-of-32-bytes-or-more";
 /// How long one request may take.
 const REQUEST_WITHIN: Duration = Duration::from_secs(30);
 
@@ -40,6 +43,7 @@ pub fn token_env() -> Vec<(&'static str, &'static str)> {
         ("TEAM_A_TOKEN", TOKEN_A),
         ("TEAM_B_TOKEN", TOKEN_B),
         ("SLUICE_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("SLUICE_STREAM_TOKEN_SECRET", STREAM_SECRET),
     ]
 }
 
