@@ -20,9 +20,12 @@ use crate::common::{TestServer, enqueue, get_run, http, run_script, screenshot_d
 const EXAMPLE: &str = include_str!("../../examples/follow-a-run.html");
 /// The stream is cut after this many deltas have passed the proxy.
 const CUT_AFTER_DELTAS: usize = 3;
-/// A prompt long enough for many deltas.
+/// A prompt long enough for many deltas: at 300 ms a delta the answer streams for about
+/// ten seconds, so the cut lands while the attempt still runs.
 const LONG: &str = "one two three four five six seven eight nine ten eleven twelve thirteen \
-    fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two";
+    fourteen fifteen sixteen seventeen eighteen nineteen twenty twenty-one twenty-two \
+    twenty-three twenty-four twenty-five twenty-six twenty-seven twenty-eight twenty-nine \
+    thirty thirty-one thirty-two thirty-three";
 
 /// Serves the example page on a port of its own; its origin.
 async fn page_server() -> String {
@@ -94,7 +97,7 @@ async fn a_page_on_another_origin_follows_a_run_through_a_drop() {
     let server = TestServer::start_on_sqlite(&format!(
         "[http.cors]\nallowed_origins = [\"{allowed}\"]\n\
          [[providers]]\nname = \"sim\"\nkind = \"sim\"\n\
-         [providers.sim]\nlatency = \"200ms\"\nlatency_jitter = \"0ms\"\ndelta_interval = \"150ms\"\n"
+         [providers.sim]\nlatency = \"200ms\"\nlatency_jitter = \"0ms\"\ndelta_interval = \"300ms\"\n"
     ))
     .await;
     let client = http();
