@@ -109,6 +109,19 @@ async fn main() -> anyhow::Result<()> {
         ),
     )
     .await;
+    if cli.names("styles") {
+        run_scenario(
+            &cli,
+            &mut figures,
+            "styles",
+            format!(
+                "8. Rate-limit styles (stand-in at R = {} requests/s)",
+                scenarios::STYLES_RATE
+            ),
+            scenarios::styles(&ctx),
+        )
+        .await;
+    }
     if cli.wants("peers") {
         println!("\n== 6. Peers on the same PostgreSQL: graphile-worker 0.17.3, pg-boss 10.4.2 ==");
         let t = Instant::now();

@@ -25,7 +25,8 @@ const SECS_PER_MINUTE: f64 = 60.0;
 
 /// One adaptive bucket. Rates are per minute; the level is in units (requests or tokens)
 /// and may go negative for tokens, where a start is charged its whole estimate as a debt
-/// the refill pays back before the next start.
+/// the refill pays back before the next start. Above the level, a burst the provider
+/// stated (see [`Bucket::lift`]) may be held: spent first, never refilled.
 #[derive(Clone, Debug)]
 pub(super) struct Bucket {
     /// The highest the rate may be: the configured or stated limit, whichever is lower.
@@ -37,7 +38,11 @@ pub(super) struct Bucket {
     strict_minute: bool,
     /// The current, adapted rate.
     rate: f64,
+    /// What refills, up to the burst capacity.
     level: f64,
+    /// Units the provider stated it holds beyond what our level holds: spent before the
+    /// level, never refilled, gone when the provider says its bucket is empty.
+    stated_extra: f64,
     /// The instant `level` was computed for.
     updated: Instant,
 }
@@ -61,6 +66,7 @@ impl Bucket {
             strict_minute: true,
             rate: ceiling,
             level: 0.0,
+            stated_extra: 0.0,
             updated: now,
         }
     }
@@ -100,6 +106,20 @@ impl Bucket {
     pub fn drain(&mut self, now: Instant) {
         self.advance(now);
         self.level = self.level.min(0.0);
+        self.stated_extra = 0.0;
+    }
+
+    /// Raises what may be spent at once to `stated` units, when that is more than the
+    /// bucket holds: the provider stated a burst deeper than our one second of rate. Never
+    /// lowers anything (a low statement is no reason to slow down; an empty one drains).
+    pub fn lift(&mut self, now: Instant, stated: f64) {
+        self.advance(now);
+        self.stated_extra = self.stated_extra.max(stated - self.level.max(0.0));
+    }
+
+    /// Whether the next start would spend a stated burst rather than our own level.
+    pub fn spends_stated_burst(&self) -> bool {
+        self.stated_extra > 0.0
     }
 
     /// Empties the bucket so that it is still empty at `until`: nothing refilled before then
@@ -130,14 +150,20 @@ impl Bucket {
         (self.rate - burst) / SECS_PER_MINUTE
     }
 
-    /// The level at `now`, without changing anything.
+    /// What may be spent at `now` (the level and any stated burst), without changing
+    /// anything.
     pub fn level_at(&self, now: Instant) -> f64 {
+        self.refilled_at(now) + self.stated_extra
+    }
+
+    /// The refilling level alone at `now`.
+    fn refilled_at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         (self.level + elapsed * self.refill_per_sec()).min(self.capacity())
     }
 
     fn advance(&mut self, now: Instant) {
-        self.level = self.level_at(now);
+        self.level = self.refilled_at(now);
         self.updated = self.updated.max(now);
     }
 
@@ -173,10 +199,12 @@ impl Bucket {
         now + wait
     }
 
-    /// Removes `amount` (the level may go negative: a debt).
+    /// Removes `amount`, from a stated burst first (the level may go negative: a debt).
     pub fn take(&mut self, now: Instant, amount: f64) {
         self.advance(now);
-        self.level -= amount;
+        let from_burst = amount.min(self.stated_extra);
+        self.stated_extra -= from_burst;
+        self.level -= amount - from_burst;
     }
 
     /// Gives back `amount`, never above the burst capacity.
@@ -332,6 +360,33 @@ mod tests {
             b.whole(t0, u32::MAX),
             100,
             "a refund never exceeds the capacity"
+        );
+    }
+
+    #[test]
+    fn a_stated_burst_is_spent_first_and_never_refilled() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(600.0, 0.05, t0); // 10 a second
+        b.lift(t0, 100.0);
+        assert_eq!(b.whole(t0, u32::MAX), 100);
+        assert!(b.spends_stated_burst());
+        b.take(t0, 95.0);
+        assert_eq!(b.whole(t0, u32::MAX), 5);
+        b.take(t0, 5.0);
+        assert!(!b.spends_stated_burst(), "the burst went first");
+        assert_eq!(
+            b.whole(t0 + secs(60.0), u32::MAX),
+            10,
+            "refilled to one second"
+        );
+        b.lift(t0 + secs(60.0), 3.0);
+        assert_eq!(b.whole(t0 + secs(60.0), u32::MAX), 10, "never lowered");
+        b.lift(t0 + secs(60.0), 50.0);
+        b.drain(t0 + secs(60.0));
+        assert_eq!(
+            b.whole(t0 + secs(60.0), u32::MAX),
+            0,
+            "an empty provider drains it"
         );
     }
 

@@ -9,6 +9,7 @@ mod latency;
 mod live_first;
 mod overhead;
 mod steady;
+mod styles;
 
 use std::path::PathBuf;
 
@@ -24,6 +25,7 @@ pub use latency::latency;
 pub use live_first::live_first;
 pub use overhead::overhead;
 pub use steady::steady;
+pub use styles::{RATE as STYLES_RATE, markdown as styles_markdown, replace_in_doc, styles};
 
 /// What every scenario needs.
 pub struct Ctx {
