@@ -23,15 +23,11 @@ use standin::{StandIn, Style};
 /// The true limit every case starts at, requests a second.
 const RATE: f64 = 10.0;
 /// How long each part of a case lasts.
-const TIMING: Timing = Timing {
-    warm_up: Duration::from_secs(5),
-    window: Duration::from_secs(12),
-    after_burst: Duration::from_secs(2),
-    settle: Duration::from_secs(5),
-    settle_bare: Duration::from_secs(11),
-    before_halving: Duration::from_secs(12),
-    halved: Duration::from_secs(14),
-};
+const TIMING: Timing = Timing::with_windows(
+    Duration::from_secs(12),
+    Duration::from_secs(12),
+    Duration::from_secs(14),
+);
 /// Worker slots; one more run per slot is kept queued, so demand never runs dry.
 const SLOTS: usize = 16;
 /// Enqueue calls in flight while topping up.

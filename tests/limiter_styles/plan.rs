@@ -44,6 +44,28 @@ pub struct Timing {
     pub halved: Duration,
 }
 
+impl Timing {
+    /// Steady-state windows of `window`; the halved cases hold `R` for `before_halving`
+    /// and `R / 2` for `halved`. The rest is what both the tests and the benchmark need: a
+    /// 5 s warm-up, 2 s after a stated burst, 5 s to settle after a change and 11 s after a
+    /// rise nobody states (the hold on the old limit, at most 8 s, and a ramp).
+    pub const fn with_windows(
+        window: Duration,
+        before_halving: Duration,
+        halved: Duration,
+    ) -> Timing {
+        Timing {
+            warm_up: Duration::from_secs(5),
+            window,
+            after_burst: Duration::from_secs(2),
+            settle: Duration::from_secs(5),
+            settle_bare: Duration::from_secs(11),
+            before_halving,
+            halved,
+        }
+    }
+}
+
 /// How the true limit moves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Schedule {

@@ -34,26 +34,18 @@ const SLOTS: usize = 16;
 /// Enqueue calls in flight while topping up the backlog.
 const FEED_CONCURRENCY: usize = 16;
 
-/// A full run: about 5½ minutes for the nine cases.
-const FULL: Timing = Timing {
-    warm_up: Duration::from_secs(5),
-    window: Duration::from_secs(20),
-    after_burst: Duration::from_secs(2),
-    settle: Duration::from_secs(5),
-    settle_bare: Duration::from_secs(11),
-    before_halving: Duration::from_secs(20),
-    halved: Duration::from_secs(20),
-};
-/// A quick run: about 2½ minutes.
-const QUICK: Timing = Timing {
-    warm_up: Duration::from_secs(4),
-    window: Duration::from_secs(8),
-    after_burst: Duration::from_secs(1),
-    settle: Duration::from_secs(4),
-    settle_bare: Duration::from_secs(11),
-    before_halving: Duration::from_secs(10),
-    halved: Duration::from_secs(12),
-};
+/// A full run: about 5½ minutes for the nine cases (20 s windows).
+const FULL: Timing = Timing::with_windows(
+    Duration::from_secs(20),
+    Duration::from_secs(20),
+    Duration::from_secs(20),
+);
+/// A quick run: about 2½ minutes (8 s windows).
+const QUICK: Timing = Timing::with_windows(
+    Duration::from_secs(8),
+    Duration::from_secs(12),
+    Duration::from_secs(12),
+);
 
 /// Runs every case, one after the other, each on its own server and database.
 pub async fn styles(ctx: &Ctx) -> anyhow::Result<Value> {
