@@ -8,6 +8,11 @@
 #   bash scripts/bench.sh            # full run (under 10 minutes once built)
 #   bash scripts/bench.sh --quick    # under 2 minutes
 #   bash scripts/bench.sh --only drain,latency   # any sluice-bench flags pass through
+#   bash scripts/bench.sh --only styles   # the rate-limit styles alone (about 5½ minutes);
+#                                         # rewrites their table in BENCHMARKS.md
+#
+# Scenarios: idle, drain, steady, latency, overhead, goodput, live, peers (all run by
+# default) and styles (run only when named in --only).
 #
 # Environment:
 #   CARGO_TARGET_DIR         where both crates are built
@@ -21,7 +26,9 @@
 #                            (default /tmp/sluice-bench-peers; reused when present)
 #   SLUICE_BENCH_NO_PEERS=1  do not run the peers
 #   SLUICE_BENCH_OUT         JSON output (default bench/results/latest.json, or
-#                            bench/results/quick.json with --quick)
+#                            bench/results/quick.json with --quick, or
+#                            bench/results/only-<scenarios>.json with --only, so a partial
+#                            run never overwrites the full run's figures)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,9 +39,23 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/slu
 banner() { printf '\n==> %s\n' "$*"; }
 die() { printf 'scripts/bench.sh: error: %s\n' "$*" >&2; exit 1; }
 
-QUICK=""
-for a in "$@"; do [[ "$a" == "--quick" ]] && QUICK=1; done
-OUT="${SLUICE_BENCH_OUT:-$ROOT/bench/results/$([[ -n "$QUICK" ]] && echo quick || echo latest).json}"
+QUICK=""; ONLY=""; prev=""
+for a in "$@"; do
+    [[ "$a" == "--quick" ]] && QUICK=1
+    [[ "$prev" == "--only" ]] && ONLY="$a"
+    [[ "$a" == --only=* ]] && ONLY="${a#--only=}"
+    prev="$a"
+done
+if [[ -n "$QUICK" ]]; then
+    RESULT=quick
+elif [[ -n "$ONLY" ]]; then
+    RESULT="only-${ONLY//,/-}"
+else
+    RESULT=latest
+fi
+OUT="${SLUICE_BENCH_OUT:-$ROOT/bench/results/$RESULT.json}"
+DOC_ARGS=()
+[[ -z "$QUICK" ]] && DOC_ARGS=(--doc "$ROOT/BENCHMARKS.md")
 
 # ---------------------------------------------------------------------------
 # Build
@@ -135,6 +156,8 @@ PEERS_DIR="${SLUICE_BENCH_PEERS_DIR:-$ROOT/../shared/bench-peers}"
 NODE_DIR="${SLUICE_BENCH_PEERS_NODE:-/tmp/sluice-bench-peers}"
 if [[ -n "${SLUICE_BENCH_NO_PEERS:-}" ]]; then
     PEER_ARGS=(--peers-skip "SLUICE_BENCH_NO_PEERS is set")
+elif [[ -n "$ONLY" && ",$ONLY," != *",peers,"* ]]; then
+    PEER_ARGS=(--peers-skip "not selected by --only")
 elif [[ ! -d "$PEERS_DIR" ]]; then
     PEER_ARGS=(--peers-skip "the peers' scripts ($PEERS_DIR) are missing")
 elif ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
@@ -167,4 +190,4 @@ banner "sluice-bench $*"
 "$BENCH_BIN" --sluice-bin "$SLUICE_BIN" --pg-url "$SLUICE_BENCH_PG_URL" \
     --out "$OUT" --md "${OUT%.json}.md" \
     --build-note "cargo build --release --locked ($(rustc --version))" \
-    "${PEER_ARGS[@]}" "$@"
+    "${PEER_ARGS[@]}" "${DOC_ARGS[@]}" "$@"

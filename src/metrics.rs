@@ -10,6 +10,7 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::dispatch::GateStatus;
 use crate::limits::BreakerState;
 
 pub const RUNS_ENQUEUED: &str = "sluice_runs_enqueued_total";
@@ -143,7 +144,7 @@ fn describe() {
     );
     describe_gauge!(
         PROVIDER_RATE,
-        "Requests per minute allowed to a provider, by provider and which (current or configured)."
+        "Requests per minute of a provider, by provider and which: current (the pace now), configured (rpm in the config), stated (the limit the provider states in its headers) or learned (the pace learned from refusals no header explained)."
     );
     describe_gauge!(
         PROVIDER_IN_FLIGHT,
@@ -265,27 +266,26 @@ pub fn breaker_transition(provider: &str, to: BreakerState) {
         .increment(1);
 }
 
-/// Samples a provider's gate at scrape time.
-pub fn provider_state(
-    provider: &str,
-    breaker: BreakerState,
-    current_rpm: Option<f64>,
-    configured_rpm: Option<u32>,
-    in_flight: u32,
-) {
-    let state = match breaker {
+/// Samples a provider's gate at scrape time: its breaker, attempts in flight and every
+/// request rate it knows (a rate nobody configured, stated or learned is left out).
+pub fn provider_state(gate: &GateStatus) {
+    let provider = gate.provider.as_str();
+    let state = match gate.breaker {
         BreakerState::Closed => 0.0,
         BreakerState::HalfOpen { .. } => 1.0,
         BreakerState::Open { .. } => 2.0,
     };
     gauge!(BREAKER_STATE, "provider" => provider.to_string()).set(state);
-    gauge!(PROVIDER_IN_FLIGHT, "provider" => provider.to_string()).set(f64::from(in_flight));
-    if let Some(rpm) = current_rpm {
-        gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => "current").set(rpm);
-    }
-    if let Some(rpm) = configured_rpm {
-        gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => "configured")
-            .set(f64::from(rpm));
+    gauge!(PROVIDER_IN_FLIGHT, "provider" => provider.to_string()).set(f64::from(gate.in_flight));
+    for (which, rpm) in [
+        ("current", gate.current_rpm),
+        ("configured", gate.configured_rpm.map(f64::from)),
+        ("stated", gate.stated_rpm),
+        ("learned", gate.learned_rpm),
+    ] {
+        if let Some(rpm) = rpm {
+            gauge!(PROVIDER_RATE, "provider" => provider.to_string(), "which" => which).set(rpm);
+        }
     }
 }
 

@@ -133,6 +133,19 @@ async fn main() -> anyhow::Result<()> {
         scenarios::listing_page(&ctx),
     )
     .await;
+    if cli.names("styles") {
+        run_scenario(
+            &cli,
+            &mut figures,
+            "styles",
+            format!(
+                "10. Rate-limit styles (stand-in at R = {} requests/s)",
+                scenarios::STYLES_RATE
+            ),
+            scenarios::styles(&ctx),
+        )
+        .await;
+    }
     if cli.wants("peers") {
         println!("\n== 6. Peers on the same PostgreSQL: graphile-worker 0.17.3, pg-boss 10.4.2 ==");
         let t = Instant::now();

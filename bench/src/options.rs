@@ -21,8 +21,9 @@ pub struct Cli {
     /// A superuser URL of the PostgreSQL server to use (databases are created on it).
     #[arg(long)]
     pub pg_url: String,
-    /// Comma-separated scenarios to run (default: all): idle, drain, steady, latency,
-    /// overhead, goodput, live, peers.
+    /// Comma-separated scenarios to run (default: all but styles): idle, drain, steady,
+    /// latency, overhead, goodput, live, peers, and styles (the rate-limit styles, about
+    /// 5½ minutes on their own, run only when named).
     #[arg(long)]
     pub only: Option<String>,
     /// Runs in the drain (default 100,000; 20,000 with --quick).
@@ -71,6 +72,10 @@ pub struct Cli {
     /// Where to write the markdown table too.
     #[arg(long)]
     pub md: Option<PathBuf>,
+    /// A markdown file (BENCHMARKS.md) whose rate-limit styles table is rewritten, between
+    /// its markers, when the styles ran.
+    #[arg(long)]
+    pub doc: Option<PathBuf>,
     /// Kept for the record in the JSON: how the binary was built.
     #[arg(long, default_value = "")]
     pub build_note: String,
@@ -79,9 +84,14 @@ pub struct Cli {
 impl Cli {
     /// Whether `--only` selects this scenario; without it, every scenario runs.
     pub fn wants(&self, name: &str) -> bool {
+        self.only.is_none() || self.names(name)
+    }
+
+    /// Whether `--only` names this scenario: for those that run only when asked for.
+    pub fn names(&self, name: &str) -> bool {
         self.only
             .as_ref()
-            .is_none_or(|o| o.split(',').any(|x| x.trim() == name))
+            .is_some_and(|o| o.split(',').any(|x| x.trim() == name))
     }
 
     /// The run's mode as the report names it.

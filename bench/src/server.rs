@@ -21,6 +21,9 @@ pub enum Provider {
     },
     /// An OpenAI-compatible endpoint (the bench's own stub), with no configured rpm.
     OpenAi { name: String, base_url: String },
+    /// A provider entry written out in full (TOML), as the rate-limit styles share it with
+    /// the tests.
+    Toml(String),
 }
 
 /// The settings the bench varies; everything else is the server's default.
@@ -61,6 +64,10 @@ impl ServerConfig {
                     "\n[[providers]]\nname = \"{name}\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\n\
                      default_model = \"x\"\n"
                 )),
+                Provider::Toml(entry) => {
+                    s.push('\n');
+                    s.push_str(entry);
+                }
             }
         }
         s

@@ -74,13 +74,7 @@ pub(super) async fn metrics(State(state): State<AppState>) -> Response {
     let pool = state.dispatcher.status();
     crate::metrics::worker_slots(pool.slots_busy, pool.slots_total);
     for g in state.dispatcher.providers() {
-        crate::metrics::provider_state(
-            &g.provider,
-            g.breaker,
-            g.current_rpm,
-            g.configured_rpm,
-            g.in_flight,
-        );
+        crate::metrics::provider_state(&g);
     }
     crate::metrics::sse_subscribers(state.store.hub().subscribers());
     state.metrics.run_upkeep();

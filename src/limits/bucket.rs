@@ -25,7 +25,8 @@ const SECS_PER_MINUTE: f64 = 60.0;
 
 /// One adaptive bucket. Rates are per minute; the level is in units (requests or tokens)
 /// and may go negative for tokens, where a start is charged its whole estimate as a debt
-/// the refill pays back before the next start.
+/// the refill pays back before the next start. Above the level, a burst the provider
+/// stated (see [`Bucket::lift`]) may be held: spent first, never refilled.
 #[derive(Clone, Debug)]
 pub(super) struct Bucket {
     /// The highest the rate may be: the configured or stated limit, whichever is lower.
@@ -37,7 +38,11 @@ pub(super) struct Bucket {
     strict_minute: bool,
     /// The current, adapted rate.
     rate: f64,
+    /// What refills, up to the burst capacity.
     level: f64,
+    /// Units the provider stated it holds beyond what our level holds: spent before the
+    /// level, never refilled, gone when the provider says its bucket is empty.
+    stated_extra: f64,
     /// The instant `level` was computed for.
     updated: Instant,
 }
@@ -61,6 +66,7 @@ impl Bucket {
             strict_minute: true,
             rate: ceiling,
             level: 0.0,
+            stated_extra: 0.0,
             updated: now,
         }
     }
@@ -100,6 +106,20 @@ impl Bucket {
     pub fn drain(&mut self, now: Instant) {
         self.advance(now);
         self.level = self.level.min(0.0);
+        self.stated_extra = 0.0;
+    }
+
+    /// Raises what may be spent at once to `stated` units, when that is more than the
+    /// bucket holds: the provider stated a burst deeper than our one second of rate. Never
+    /// lowers anything (a low statement is no reason to slow down; an empty one drains).
+    pub fn lift(&mut self, now: Instant, stated: f64) {
+        self.advance(now);
+        self.stated_extra = self.stated_extra.max(stated - self.level.max(0.0));
+    }
+
+    /// Whether the next start would spend a stated burst rather than our own level.
+    pub fn spends_stated_burst(&self) -> bool {
+        self.stated_extra > 0.0
     }
 
     /// Empties the bucket so that it is still empty at `until`: nothing refilled before then
@@ -130,14 +150,20 @@ impl Bucket {
         (self.rate - burst) / SECS_PER_MINUTE
     }
 
-    /// The level at `now`, without changing anything.
+    /// What may be spent at `now` (the level and any stated burst), without changing
+    /// anything.
     pub fn level_at(&self, now: Instant) -> f64 {
+        self.refilled_at(now) + self.stated_extra
+    }
+
+    /// The refilling level alone at `now`.
+    fn refilled_at(&self, now: Instant) -> f64 {
         let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
         (self.level + elapsed * self.refill_per_sec()).min(self.capacity())
     }
 
     fn advance(&mut self, now: Instant) {
-        self.level = self.level_at(now);
+        self.level = self.refilled_at(now);
         self.updated = self.updated.max(now);
     }
 
@@ -173,10 +199,12 @@ impl Bucket {
         now + wait
     }
 
-    /// Removes `amount` (the level may go negative: a debt).
+    /// Removes `amount`, from a stated burst first (the level may go negative: a debt).
     pub fn take(&mut self, now: Instant, amount: f64) {
         self.advance(now);
-        self.level -= amount;
+        let from_burst = amount.min(self.stated_extra);
+        self.stated_extra -= from_burst;
+        self.level -= amount - from_burst;
     }
 
     /// Gives back `amount`, never above the burst capacity.
@@ -251,120 +279,4 @@ impl RecentStarts {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secs(s: f64) -> Duration {
-        Duration::from_secs_f64(s)
-    }
-
-    #[test]
-    fn capacity_is_one_seconds_worth_but_at_least_one() {
-        let t0 = Instant::now();
-        assert_eq!(Bucket::full(6000.0, 0.05, t0).whole(t0, u32::MAX), 100);
-        assert_eq!(Bucket::full(30.0, 0.05, t0).whole(t0, u32::MAX), 1);
-        assert_eq!(Bucket::full(6000.0, 0.05, t0).whole(t0, 7), 7);
-    }
-
-    #[test]
-    fn refill_never_exceeds_the_capacity() {
-        let t0 = Instant::now();
-        let b = Bucket::empty(600.0, 0.05, t0);
-        assert_eq!(b.whole(t0, u32::MAX), 0);
-        assert_eq!(b.whole(t0 + secs(3600.0), u32::MAX), 10);
-    }
-
-    #[test]
-    fn ready_at_is_when_the_level_gets_there() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(60.0, 0.05, t0);
-        b.take(t0, 1.0);
-        let ready = b.ready_at(t0, 1.0);
-        assert_eq!(ready, t0 + secs(1.0));
-        assert!(b.has(ready, 1.0));
-        assert!(!b.has(ready - Duration::from_millis(1), 1.0));
-    }
-
-    #[test]
-    fn a_rate_change_does_not_apply_retroactively() {
-        let t0 = Instant::now();
-        let mut b = Bucket::empty(60.0, 0.05, t0);
-        // Half a second at 60/min fills half a unit; then the rate halves.
-        b.set_rate(t0 + secs(0.5), 30.0);
-        assert_eq!(b.ready_at(t0 + secs(0.5), 1.0), t0 + secs(1.5));
-    }
-
-    #[test]
-    fn rates_clamp_to_floor_and_ceiling() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(100.0, 0.05, t0);
-        b.set_rate(t0, 1.0);
-        assert_eq!(b.rate(), 5.0);
-        b.set_rate(t0, 1e9);
-        assert_eq!(b.rate(), 100.0);
-        b.set_bounds(t0, 2.0, 40.0);
-        assert_eq!((b.rate(), b.floor()), (40.0, 2.0));
-        b.set_bounds(t0, 80.0, 40.0);
-        assert_eq!(b.floor(), 40.0, "the floor never exceeds the ceiling");
-    }
-
-    #[test]
-    fn a_zero_ceiling_counts_as_one_a_minute() {
-        let t0 = Instant::now();
-        let b = Bucket::empty(0.0, 0.05, t0);
-        assert_eq!(b.rate(), 1.0);
-        assert_eq!(b.ready_at(t0, 1.0), t0 + secs(60.0));
-    }
-
-    #[test]
-    fn a_debt_is_paid_back_before_the_next_start() {
-        let t0 = Instant::now();
-        let mut b = Bucket::full(6000.0, 0.05, t0); // 100 a second
-        b.take(t0, 300.0); // 100 - 300 = -200
-        assert!(!b.has(t0, 0.0));
-        let ready = b.ready_at(t0, 0.0);
-        assert!(
-            ready > t0 + secs(2.0) && ready < t0 + secs(2.1),
-            "{ready:?}"
-        );
-        b.give(t0, 1e6);
-        assert_eq!(
-            b.whole(t0, u32::MAX),
-            100,
-            "a refund never exceeds the capacity"
-        );
-    }
-
-    #[test]
-    fn recent_starts_count_the_last_minute_only() {
-        let t0 = Instant::now();
-        let mut starts = RecentStarts::new(t0);
-        for i in 0..30 {
-            starts.record(t0 + secs(f64::from(i)));
-        }
-        assert_eq!(starts.last_minute(t0 + secs(30.0)), 30);
-        assert_eq!(starts.last_minute(t0 + secs(75.0)), 14);
-        starts.record(t0 + secs(200.0));
-        assert_eq!(starts.last_minute(t0 + secs(200.0)), 1);
-    }
-
-    #[test]
-    fn recent_starts_read_as_a_pace() {
-        let t0 = Instant::now();
-        let mut starts = RecentStarts::new(t0);
-        for _ in 0..16 {
-            starts.record(t0 + secs(0.2));
-        }
-        assert_eq!(
-            starts.per_minute(t0 + secs(0.5)),
-            960.0,
-            "a burst in one second"
-        );
-        for i in 0..60 {
-            starts.record(t0 + secs(f64::from(i) + 0.5));
-        }
-        let pace = starts.per_minute(t0 + secs(59.9));
-        assert!((75.0..=77.0).contains(&pace), "{pace}");
-        assert_eq!(RecentStarts::new(t0).per_minute(t0), 0.0);
-    }
-}
+mod tests;

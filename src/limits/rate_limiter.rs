@@ -26,6 +26,8 @@ pub struct Permit {
     charged: bool,
     /// When it started and how many starts came before: how a refusal is placed.
     start: Start,
+    /// Whether a burst the provider stated admitted it (see `rate_limiter/burst.rs`).
+    from_stated_burst: bool,
 }
 
 impl Permit {
@@ -119,6 +121,11 @@ pub struct RateLimiter {
     /// The slow-start window on attempts in flight while requests have no limit yet (see
     /// `adapt.rs`); `None` once it ended or when it is off.
     slow_start: Option<u32>,
+    /// Whether bursts the provider states are spent: until one misled us.
+    bursts_trusted: bool,
+    /// The starts charged to the request bucket a second time when a refusal was learned
+    /// from (those in flight when it was answered; see `adapt.rs`).
+    charged_again: std::ops::Range<u64>,
 }
 
 impl RateLimiter {
@@ -144,6 +151,8 @@ impl RateLimiter {
             typical_estimate: None,
             slow_start: Some(config.limiter.slow_start_window)
                 .filter(|w| config.rpm.is_none() && *w > 0),
+            bursts_trusted: true,
+            charged_again: 0..0,
         }
     }
 
@@ -212,6 +221,7 @@ impl RateLimiter {
         if let Some(wait) = self.wait(now) {
             return Err(wait);
         }
+        let from_stated_burst = self.spends_stated_burst();
         if let Some(requests) = &mut self.requests {
             requests.take(now, 1.0);
         }
@@ -238,6 +248,7 @@ impl RateLimiter {
             estimated_tokens,
             charged,
             start,
+            from_stated_burst,
         })
     }
 
@@ -367,7 +378,10 @@ impl RateLimiter {
 }
 
 mod adapt;
+mod burst;
 
+#[cfg(test)]
+mod bare_sim;
 #[cfg(test)]
 mod props;
 #[cfg(test)]

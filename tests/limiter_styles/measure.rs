@@ -25,23 +25,24 @@ pub struct Figures {
     pub seconds: f64,
 }
 
-/// The calls in `[from, to)`, as (accepted, refused).
-fn count(calls: &[Call], from: Instant, to: Instant) -> (usize, usize) {
-    calls
-        .iter()
-        .filter(|c| c.at >= from && c.at < to)
-        .fold((0, 0), |(ok, refused), c| match c.status {
-            429 => (ok, refused + 1),
-            _ => (ok + 1, refused),
-        })
+/// The calls in `[from, to)`, as (units accepted, calls accepted, calls refused).
+fn count(calls: &[Call], from: Instant, to: Instant) -> (f64, usize, usize) {
+    calls.iter().filter(|c| c.at >= from && c.at < to).fold(
+        (0.0, 0, 0),
+        |(units, ok, refused), c| match c.status {
+            429 => (units, ok, refused + 1),
+            _ => (units + c.units, ok + 1, refused),
+        },
+    )
 }
 
-/// Figures over `[from, to)` against a true limit of `rate` a second.
+/// Figures over `[from, to)` against a true limit of `rate` units (requests or tokens) a
+/// second.
 pub fn figures(calls: &[Call], from: Instant, to: Instant, rate: f64) -> Figures {
-    let (ok, refused) = count(calls, from, to);
+    let (units, ok, refused) = count(calls, from, to);
     let seconds = to.saturating_duration_since(from).as_secs_f64();
     Figures {
-        goodput: ok as f64 / (rate * seconds).max(1.0),
+        goodput: units / (rate * seconds).max(1.0),
         refused: refused as f64 / (ok + refused).max(1) as f64,
         seconds,
     }

@@ -3,41 +3,33 @@
 //! Anthropic or a bare proxy does; Sluice, configured with no limit, a wrong one or the
 //! right one, works through a backlog kept topped up for the whole run. Each case asserts
 //! that every run completes and that, in steady state, the provider accepted at least 90% of
-//! `R` while refusing at most 5% of what it was sent. The bounds are loose on purpose: the
-//! suite runs on a busy machine beside other tests. The cases run one at a time.
+//! `R` while refusing at most 5% of what it was sent; a token-limited case counts goodput in
+//! tokens. The bounds are loose on purpose: the suite runs on a busy machine beside other
+//! tests. The cases run one at a time. The cases, the stand-in and the measures are shared
+//! with the benchmark's `styles` scenario (`plan.rs`), which holds the tighter targets.
 
 mod measure;
+mod plan;
 mod standin;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
-use serde_json::json;
 
-use crate::common::{TestServer, enqueue, http, read_health, wait_run};
-use measure::{Figures, converged_after, figures};
+use crate::common::{TestServer, enqueue, http, read_health, scrape, series_value, wait_run};
+use plan::{CASES, Case, Drive, PROVIDER, Phase, Timing};
 use standin::{StandIn, Style};
 
 /// The true limit every case starts at, requests a second.
 const RATE: f64 = 10.0;
-/// From the start until the first steady-state window opens.
-const WARM_UP: Duration = Duration::from_secs(5);
-/// How long a steady state is measured.
-const WINDOW: Duration = Duration::from_secs(12);
-/// After a stated burst was spent, before steady state is measured.
-const AFTER_BURST: Duration = Duration::from_secs(2);
-/// After a stated limit changed or any limit fell, before the new phase is measured.
-const SETTLE: Duration = Duration::from_secs(5);
-/// After a limit nobody states changed, before the new phase is measured: a rise is only
-/// found by probing, after the hold on the old limit (`probe_every` attempts, at most 8 s)
-/// and a doubling ramp.
-const SETTLE_BARE: Duration = Duration::from_secs(11);
-/// Runs kept queued beyond what the provider accepted: seconds of the current rate...
-const BACKLOG_SECS: f64 = 3.0;
-/// ...plus one per worker slot, so demand never runs dry.
+/// How long each part of a case lasts.
+const TIMING: Timing = Timing::with_windows(
+    Duration::from_secs(12),
+    Duration::from_secs(12),
+    Duration::from_secs(14),
+);
+/// Worker slots; one more run per slot is kept queued, so demand never runs dry.
 const SLOTS: usize = 16;
-/// How often the backlog is topped up.
-const FEED_EVERY: Duration = Duration::from_millis(100);
 /// Enqueue calls in flight while topping up.
 const FEED_CONCURRENCY: usize = 16;
 /// A case that has not reached its end by then stops feeding anyway.
@@ -47,46 +39,19 @@ const MIN_GOODPUT: f64 = 0.9;
 /// Refused share every case must stay under in steady state.
 const MAX_REFUSED: f64 = 0.05;
 
+/// The case of that name.
+fn case(name: &str) -> Case {
+    *CASES
+        .iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no limiter style case {name}"))
+}
+
 /// The cases share two cores with the rest of the suite; two of them at once would measure
 /// each other.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct Case {
-    name: &'static str,
-    style: Style,
-    /// The `rpm` Sluice is configured with.
-    rpm: Option<u32>,
-    /// `(from, rate)`: the true limit from that long after the start.
-    schedule: &'static [(Duration, f64)],
-    /// How long the last phase lasts.
-    last_phase: Duration,
-    /// After the true limit rose, before the new phase is measured.
-    settle: Duration,
-    /// `[providers.limiter]` settings.
-    limiter: &'static str,
-}
-
-/// One measured phase.
-struct Phase {
-    rate: f64,
-    steady: Figures,
-    /// From the change (or the start) to the first converged window.
-    converged: Option<Duration>,
-}
-
-const STEADY: &[(Duration, f64)] = &[(Duration::ZERO, RATE)];
-const HALVED_AND_RESTORED: &[(Duration, f64)] = &[
-    (Duration::ZERO, RATE),
-    (Duration::from_secs(12), RATE / 2.0),
-    (Duration::from_secs(26), RATE),
-];
-
 fn config(dir: &tempfile::TempDir, case: &Case, root: &str) -> String {
-    let base = match case.style.kind() {
-        "openai" => format!("{root}/v1"),
-        _ => root.to_string(),
-    };
-    let rpm = case.rpm.map(|r| format!("rpm = {r}")).unwrap_or_default();
     format!(
         r#"
 [database]
@@ -99,28 +64,20 @@ live_queue_timeout = "300s"
 [retry]
 backoff_base = "20ms"
 backoff_cap = "100ms"
-[[providers]]
-name = "standin"
-kind = "{kind}"
-base_url = "{base}"
-default_model = "standin-1"
-{rpm}
-[providers.limiter]
-{limiter}
-"#,
+{provider}"#,
         db = dir.path().join("sluice.db").display().to_string(),
-        kind = case.style.kind(),
-        limiter = case.limiter,
+        provider = case.provider_toml(root, RATE),
     )
 }
 
-/// Enqueues `n` runs at once and returns their ids.
-async fn enqueue_many(client: &reqwest::Client, server: &TestServer, n: usize) -> Vec<String> {
-    let body = json!({
-        "provider": "standin",
-        "request": {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 16},
-        "max_attempts": 50,
-    });
+/// Enqueues `n` runs of the case at once and returns their ids.
+async fn enqueue_many(
+    client: &reqwest::Client,
+    server: &TestServer,
+    case: &Case,
+    n: usize,
+) -> Vec<String> {
+    let body = case.enqueue_body();
     futures::stream::iter(0..n)
         .map(|_| enqueue(client, server, body.clone()))
         .buffer_unordered(FEED_CONCURRENCY)
@@ -142,61 +99,54 @@ async fn shows_the_limit_it_follows(
     let stated = provider["stated_rpm"].as_f64();
     match case.style {
         Style::Bare => assert_eq!(stated, None, "a bare provider states nothing: {provider}"),
+        Style::MinuteTokens => {
+            assert_eq!(stated, None, "no request limit is stated: {provider}");
+            assert_eq!(
+                provider["current_tpm"].as_f64(),
+                Some((rate * 60.0).round()),
+                "the stated token limit is followed: {provider}"
+            );
+        }
         _ => assert_eq!(
             stated,
             Some((rate * 60.0).round()),
             "the stated limit in /health: {provider}"
         ),
     }
-    if case.style == Style::Bare && case.rpm.is_none() {
+    if case.style == Style::Bare && case.rpm_times.is_none() {
         assert!(
             provider["learned_rpm"].as_f64().is_some_and(|r| r > 0.0),
             "a pace learned from bare 429s: {provider}"
         );
     }
+    // `/metrics` exports the same rates. (The recorder is one per process, shared by every
+    // test server, so a rate a case does not have may still show a previous case's.)
+    let metrics = scrape(client, server).await;
+    for which in ["stated", "learned"] {
+        if let Some(rpm) = provider[format!("{which}_rpm")].as_f64() {
+            let series =
+                format!(r#"sluice_provider_rate_rpm{{provider="{PROVIDER}",which="{which}"}}"#);
+            assert_eq!(series_value(&metrics, &series), rpm, "{series}:\n{metrics}");
+        }
+    }
 }
 
 /// Runs one case: feeds a backlog through the phases, waits for every run, and measures
 /// each phase's steady state on the stand-in's log.
-async fn run(case: &Case) -> Vec<Phase> {
+async fn run(case: Case) -> Vec<Phase> {
     let _one = ONE_AT_A_TIME.lock().await;
-    let standin = StandIn::new(case.style, case.schedule[0].1);
+    let rate = case.rate(RATE);
+    let standin = StandIn::new(case.style, rate);
     let root = standin.clone().serve().await;
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&config(&dir, case, &root), &[]).await;
+    let server = TestServer::start(&config(&dir, &case, &root), &[]).await;
     let client = http();
-    let started = Instant::now();
-    let changes: Vec<(Instant, f64)> = case
-        .schedule
-        .iter()
-        .map(|(at, rate)| (started + *at, *rate))
-        .collect();
-    // The first phase opens after the warm-up and after any stated burst was spent.
-    let first_window = |standin: &StandIn| {
-        let drained = standin.drained_at().map(|d| d + AFTER_BURST);
-        (started + WARM_UP).max(drained.unwrap_or(started))
-    };
-    let end = |standin: &StandIn| match changes.len() {
-        1 => first_window(standin) + WINDOW,
-        _ => changes.last().unwrap().0 + case.last_phase,
-    };
-    let mut ids = Vec::new();
-    let mut applied = 1;
-    while Instant::now() < end(&standin) && started.elapsed() < LONGEST_FEED {
-        if let Some((at, rate)) = changes.get(applied)
-            && Instant::now() >= *at
-        {
-            standin.set_rate(*rate);
-            applied += 1;
-        }
-        let rate = changes[applied - 1].1;
-        let accepted = standin.calls().iter().filter(|c| c.status != 429).count();
-        let wanted = (rate * BACKLOG_SECS) as usize + SLOTS;
-        let outstanding = ids.len().saturating_sub(accepted);
-        ids.extend(enqueue_many(&client, &server, wanted.saturating_sub(outstanding)).await);
-        tokio::time::sleep(FEED_EVERY).await;
-    }
-    let stopped = Instant::now();
+    let drive = Drive::new(case, TIMING, rate);
+    let (ids, stopped) = drive
+        .feed(&standin, SLOTS, LONGEST_FEED, |n| {
+            enqueue_many(&client, &server, &case, n)
+        })
+        .await;
     for id in &ids {
         let run = wait_run(&client, &server, id, "finished", |r| {
             r["status"] != "queued" && r["status"] != "running"
@@ -204,29 +154,23 @@ async fn run(case: &Case) -> Vec<Phase> {
         .await;
         assert_eq!(run["status"], "completed", "every run completes: {run}");
     }
-    let last_rate = changes.last().unwrap().1;
-    shows_the_limit_it_follows(&client, &server, case, last_rate).await;
+    let last_rate = drive.changes.last().unwrap().1;
+    shows_the_limit_it_follows(&client, &server, &case, last_rate).await;
     server.stop().await;
-    let calls = standin.calls();
-    let mut phases = Vec::new();
-    for (i, (at, rate)) in changes.iter().enumerate() {
-        let (from, change) = match i {
-            0 => (first_window(&standin), started),
-            // A fall is found by the next refusal; a rise may take `settle`.
-            _ if *rate < changes[i - 1].1 => (*at + SETTLE, *at),
-            _ => (*at + case.settle, *at),
-        };
-        let to = changes.get(i + 1).map_or(stopped, |(next, _)| *next);
-        phases.push(Phase {
-            rate: *rate,
-            steady: figures(&calls, from, to, *rate),
-            converged: converged_after(&calls, change, to, *rate),
-        });
+    if case.style.depth_secs() > 1.0 {
+        let drained = standin.drained_at().map(|at| at - drive.started);
+        assert!(
+            drained.is_some_and(|d| d < TIMING.warm_up * 2),
+            "{}: the stated burst is spent at once, not paced at the rate: drained after {drained:?}",
+            case.name
+        );
     }
+    let phases = drive.phases(&standin, stopped);
     for p in &phases {
         eprintln!(
-            "limiter style {}: R {}/s, goodput {:.1}%, refused {:.2}% over {:.1} s, converged after {:?}",
+            "limiter style {} ({}): R {}/s, goodput {:.1}%, refused {:.2}% over {:.1} s, converged after {:?}",
             case.name,
+            case.title,
             p.rate,
             p.steady.goodput * 100.0,
             p.steady.refused * 100.0,
@@ -241,7 +185,7 @@ async fn run(case: &Case) -> Vec<Phase> {
 /// limit changes, the phases after each change are asserted; the short one before the first
 /// change is only reported (the steady cases assert that state over a full window).
 async fn reaches_the_true_limit(case: Case) {
-    let phases = run(&case).await;
+    let phases = run(case).await;
     let asserted = if phases.len() > 1 { 1 } else { 0 };
     for p in &phases[asserted..] {
         assert!(
@@ -260,72 +204,39 @@ async fn reaches_the_true_limit(case: Case) {
     }
 }
 
-fn steady(name: &'static str, style: Style, rpm: Option<u32>) -> Case {
-    Case {
-        name,
-        style,
-        rpm,
-        schedule: STEADY,
-        last_phase: WINDOW,
-        settle: SETTLE,
-        limiter: "",
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_bucket_stated_in_openai_headers() {
-    reaches_the_true_limit(steady("minute-openai", Style::MinuteOpenAi, None)).await;
+    reaches_the_true_limit(case("minute-openai")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_bucket_stated_in_anthropic_headers() {
-    reaches_the_true_limit(steady("minute-anthropic", Style::MinuteAnthropic, None)).await;
+    reaches_the_true_limit(case("minute-anthropic")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_per_minute_limit_enforced_per_second() {
-    reaches_the_true_limit(steady("per-second", Style::PerSecond, None)).await;
+    reaches_the_true_limit(case("per-second")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_429s_without_headers() {
-    reaches_the_true_limit(steady("bare", Style::Bare, None)).await;
+    reaches_the_true_limit(case("bare")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpm_configured_five_times_too_high() {
-    let rpm = (RATE * 60.0 * 5.0) as u32;
-    reaches_the_true_limit(steady("rpm-5x", Style::Bare, Some(rpm))).await;
+    reaches_the_true_limit(case("rpm-5x")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpm_configured_exactly() {
-    let rpm = (RATE * 60.0) as u32;
-    reaches_the_true_limit(steady("rpm-exact", Style::Bare, Some(rpm))).await;
-}
-
-/// The true limit halves and is later restored; `settle` is how long after the restore
-/// the last phase is measured from.
-fn halved_and_restored(name: &'static str, style: Style, settle: Duration) -> Case {
-    Case {
-        name,
-        style,
-        rpm: None,
-        schedule: HALVED_AND_RESTORED,
-        last_phase: settle + WINDOW,
-        settle,
-        limiter: "",
-    }
+    reaches_the_true_limit(case("rpm-exact")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stated_limit_halved_and_restored() {
-    reaches_the_true_limit(halved_and_restored(
-        "halved-stated",
-        Style::MinuteOpenAi,
-        SETTLE,
-    ))
-    .await;
+    reaches_the_true_limit(case("halved-stated")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,7 +244,14 @@ async fn a_bare_limit_halved_and_restored() {
     reaches_the_true_limit(Case {
         // Probing more often finds the restored limit sooner, for a few more refusals.
         limiter: "probe_every = 30",
-        ..halved_and_restored("halved-bare", Style::Bare, SETTLE_BARE)
+        ..case("halved-bare")
     })
     .await;
+}
+
+/// The token path: each start reserves its prompt estimate plus `max_tokens`, and the
+/// usage the provider reports corrects it; goodput is counted in tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_limit_stated_in_openai_headers() {
+    reaches_the_true_limit(case("tpm")).await;
 }

@@ -12,9 +12,15 @@
 //!   `reset` an RFC 3339 instant rounded up to the whole second;
 //! - [`Style::PerSecond`]: a per-minute limit (`60·R`) enforced over one second (a bucket of
 //!   `R`), `remaining` scaled to the minute, `reset` the time until that small bucket is full;
-//! - [`Style::Bare`]: a one-second bucket and no headers but `retry-after` on a refusal.
+//! - [`Style::Bare`]: a one-second bucket and no headers but `retry-after` on a refusal;
+//! - [`Style::MinuteTokens`]: a minute bucket of *tokens* (`R` is then tokens a second),
+//!   stated in `x-ratelimit-*-tokens` headers. A call costs the tokens it reports in its
+//!   usage (its prompt, a character in four, plus half its `max_tokens`) and is refused when
+//!   the bucket holds fewer, as OpenAI refuses a request larger than what remains.
 //!
 //! The rate can change at run time ([`StandIn::set_rate`]); a minute bucket's depth follows.
+//! The file is shared with the benchmark (`bench/`), which runs the same styles against a
+//! release build.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -25,6 +31,11 @@ use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+/// A stated burst counts as spent once the bucket holds less than this many seconds of
+/// the rate: a client that spends it keeps a little back (a second of the rate, and what it
+/// has in flight), and one that never spends it stays near full.
+const BURST_SPENT_SECS: f64 = 5.0;
+
 /// How a provider states and enforces its limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Style {
@@ -32,13 +43,14 @@ pub enum Style {
     MinuteAnthropic,
     PerSecond,
     Bare,
+    MinuteTokens,
 }
 
 impl Style {
     /// How many seconds of the rate the provider's bucket holds.
-    fn depth_secs(self) -> f64 {
+    pub fn depth_secs(self) -> f64 {
         match self {
-            Style::MinuteOpenAi | Style::MinuteAnthropic => 60.0,
+            Style::MinuteOpenAi | Style::MinuteAnthropic | Style::MinuteTokens => 60.0,
             Style::PerSecond | Style::Bare => 1.0,
         }
     }
@@ -57,14 +69,48 @@ impl Style {
 pub struct Call {
     pub at: Instant,
     pub status: u16,
+    /// What an accepted call took from the bucket: one request, or its tokens.
+    pub units: f64,
+}
+
+/// What a chat request asks of the provider, read from its body.
+#[derive(Clone, Copy, Debug)]
+struct Ask {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+impl Ask {
+    /// The stand-in's own token count: a character in four of the messages' text, and half
+    /// of `max_tokens` (at least one) generated.
+    fn read(body: &[u8]) -> Ask {
+        let body: Value = serde_json::from_slice(body).unwrap_or_default();
+        let chars: usize = body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str())
+            .map(str::len)
+            .sum();
+        let max_tokens = body["max_tokens"].as_u64().unwrap_or(16);
+        Ask {
+            prompt_tokens: (chars / 4).max(1) as u64,
+            completion_tokens: (max_tokens / 2).max(1),
+        }
+    }
+
+    fn tokens(self) -> f64 {
+        (self.prompt_tokens + self.completion_tokens) as f64
+    }
 }
 
 struct Bucket {
-    /// Requests a second.
+    /// Units (requests, or tokens for [`Style::MinuteTokens`]) a second.
     rate: f64,
     level: f64,
     updated: Instant,
-    /// When the level first fell below a second's worth: a stated burst was spent.
+    /// When the level first fell below [`BURST_SPENT_SECS`] of the rate: a stated burst
+    /// was spent.
     drained_at: Option<Instant>,
     calls: Vec<Call>,
 }
@@ -127,7 +173,8 @@ impl StandIn {
         self.bucket.lock().unwrap().calls.clone()
     }
 
-    /// When a stated burst was first spent (the level fell below a second's worth).
+    /// When a stated burst was first spent (the level fell below [`BURST_SPENT_SECS`] of the
+    /// rate).
     pub fn drained_at(&self) -> Option<Instant> {
         self.bucket.lock().unwrap().drained_at
     }
@@ -139,16 +186,16 @@ impl StandIn {
         let router = Router::new()
             .route(
                 "/v1/chat/completions",
-                post(move || {
+                post(move |body: axum::body::Bytes| {
                     let s = openai.clone();
-                    async move { s.answer(false) }
+                    async move { s.answer(false, &body) }
                 }),
             )
             .route(
                 "/v1/messages",
-                post(move || {
+                post(move |body: axum::body::Bytes| {
                     let s = anthropic.clone();
-                    async move { s.answer(true) }
+                    async move { s.answer(true, &body) }
                 }),
             );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -157,21 +204,32 @@ impl StandIn {
         format!("http://{addr}")
     }
 
-    fn decide(&self) -> Verdict {
+    fn decide(&self, ask: Ask) -> Verdict {
         let now = Instant::now();
         let mut b = self.bucket.lock().unwrap();
         b.refill(self.style, now);
-        let accepted = b.level >= 1.0;
+        let cost = match self.style {
+            Style::MinuteTokens => ask.tokens(),
+            _ => 1.0,
+        };
+        let accepted = b.level >= cost;
         if accepted {
-            b.level -= 1.0;
+            b.level -= cost;
         }
-        if b.level < b.rate && b.drained_at.is_none() && self.style.depth_secs() > 1.0 {
+        if b.level < b.rate * BURST_SPENT_SECS
+            && b.drained_at.is_none()
+            && self.style.depth_secs() > BURST_SPENT_SECS
+        {
             b.drained_at = Some(now);
         }
         let status = if accepted { 200 } else { 429 };
-        b.calls.push(Call { at: now, status });
+        b.calls.push(Call {
+            at: now,
+            status,
+            units: cost,
+        });
         let mut headers = HeaderMap::new();
-        let to_one = ((1.0 - b.level) / b.rate).max(0.0);
+        let to_one = ((cost - b.level) / b.rate).max(0.0);
         if !accepted {
             let secs = to_one.ceil().max(1.0) as u64;
             headers.insert("retry-after", HeaderValue::from(secs));
@@ -181,8 +239,11 @@ impl StandIn {
         let to_full = b.to_full(self.style);
         match self.style {
             Style::Bare => {}
-            Style::MinuteOpenAi => openai_headers(&mut headers, limit, whole, to_full),
-            Style::PerSecond => openai_headers(&mut headers, limit, whole * 60, to_full),
+            Style::MinuteOpenAi => openai_headers(&mut headers, "requests", limit, whole, to_full),
+            Style::PerSecond => {
+                openai_headers(&mut headers, "requests", limit, whole * 60, to_full)
+            }
+            Style::MinuteTokens => openai_headers(&mut headers, "tokens", limit, whole, to_full),
             Style::MinuteAnthropic => {
                 let reset = SystemTime::now() + Duration::from_secs_f64(to_full.ceil());
                 let reset: chrono::DateTime<chrono::Utc> = reset.into();
@@ -199,8 +260,9 @@ impl StandIn {
         Verdict { accepted, headers }
     }
 
-    fn answer(&self, anthropic: bool) -> Response {
-        let Verdict { accepted, headers } = self.decide();
+    fn answer(&self, anthropic: bool, body: &[u8]) -> Response {
+        let ask = Ask::read(body);
+        let Verdict { accepted, headers } = self.decide(ask);
         if !accepted {
             let body = if anthropic {
                 json!({"type": "error", "error": {"type": "rate_limit_error", "message": "rate limited"}})
@@ -209,33 +271,39 @@ impl StandIn {
             };
             return (StatusCode::TOO_MANY_REQUESTS, headers, Json(body)).into_response();
         }
-        (headers, Json(completion(anthropic))).into_response()
+        (headers, Json(completion(anthropic, ask))).into_response()
     }
 }
 
-fn completion(anthropic: bool) -> Value {
+fn completion(anthropic: bool, ask: Ask) -> Value {
+    let (prompt, completion) = (ask.prompt_tokens, ask.completion_tokens);
     if anthropic {
         json!({
             "type": "message",
             "content": [{"type": "text", "text": "ok"}],
             "stop_reason": "end_turn",
-            "usage": {"input_tokens": 7, "output_tokens": 5}
+            "usage": {"input_tokens": prompt, "output_tokens": completion}
         })
     } else {
         json!({
             "choices": [{"message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": 5}
+            "usage": {"prompt_tokens": prompt, "completion_tokens": completion}
         })
     }
 }
 
-fn openai_headers(headers: &mut HeaderMap, limit: u64, remaining: u64, to_full: f64) {
+/// OpenAI's headers for one limit, `what` being `requests` or `tokens`.
+fn openai_headers(headers: &mut HeaderMap, what: &str, limit: u64, remaining: u64, to_full: f64) {
     for (name, value) in [
-        ("x-ratelimit-limit-requests", limit.to_string()),
-        ("x-ratelimit-remaining-requests", remaining.to_string()),
-        ("x-ratelimit-reset-requests", go_duration(to_full)),
+        ("limit", limit.to_string()),
+        ("remaining", remaining.to_string()),
+        ("reset", go_duration(to_full)),
     ] {
-        headers.insert(name, value.parse().unwrap());
+        let name = format!("x-ratelimit-{name}-{what}");
+        headers.insert(
+            axum::http::HeaderName::try_from(name).unwrap(),
+            value.parse().unwrap(),
+        );
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 use crate::db::PgInfo;
 use crate::options::{Cli, LIVE_FIRST_SLOTS, OVERHEAD_JUDGED_RATE, Sizes};
 use crate::provenance;
+use crate::scenarios;
 use crate::server::ServerConfig;
 use crate::stats::{self, Dist};
 use table::{TableContext, f, peer_drains};
@@ -68,7 +69,7 @@ pub fn publish(
     figures: &Figures,
     total_secs: f64,
 ) -> anyhow::Result<()> {
-    let md = table::markdown(
+    let mut md = table::markdown(
         figures,
         &TableContext {
             cli,
@@ -76,6 +77,17 @@ pub fn publish(
             total_secs,
         },
     );
+    if let Some(styles) = figures
+        .results
+        .get("styles")
+        .filter(|s| s.get("error").is_none())
+    {
+        let styles_md = scenarios::styles_markdown(styles);
+        md.push_str(&format!("\n### Rate-limit styles\n\n{styles_md}"));
+        if let Some(doc) = &cli.doc {
+            write_styles_into(doc, &styles_md)?;
+        }
+    }
     println!("\n{md}");
     let summary = summary(cli, sizes, conditions, figures, total_secs);
     println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -95,6 +107,22 @@ pub fn publish(
         "total {total_secs:.1} s; server logs and peer outputs in {}",
         conditions.workdir.display()
     );
+    Ok(())
+}
+
+/// Rewrites the rate-limit styles table of `doc` (BENCHMARKS.md) between its markers.
+fn write_styles_into(doc: &std::path::Path, table: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(doc)?;
+    match scenarios::replace_in_doc(&text, table) {
+        Some(updated) => {
+            std::fs::write(doc, updated)?;
+            println!("rate-limit styles table written into {}", doc.display());
+        }
+        None => println!(
+            "note: {} has no rate-limit styles markers; its table was not rewritten",
+            doc.display()
+        ),
+    }
     Ok(())
 }
 

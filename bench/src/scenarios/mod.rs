@@ -12,6 +12,7 @@ mod listing;
 mod live_first;
 mod overhead;
 mod steady;
+mod styles;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,7 @@ pub use listing::listing_page;
 pub use live_first::live_first;
 pub use overhead::overhead;
 pub use steady::steady;
+pub use styles::{RATE as STYLES_RATE, markdown as styles_markdown, replace_in_doc, styles};
 
 /// What every scenario needs.
 pub struct Ctx {

@@ -69,6 +69,7 @@ impl RateLimiter {
         info: Option<&RateLimitInfo>,
     ) {
         let counts = self.epoch.is_none_or(|epoch| permit.start.at >= epoch);
+        self.distrust_bursts_if_refused(now, permit);
         self.refused(now, permit.start, counts, retry_after, info);
     }
 
@@ -86,6 +87,14 @@ impl RateLimiter {
             probe.note_unaccepted(start);
         }
         if !counts {
+            // Charged again when the last refusal was learned from, as it would take the
+            // provider's first refill; refused, it took nothing, so the charge comes back
+            // (else the refill after a burst of refusals goes unspent).
+            if self.charged_again.contains(&start.seq)
+                && let Some(requests) = &mut self.requests
+            {
+                requests.give(now, 1.0);
+            }
             return;
         }
         self.epoch = Some(now);
@@ -173,28 +182,23 @@ impl RateLimiter {
         }
     }
 
-    /// Takes in the limits an answer states, and empties a budget it says is spent.
+    /// Takes in the limits an answer states, spends a burst it states, and empties a
+    /// budget it says is spent.
     fn follow_headers(&mut self, now: Instant, info: Option<&RateLimitInfo>) {
         let Some(info) = info else { return };
         let stated = |limit: Option<u64>| limit.map(|l| (l as f64).max(1.0));
         self.stated_rpm = stated(info.limit_requests).or(self.stated_rpm);
         self.stated_tpm = stated(info.limit_tokens).or(self.stated_tpm);
         self.refresh(now);
+        self.spend_stated_bursts(now, info);
         let fixed = self.settings.window == LimitWindow::Fixed;
+        let spent = self.spent_budgets(info);
         let mut until_reset = None;
-        for (remaining, reset, bucket) in [
-            (
-                info.remaining_requests,
-                info.reset_requests,
-                self.requests.as_mut(),
-            ),
-            (
-                info.remaining_tokens,
-                info.reset_tokens,
-                self.tokens.as_mut(),
-            ),
+        for (spent, reset, bucket) in [
+            (spent[0], info.reset_requests, self.requests.as_mut()),
+            (spent[1], info.reset_tokens, self.tokens.as_mut()),
         ] {
-            if remaining != Some(0) {
+            if !spent {
                 continue;
             }
             if let Some(bucket) = bucket {
@@ -217,26 +221,38 @@ impl RateLimiter {
             rate.map(|r| Duration::from_secs_f64(60.0 * units / r.max(1.0)))
         };
         let typical = self.typical_estimate.unwrap_or(1.0).max(1.0);
+        let spent = self.spent_budgets(info);
         [
             (
-                info.remaining_requests,
+                spent[0],
                 info.reset_requests,
                 per_unit(self.current_rpm(), 1.0),
             ),
             (
-                info.remaining_tokens,
+                spent[1],
                 info.reset_tokens,
                 per_unit(self.current_tpm(), typical),
             ),
         ]
         .into_iter()
-        .filter(|(remaining, _, _)| *remaining == Some(0))
+        .filter(|(spent, _, _)| *spent)
         .map(|(_, reset, unit)| match self.settings.window {
             LimitWindow::Fixed => reset.or(unit),
             LimitWindow::Bucket => unit.or(reset.map(|r| r.min(self.settings.default_pause))),
         })
         .map(|wait| wait.unwrap_or(self.settings.default_pause))
         .max()
+    }
+
+    /// Which budgets, requests and tokens, the headers say are spent: none remaining, or
+    /// for tokens fewer than a typical request needs (a provider refuses a request larger
+    /// than what remains, as OpenAI does).
+    fn spent_budgets(&self, info: &RateLimitInfo) -> [bool; 2] {
+        let typical = self.typical_estimate.unwrap_or(1.0).max(1.0);
+        [
+            info.remaining_requests == Some(0),
+            info.remaining_tokens.is_some_and(|r| (r as f64) < typical),
+        ]
     }
 
     /// A refusal nobody explained: the probe learns from it (see `probe.rs`).
@@ -271,6 +287,7 @@ impl RateLimiter {
         }
         let started_since = self.starts.saturating_sub(start.seq + 1);
         requests.take(now, started_since as f64);
+        self.charged_again = start.seq + 1..self.starts;
     }
 
     fn request_floor(&self) -> f64 {
