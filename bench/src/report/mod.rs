@@ -3,6 +3,7 @@
 //! for a full run).
 
 mod table;
+mod tenancy;
 
 use std::path::PathBuf;
 

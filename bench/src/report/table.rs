@@ -20,7 +20,7 @@ const REFERENCE_PEER_DRAIN: f64 = 25_707.0;
 /// The drain must be this many times as fast as the faster peer's.
 const DRAIN_TARGET_TIMES_PEER: f64 = 2.0;
 
-struct Row {
+pub(super) struct Row {
     scenario: String,
     figure: String,
     target: String,
@@ -30,7 +30,7 @@ struct Row {
 
 impl Row {
     /// A row that only reports a figure: no target, no peers' figure, no verdict.
-    fn figure_only(scenario: String, figure: String) -> Row {
+    pub(super) fn figure_only(scenario: String, figure: String) -> Row {
         Row {
             scenario,
             figure,
@@ -93,6 +93,7 @@ fn rows(figures: &Figures, run: &TableContext) -> Vec<Row> {
     if let Some(i) = res.get("idle") {
         rows.push(idle_row(i, res.get("drain"), &peers));
     }
+    super::tenancy::tenancy_rows(&mut rows, &res);
     rows.push(run_time_row(run));
     rows
 }
@@ -345,7 +346,7 @@ fn verdict(pass: Option<bool>) -> &'static str {
 }
 
 /// The number at a path of keys in a JSON value.
-pub fn f(v: &Value, path: &[&str]) -> Option<f64> {
+pub(super) fn f(v: &Value, path: &[&str]) -> Option<f64> {
     let mut cur = v;
     for p in path {
         cur = cur.get(p)?;
@@ -354,7 +355,7 @@ pub fn f(v: &Value, path: &[&str]) -> Option<f64> {
 }
 
 /// A whole number with thousands separators: 33905.4 → "33,905".
-fn fmt_int(x: f64) -> String {
+pub(super) fn fmt_int(x: f64) -> String {
     let s = format!("{:.0}", x);
     let (sign, digits) = s.strip_prefix('-').map_or(("", s.as_str()), |d| ("-", d));
     let mut out = String::new();
@@ -367,6 +368,6 @@ fn fmt_int(x: f64) -> String {
     format!("{sign}{out}")
 }
 
-fn ms(x: Option<f64>) -> String {
+pub(super) fn ms(x: Option<f64>) -> String {
     x.map_or("n/a".into(), |v| format!("{v:.2}"))
 }
