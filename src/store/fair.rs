@@ -157,8 +157,10 @@ pub(super) fn fetch_sizes(
     key_caps: KeyCaps,
 ) -> Vec<usize> {
     let mut lane_weight: HashMap<(&str, Class), u64> = HashMap::new();
+    let mut lane_groups: HashMap<(&str, Class), usize> = HashMap::new();
     let mut batches: HashMap<(&str, Class, &str), usize> = HashMap::new();
     for g in groups {
+        *lane_groups.entry((&g.provider, g.class)).or_insert(0) += 1;
         let n = batches
             .entry((&g.provider, g.class, &g.tenant))
             .or_insert(0);
@@ -186,7 +188,15 @@ pub(super) fn fetch_sizes(
                 Class::Live => key_caps.live.is_some(),
                 Class::Background => key_caps.background.is_some(),
             };
-            share + if keyed { SPARE_WITH_KEY_CAPS } else { SPARE }
+            // With at least as many groups as room, no group gets a second turn in this
+            // claim: its share (one) is all it can use.
+            let crowded = lane_groups[&(g.provider.as_str(), g.class)] >= room;
+            share
+                + match (keyed, crowded) {
+                    (true, _) => SPARE_WITH_KEY_CAPS,
+                    (false, true) => 0,
+                    (false, false) => SPARE,
+                }
         })
         .collect()
 }
@@ -250,7 +260,17 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
     for g in &mut groups {
         g.runs.reverse();
     }
-    let mut taken = vec![0usize; groups.len()];
+    // The priority of the last run taken from each group in this claim.
+    let mut taken: Vec<Option<i16>> = vec![None; groups.len()];
+    // Each group's two rotations, named once rather than at every turn.
+    let scopes: Vec<(String, String)> = groups
+        .iter()
+        .map(|g| {
+            let n = &g.name;
+            let inner = batch_scope(&n.provider, n.class, &n.tenant);
+            (tenant_scope(&n.provider, n.class), inner)
+        })
+        .collect();
     let mut touched = HashSet::new();
     let mut ids = Vec::new();
     while ids.len() < limit {
@@ -268,7 +288,9 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
             for &i in members {
                 drop_capped_heads(&mut groups[i], cap, &keys);
             }
-            let turn = lane_turn(&groups, &taken, members, shares, &tenants, &rotations);
+            let turn = lane_turn(
+                &groups, &taken, &scopes, members, shares, &tenants, &rotations,
+            );
             let Some(i) = turn else {
                 continue;
             };
@@ -286,7 +308,7 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
         let Some((_, i)) = best else { break };
         let g = &mut groups[i];
         let run = g.runs.pop().expect("the best group has a head");
-        taken[i] += 1;
+        taken[i] = Some(run.priority);
         let name = &g.name;
         let lane = (name.provider.clone(), name.class);
         *rooms.get_mut(&lane).expect("a lane with room") -= 1;
@@ -298,12 +320,11 @@ pub(super) fn pick(input: PickInput<'_>) -> Picked {
         }
         *tenants.entry(name.tenant.clone()).or_insert(0) += 1;
         let weight = f64::from(shares.weight(tenant_name(&name.tenant)));
-        let scope = tenant_scope(&name.provider, name.class);
+        let (scope, inner) = scopes[i].clone();
         rotations
             .entry(scope.clone())
             .or_default()
             .serve(&name.tenant, 1.0 / weight);
-        let inner = batch_scope(&name.provider, name.class, &name.tenant);
         rotations
             .entry(inner.clone())
             .or_default()
@@ -334,12 +355,13 @@ fn drop_capped_heads(group: &mut Group, cap: Option<u32>, keys: &HashMap<(String
 
 /// The group of `members` (one lane's) whose turn it is: among the tenants below their cap
 /// with a run at the lane's best priority, the lowest pass; within it, the batch with the
-/// lowest pass. A group whose read runs were taken while it may hold more counts as
-/// having the best priority, so the rotation does not skip it; one whose read runs were
+/// lowest pass. A group whose read runs were taken while it may hold more takes part as
+/// it was (its turn then ends the lane's claim, see [`pick`]); one whose read runs were
 /// all skipped for their keys' caps has nothing to start in this claim.
 fn lane_turn(
     groups: &[Group],
-    taken: &[usize],
+    taken: &[Option<i16>],
+    scopes: &[(String, String)],
     members: &[usize],
     shares: &TenantShares,
     tenants: &HashMap<String, i64>,
@@ -347,7 +369,9 @@ fn lane_turn(
 ) -> Option<usize> {
     let head_priority = |i: usize| match groups[i].runs.last() {
         Some(run) => Some(run.priority),
-        None if groups[i].more && taken[i] > 0 => Some(i16::MIN),
+        // Its read runs were taken and it may hold more: it keeps its place in the
+        // rotation, at the priority it was served at.
+        None if groups[i].more => taken[i],
         None => None,
     };
     let eligible: Vec<(usize, i16)> = members
@@ -361,9 +385,9 @@ fn lane_turn(
         .filter_map(|&i| head_priority(i).map(|p| (i, p)))
         .collect();
     let best = eligible.iter().map(|(_, p)| *p).min()?;
-    let pass = |scope: String, member: &str| {
+    let pass = |scope: &str, member: &str| {
         rotations
-            .get(&scope)
+            .get(scope)
             .map_or(0.0, |r: &Rotation| r.pass(member))
     };
     eligible
@@ -371,8 +395,8 @@ fn lane_turn(
         .filter(|(_, p)| *p == best)
         .map(|(i, _)| {
             let n = &groups[i].name;
-            let tenant_pass = pass(tenant_scope(&n.provider, n.class), &n.tenant);
-            let batch_pass = pass(batch_scope(&n.provider, n.class, &n.tenant), &n.batch);
+            let tenant_pass = pass(&scopes[i].0, &n.tenant);
+            let batch_pass = pass(&scopes[i].1, &n.batch);
             (i, tenant_pass, batch_pass)
         })
         .min_by(|a, b| {

@@ -205,3 +205,24 @@ fn a_group_held_by_its_key_cap_holds_nobody_back() {
         "b's runs start while a's key is at its cap"
     );
 }
+
+#[test]
+fn crowded_lanes_give_each_group_one_turn_per_claim() {
+    let names: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
+    let groups = names
+        .iter()
+        .map(|t| {
+            let mut g = group(t, "", 5, 1);
+            g.more = true;
+            g
+        })
+        .collect();
+    let mut q = Queue::new(groups);
+    let taken = q.claim(20);
+    assert_eq!(taken.len(), 20, "twenty groups served once each: {taken:?}");
+    let next = q.claim(20);
+    assert!(
+        next.iter().all(|(t, _)| !taken.iter().any(|(u, _)| u == t)),
+        "the next claim serves the groups not yet served"
+    );
+}

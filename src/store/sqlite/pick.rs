@@ -52,7 +52,14 @@ pub(super) async fn pick(
             groups.push(group_runs(tx, name, size, now).await?);
         }
     }
-    let rotations = read_rotations(tx, &fair::scopes_of(&names)).await?;
+    // One group per lane and no cap: nobody to take turns with, so, as on PostgreSQL, no
+    // rotation is read or moved.
+    let rotating = fair::needs_rotation(&names, bounds.shares);
+    let rotations = if rotating {
+        read_rotations(tx, &fair::scopes_of(&names)).await?
+    } else {
+        HashMap::new()
+    };
     let picked = fair::pick(PickInput {
         bounds,
         rooms,
@@ -61,7 +68,7 @@ pub(super) async fn pick(
         rotations,
         limit,
     });
-    for (scope, rotation) in &picked.rotations {
+    for (scope, rotation) in picked.rotations.iter().filter(|_| rotating) {
         sqlx::query(
             "INSERT INTO fair_rotations (scope, rotation) VALUES (?, ?)
              ON CONFLICT (scope) DO UPDATE SET rotation = excluded.rotation",
