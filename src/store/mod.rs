@@ -15,7 +15,8 @@
 //! with events), `batch_model` / `batch_reads` / `batches` / `listing` (batches and
 //! newest-first listings), `codec` (stored rows back into values, for both backends),
 //! `reads` (the reads written once for both backends), `fair` (which waiting runs a claim
-//! takes, for both backends), `cluster` (replicas and the leader's lease), `tenant_usage`
+//! takes, for both backends), `cluster` (replicas and the leader's lease) with `maintenance` (its calls and
+//! retention's), `dead_letters` (requeueing failed runs), `tenant_usage`
 //! (per-tenant usage, activity and enqueue buckets), `hub`, `postgres`, `sqlite`. Neither
 //! backend uses the other.
 
@@ -167,6 +168,7 @@ macro_rules! delegate {
 mod batches;
 mod dead_letters;
 mod listing;
+mod maintenance;
 
 impl Store {
     /// Opens the backend named by `url` (`postgres://…`), or the SQLite file at
@@ -536,56 +538,6 @@ impl Store {
     /// The earliest due time of a queued run, to sleep exactly until then.
     pub async fn next_due_at(&self) -> Result<Option<DateTime<Utc>>> {
         delegate!(self, s => s.reads().next_due_at().await)
-    }
-
-    /// Records this process's beat and takes or renews the maintenance leader's lease for
-    /// it (until `now + lease`) when the lease is free, expired or its own. Returns who
-    /// leads now.
-    pub async fn beat_cluster(
-        &self,
-        beat: &ReplicaBeat,
-        now: DateTime<Utc>,
-        lease: Duration,
-    ) -> Result<Option<Leadership>> {
-        delegate!(self, s => s.cluster().beat(beat, now, lease).await)
-    }
-
-    /// The leader's lease as it stands (possibly expired).
-    pub async fn leader(&self) -> Result<Option<Leadership>> {
-        delegate!(self, s => s.cluster().leader().await)
-    }
-
-    /// The processes that beat at or after `since`, oldest first.
-    pub async fn replicas(&self, since: DateTime<Utc>) -> Result<Vec<Replica>> {
-        delegate!(self, s => s.cluster().replicas(since).await)
-    }
-
-    /// A process leaving: its record goes, and the leader's lease when it held it.
-    pub async fn resign(&self, id: WorkerId) -> Result<()> {
-        delegate!(self, s => s.cluster().resign(id).await)
-    }
-
-    /// Deletes the records of processes silent since before `before`.
-    pub async fn forget_replicas(&self, before: DateTime<Utc>) -> Result<u64> {
-        delegate!(self, s => s.cluster().forget_replicas(before).await)
-    }
-
-    /// Retention: deletes up to `limit` runs that ended with `status` before `before`,
-    /// oldest first, with their attempts and events. Returns how many went. Only terminal
-    /// statuses are accepted.
-    pub async fn delete_finished(
-        &self,
-        status: Status,
-        before: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<u64> {
-        if !status.is_terminal() {
-            return Err(StoreError::Misuse("retention deletes finished runs only"));
-        }
-        if limit == 0 {
-            return Ok(0);
-        }
-        delegate!(self, s => s.delete_finished(status, before, limit).await)
     }
 
     /// A round trip to the database.
