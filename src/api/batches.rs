@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -127,12 +127,9 @@ impl<S: Send + Sync> FromRequestParts<S> for BatchPath {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        super::runs::id_in_path(parts, state, |raw| no_such_batch(&raw))
             .await
-            .map_err(IntoResponse::into_response)?;
-        raw.parse()
             .map(BatchPath)
-            .map_err(|_| no_such_batch(&raw).into_response())
     }
 }
 

@@ -276,13 +276,25 @@ impl<S: Send + Sync> FromRequestParts<S> for RunPath {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state)
-            .await
-            .map_err(IntoResponse::into_response)?;
-        raw.parse()
-            .map(RunPath)
-            .map_err(|_| ApiError::NotFound(format!("no run with id {raw:?}")).into_response())
+        id_in_path(parts, state, |raw| {
+            ApiError::NotFound(format!("no run with id {raw:?}"))
+        })
+        .await
+        .map(RunPath)
     }
+}
+
+/// The id of the path's `{id}`; one that does not parse names nothing, so it is `missing`
+/// (a 404) rather than a 400.
+pub(super) async fn id_in_path<T: std::str::FromStr, S: Send + Sync>(
+    parts: &mut Parts,
+    state: &S,
+    missing: impl FnOnce(&str) -> ApiError,
+) -> Result<T, Response> {
+    let Path(raw) = Path::<String>::from_request_parts(parts, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    raw.parse().map_err(|_| missing(&raw).into_response())
 }
 
 /// The answer for a well-formed id that names no run.

@@ -15,10 +15,10 @@
 //! with events), `batch_model` / `batch_reads` / `batches` / `listing` (batches and
 //! newest-first listings), `codec` (stored rows back into values, for both backends),
 //! `reads` (the reads written once for both backends), `fair` (which waiting runs a claim
-//! takes, for both backends), `cluster` (replicas and the leader's lease) with `maintenance` (its calls and
-//! retention's), `dead_letters` (requeueing failed runs), `tenant_usage`
-//! (per-tenant usage, activity and enqueue buckets), `hub`, `postgres`, `sqlite`. Neither
-//! backend uses the other.
+//! takes, for both backends), `cluster` (replicas and the leader's lease) with
+//! `maintenance` (its calls and retention's), `dead_letters` (requeueing failed runs),
+//! `tenant_usage` (per-tenant usage, activity and enqueue buckets), `hub`, `postgres`,
+//! `sqlite`. Neither backend uses the other.
 
 mod batch_model;
 mod batch_reads;
